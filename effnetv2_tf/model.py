@@ -1,0 +1,291 @@
+"""EfficientNetV2 and EfficientNet built from block strings (paper section 3).
+
+One builder turns a registry entry into a functional `keras.Model` of MBConv
+and Fused-MBConv blocks with squeeze-excitation and stochastic depth. Layer
+names follow keras.applications (`stem_conv`, `block2a_expand_conv`,
+`block4c_se_reduce`, `top_conv`, `predictions`) so that weight files map by
+name and `model.get_layer` is predictable.
+"""
+
+import dataclasses
+import math
+import string
+import sys
+from typing import Optional, Sequence
+
+import keras
+from keras import layers
+
+from effnetv2_tf import block_strings
+from effnetv2_tf import registry
+from effnetv2_tf.layers import StochasticDepth
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+  """Knobs a caller may override per model (`create_model(**overrides)`)."""
+  dropout_rate: float
+  survival_prob: float = 0.8
+  bn_momentum: float = 0.9  # Keras sense, as the reference (paper text: 0.99)
+  # 1e-3 rather than Keras' 1e-3 default is the reference's choice too; it is
+  # kept explicit because published weights were trained with it.
+  bn_epsilon: float = 1e-3
+  activation: str = "swish"
+  width_coefficient: Optional[float] = None  # None: the registry's value
+  depth_coefficient: Optional[float] = None
+  blocks: Optional[Sequence[str]] = None
+  feature_size: Optional[int] = None
+
+
+OVERRIDABLE = tuple(f.name for f in dataclasses.fields(ModelOptions))
+
+
+def round_filters(filters, width_coefficient, depth_divisor=8, min_depth=8):
+  """Scales a channel count by width and rounds to the divisor (reference)."""
+  filters *= width_coefficient
+  min_depth = min_depth or depth_divisor
+  rounded = int(filters + depth_divisor / 2) // depth_divisor * depth_divisor
+  return int(max(min_depth, rounded))
+
+
+def round_repeats(repeats, depth_coefficient):
+  """Scales the number of blocks in a stage by depth, rounding up."""
+  return int(math.ceil(depth_coefficient * repeats))
+
+
+def survival_probabilities(num_blocks, survival_prob):
+  """Linear stochastic-depth ramp: block i keeps 1 - (1 - p) * i / N."""
+  drop = 1.0 - survival_prob
+  return [1.0 - drop * i / num_blocks for i in range(num_blocks)]
+
+
+def _block_suffix(index):
+  """a..z, then aa, ab, ... (XL has stages of more than 26 blocks)."""
+  letters = string.ascii_lowercase
+  suffix = ""
+  index += 1
+  while index:
+    index, rem = divmod(index - 1, 26)
+    suffix = letters[rem] + suffix
+  return suffix
+
+
+# Reference conv init: normal, std sqrt(2 / fan_out), fan_out = k*k*out
+# (k*k for depthwise kernels, whose Keras "out" dimension is 1).
+def _conv_init():
+  return keras.initializers.VarianceScaling(
+      scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def _dense_init(num_classes):
+  limit = 1.0 / math.sqrt(num_classes)
+  return keras.initializers.RandomUniform(-limit, limit)
+
+
+class _Builder:
+  """Holds the per-model settings the block functions need."""
+
+  def __init__(self, options: ModelOptions):
+    self.opt = options
+
+  def conv(self, x, filters, kernel, strides, name, use_bias=False,
+           activation=None):
+    return layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", use_bias=use_bias,
+        activation=activation, kernel_initializer=_conv_init(),
+        name=name)(x)
+
+  def bn_act(self, x, bn_name, act_name=None):
+    x = layers.BatchNormalization(
+        momentum=self.opt.bn_momentum, epsilon=self.opt.bn_epsilon,
+        name=bn_name)(x)
+    if act_name:
+      x = layers.Activation(self.opt.activation, name=act_name)(x)
+    return x
+
+  def squeeze_excite(self, x, input_filters, se_ratio, prefix):
+    """SE on the block's expanded features, reduced from its input width."""
+    reduced = max(1, int(input_filters * se_ratio))
+    se = layers.GlobalAveragePooling2D(
+        keepdims=True, name=prefix + "se_squeeze")(x)
+    se = self.conv(se, reduced, 1, 1, prefix + "se_reduce", use_bias=True,
+                   activation=self.opt.activation)
+    se = self.conv(se, x.shape[-1], 1, 1, prefix + "se_expand",
+                   use_bias=True, activation="sigmoid")
+    return layers.Multiply(name=prefix + "se_excite")([x, se])
+
+  def residual(self, x, inputs, args, survival_prob, prefix):
+    if args.strides == 1 and args.input_filters == args.output_filters:
+      if survival_prob < 1.0:
+        x = StochasticDepth(survival_prob, name=prefix + "drop")(x)
+      x = layers.Add(name=prefix + "add")([x, inputs])
+    return x
+
+  def mbconv(self, inputs, args, survival_prob, prefix):
+    """1x1 expand, depthwise kxk, SE, 1x1 project (MobileNetV2 + SE)."""
+    filters = args.input_filters * args.expand_ratio
+    x = inputs
+    if args.expand_ratio != 1:
+      x = self.conv(x, filters, 1, 1, prefix + "expand_conv")
+      x = self.bn_act(x, prefix + "expand_bn", prefix + "expand_activation")
+    x = layers.DepthwiseConv2D(
+        args.kernel_size, strides=args.strides, padding="same",
+        use_bias=False, depthwise_initializer=_conv_init(),
+        name=prefix + "dwconv")(x)
+    x = self.bn_act(x, prefix + "bn", prefix + "activation")
+    if args.has_se:
+      x = self.squeeze_excite(x, args.input_filters, args.se_ratio, prefix)
+    x = self.conv(x, args.output_filters, 1, 1, prefix + "project_conv")
+    x = self.bn_act(x, prefix + "project_bn")
+    return self.residual(x, inputs, args, survival_prob, prefix)
+
+  def fused_mbconv(self, inputs, args, survival_prob, prefix):
+    """Fused-MBConv (paper Figure 2): one kxk conv replaces expand+depthwise."""
+    x = inputs
+    if args.expand_ratio != 1:
+      filters = args.input_filters * args.expand_ratio
+      x = self.conv(x, filters, args.kernel_size, args.strides,
+                    prefix + "expand_conv")
+      x = self.bn_act(x, prefix + "expand_bn", prefix + "expand_activation")
+    if args.has_se:
+      x = self.squeeze_excite(x, args.input_filters, args.se_ratio, prefix)
+    if args.expand_ratio != 1:
+      x = self.conv(x, args.output_filters, 1, 1, prefix + "project_conv")
+      x = self.bn_act(x, prefix + "project_bn")
+    else:  # a single kxk conv with the stride, followed by BN and activation
+      x = self.conv(x, args.output_filters, args.kernel_size, args.strides,
+                    prefix + "project_conv")
+      x = self.bn_act(x, prefix + "project_bn", prefix + "project_activation")
+    return self.residual(x, inputs, args, survival_prob, prefix)
+
+
+def scaled_block_args(spec, options: ModelOptions):
+  """Block args per block after width/depth scaling, in network order.
+
+  Returns a list of (stage index, index within stage, BlockArgs): the first
+  block of a stage takes its stride and input width, the others stride 1 with
+  input = output.
+  """
+  width = options.width_coefficient or spec.width_coefficient
+  depth = options.depth_coefficient or spec.depth_coefficient
+  rf = lambda f: round_filters(f, width, spec.depth_divisor, spec.min_depth)
+  result = []
+  for stage, args in enumerate(
+      block_strings.decode_all(options.blocks or spec.blocks)):
+    args = dataclasses.replace(
+        args, input_filters=rf(args.input_filters),
+        output_filters=rf(args.output_filters),
+        num_repeat=round_repeats(args.num_repeat, depth))
+    for j in range(args.num_repeat):
+      result.append((stage, j, args))
+      args = dataclasses.replace(
+          args, input_filters=args.output_filters, strides=1)
+  return result
+
+
+def _input_scaling(spec, x):
+  if spec.input_scaling == registry.SCALE_MINUS_ONE_ONE:
+    return layers.Rescaling(1.0 / 128.0, offset=-1.0, name="rescaling")(x)
+  # (x / 255 - mean) / std as one affine map, with no extra weights.
+  scale = [1.0 / (255.0 * s) for s in registry.IMAGENET_STDDEV_RGB]
+  offset = [-m / s for m, s in zip(registry.IMAGENET_MEAN_RGB,
+                                   registry.IMAGENET_STDDEV_RGB)]
+  return layers.Rescaling(scale, offset=offset, name="rescaling")(x)
+
+
+def build_model(spec: registry.ModelSpec, options: ModelOptions,
+                num_classes=1000, include_top=True, input_shape=None,
+                include_preprocessing=False, classifier_activation=None):
+  """Builds the functional model of one registry entry.
+
+  Args:
+    spec: the registry entry.
+    options: overrides of dropout, stochastic depth, BN and scaling.
+    num_classes: size of the classification head.
+    include_top: with the head, returns logits (or `classifier_activation`
+      applied to them); without it, the pooled features.
+    input_shape: (height, width, 3); None allows any size.
+    include_preprocessing: put the model's input scaling in the graph so it
+      takes 0..255 pixels.
+    classifier_activation: e.g. 'softmax'; None returns logits.
+
+  Returns:
+    A `keras.Model` named after the variant.
+  """
+  if not 0.0 < options.survival_prob <= 1.0:
+    raise ValueError(
+        f"survival_prob must be in (0, 1], got {options.survival_prob}.")
+  if not 0.0 <= options.dropout_rate < 1.0:
+    raise ValueError(
+        f"dropout_rate must be in [0, 1), got {options.dropout_rate}.")
+  builder = _Builder(options)
+  width = options.width_coefficient or spec.width_coefficient
+  rf = lambda f: round_filters(f, width, spec.depth_divisor, spec.min_depth)
+  blocks = scaled_block_args(spec, options)
+
+  inputs = keras.Input(shape=tuple(input_shape or (None, None, 3)),
+                       name="image")
+  x = _input_scaling(spec, inputs) if include_preprocessing else inputs
+  x = builder.conv(x, blocks[0][2].input_filters, 3, 2, "stem_conv")
+  x = builder.bn_act(x, "stem_bn", "stem_activation")
+
+  ramp = survival_probabilities(len(blocks), options.survival_prob)
+  for (stage, j, args), survival in zip(blocks, ramp):
+    prefix = f"block{stage + 1}{_block_suffix(j)}_"
+    block_fn = (builder.fused_mbconv
+                if args.conv_type == block_strings.FUSED_MBCONV
+                else builder.mbconv)
+    x = block_fn(x, args, survival, prefix)
+
+  x = builder.conv(x, rf(options.feature_size or spec.feature_size), 1, 1,
+                   "top_conv")
+  x = builder.bn_act(x, "top_bn", "top_activation")
+  x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  if include_top:
+    # Always present (rate may be 0) so progressive learning can set it.
+    x = layers.Dropout(options.dropout_rate, name="top_dropout")(x)
+    x = layers.Dense(
+        num_classes, activation=classifier_activation,
+        kernel_initializer=_dense_init(num_classes),
+        bias_initializer="zeros", name="predictions")(x)
+  # Keras walks the functional graph recursively; XL is deeper than
+  # Python's default limit of 1000 frames allows.
+  sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+  return keras.Model(inputs, x, name=spec.name)
+
+
+def create_model(name, num_classes=1000, include_top=True, weights=None,
+                 input_shape=None, include_preprocessing=False,
+                 classifier_activation=None, **overrides):
+  """Creates a registered variant, optionally loading weights.
+
+  Args:
+    name: a name from `list_models()`.
+    num_classes, include_top, input_shape, include_preprocessing,
+      classifier_activation: see `build_model`.
+    weights: None, a keras.applications weights file (`.weights.h5` or legacy
+      `.h5`), or a reference TF1 checkpoint prefix.
+    **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
+      bn_momentum, bn_epsilon, activation, width_coefficient,
+      depth_coefficient, blocks, feature_size).
+
+  Returns:
+    A `keras.Model`.
+  """
+  spec = registry.get_model_spec(name)
+  unknown = sorted(set(overrides) - set(OVERRIDABLE))
+  if unknown:
+    raise TypeError(
+        f"create_model() got unknown override(s) {', '.join(unknown)}; "
+        f"valid ones: {', '.join(OVERRIDABLE)}.")
+  if int(num_classes) < 1:
+    raise ValueError(f"num_classes must be positive, got {num_classes}.")
+  overrides.setdefault("dropout_rate", spec.dropout_rate)
+  options = ModelOptions(**overrides)
+  model = build_model(spec, options, int(num_classes), include_top,
+                      input_shape, include_preprocessing,
+                      classifier_activation)
+  if weights is not None:
+    from effnetv2_tf import weights as weights_lib  # pylint: disable=g-import-not-at-top
+    weights_lib.load_weights(model, weights)
+  return model
