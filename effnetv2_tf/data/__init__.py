@@ -1,0 +1,1 @@
+"""Input pipeline: sources, preprocessing and augmentation (paper section 4)."""

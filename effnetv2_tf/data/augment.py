@@ -1,0 +1,276 @@
+"""RandAugment and AutoAugment (policy v0) on uint8 images.
+
+RandAugment (Cubuk et al. 2020, "RandAugment: Practical automated data
+augmentation with a reduced search space") applies `num_layers` ops, each
+drawn uniformly from 16 and always applied at a shared magnitude m. The
+AutoAugment ImageNet policy v0 (Cubuk et al. 2019, "AutoAugment: Learning
+Augmentation Strategies from Data") draws one of 25 sub-policies and applies
+each of its two steps with its own probability and magnitude.
+
+As in the reference EfficientNetV2 `autoaugment.py` (google/automl), a
+magnitude maps to level = m / 10 (not clamped, so m = 15..25 gives levels
+1.5..2.5) and `level_to_arg` maps the level to the op's argument; arguments
+that leave an op's valid range are clipped to it (posterize bits 0..8,
+solarize threshold 0..256, enhance factors >= 0). Rotate, shear and translate
+get a random sign. Empty pixels are filled with 128.
+
+Every random choice is stateless: functions take a shape [2] integer `seed`
+and derive sub-seeds with `stateless_split`, so the same seed gives the same
+image eagerly and inside `tf.data.Dataset.map`. The op (or sub-policy) is
+selected with `tf.switch_case`, so only the chosen branch runs.
+"""
+
+import tensorflow as tf
+
+from effnetv2_tf.data import image_ops
+
+MAX_LEVEL = 10.0
+
+RANDAUGMENT_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
+    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
+    "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
+
+# Ops whose argument gets a random sign.
+SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+# AutoAugment ImageNet policy v0: sub-policies of two (op, prob, magnitude)
+# steps, applied in order (same table as shared/reference/autoaugment_v0.csv).
+POLICY_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+
+RANDAUGMENT_CONSTS = {"translate_const": 100, "cutout_const": 40}
+AUTOAUGMENT_CONSTS = {"translate_const": 250, "cutout_const": 100}
+AUGNAMES = ("randaug", "autoaug")
+
+_OPS = {
+    "AutoContrast": image_ops.autocontrast,
+    "Equalize": image_ops.equalize,
+    "Invert": image_ops.invert,
+    "Rotate": image_ops.rotate,
+    "Posterize": image_ops.posterize,
+    "Solarize": image_ops.solarize,
+    "SolarizeAdd": image_ops.solarize_add,
+    "Color": image_ops.color,
+    "Contrast": image_ops.contrast,
+    "Brightness": image_ops.brightness,
+    "Sharpness": image_ops.sharpness,
+    "ShearX": image_ops.shear_x,
+    "ShearY": image_ops.shear_y,
+    "TranslateX": image_ops.translate_x,
+    "TranslateY": image_ops.translate_y,
+    "Cutout": image_ops.cutout,
+}
+
+
+def _float64(value):
+  """Python numbers go straight to float64 (no float32 rounding on the way)."""
+  return tf.cast(tf.convert_to_tensor(value, dtype_hint=tf.float64),
+                 tf.float64)
+
+
+def magnitude_to_level(magnitude):
+  """m / 10 as a float64 scalar tensor (Python arithmetic precision)."""
+  return _float64(magnitude) / MAX_LEVEL
+
+
+def _int(value):
+  return tf.cast(value, tf.int32)  # truncates like Python int()
+
+
+def level_to_arg(name, level, translate_const=100, cutout_const=40):
+  """The op's arguments for a level, before the random sign.
+
+  Args:
+    name: one of RANDAUGMENT_OPS.
+    level: magnitude / 10 (Python number or scalar tensor).
+    translate_const: pixels of TranslateX/Y at level 1.
+    cutout_const: Cutout half side at level 1.
+
+  Returns:
+    A tuple of scalar tensors (empty for AutoContrast, Equalize, Invert).
+  """
+  level = _float64(level)
+  args = {
+      "Rotate": lambda: tf.cast(level * 30.0, tf.float32),
+      "Posterize": lambda: tf.clip_by_value(_int(level * 4.0), 0, 8),
+      "Solarize": lambda: tf.clip_by_value(_int(level * 256.0), 0, 256),
+      "SolarizeAdd": lambda: _int(level * 110.0),
+      "ShearX": lambda: tf.cast(level * 0.3, tf.float32),
+      "TranslateX": lambda: tf.cast(level * translate_const, tf.float32),
+      "Cutout": lambda: tf.maximum(_int(level * cutout_const), 0),
+  }
+  args["ShearY"] = args["ShearX"]
+  args["TranslateY"] = args["TranslateX"]
+  if name in ("AutoContrast", "Equalize", "Invert"):
+    return ()
+  if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+    return (tf.cast(tf.maximum(level * 1.8 + 0.1, 0.0), tf.float32),)
+  if name not in args:
+    raise ValueError(f"Unknown augmentation op {name!r}; expected one of "
+                     f"{', '.join(RANDAUGMENT_OPS)}.")
+  return (args[name](),)
+
+
+def apply_op(image, name, level, seed, translate_const=100, cutout_const=40):
+  """Applies one named op at a level; seed drives the sign and cutout.
+
+  Args:
+    image: uint8 [H, W, 3].
+    name: one of RANDAUGMENT_OPS.
+    level: magnitude / 10.
+    seed: shape [2] integer seed.
+    translate_const: pixels of TranslateX/Y at level 1.
+    cutout_const: Cutout half side at level 1.
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  args = level_to_arg(name, level, translate_const, cutout_const)
+  sign_seed, op_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  if name in SIGNED_OPS:
+    negate = tf.random.stateless_uniform([], sign_seed) < 0.5
+    args = (tf.where(negate, -args[0], args[0]),)
+  if name == "Cutout":
+    args += (op_seed,)
+  out = _OPS[name](image, *args)
+  out.set_shape(image.shape)
+  return out
+
+
+@tf.autograph.experimental.do_not_convert
+def randaugment(image, num_layers, magnitude, seed, translate_const=100,
+                cutout_const=40):
+  """RandAugment: num_layers uniformly drawn ops, each always applied.
+
+  Args:
+    image: uint8 [H, W, 3].
+    num_layers: Python int N, ops applied in sequence.
+    magnitude: M shared by all ops (Python number or scalar tensor).
+    seed: shape [2] integer seed.
+    translate_const: pixels of TranslateX/Y at level 1.
+    cutout_const: Cutout half side at level 1.
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  image = tf.convert_to_tensor(image)
+  shape = image.shape
+  level = magnitude_to_level(magnitude)
+  seeds = tf.random.experimental.stateless_split(seed, max(num_layers, 1))
+  for layer in range(num_layers):
+    pick_seed, op_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seeds[layer], 2))
+    index = tf.random.stateless_uniform(
+        [], pick_seed, 0, len(RANDAUGMENT_OPS), tf.int32)
+    branches = [
+        lambda name=name: apply_op(image, name, level, op_seed,
+                                   translate_const, cutout_const)
+        for name in RANDAUGMENT_OPS]
+    with tf.name_scope(f"randaug_layer_{layer}"):
+      image = tf.switch_case(index, branches)
+    image.set_shape(shape)
+  return image
+
+
+def _apply_step(image, step, seed):
+  """One AutoAugment step (op, prob, magnitude), applied with prob."""
+  name, prob, magnitude = step
+  apply_seed, op_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+
+  def apply():
+    return apply_op(image, name, magnitude_to_level(magnitude), op_seed,
+                    **AUTOAUGMENT_CONSTS)
+
+  if prob <= 0.0:
+    return image
+  if prob >= 1.0:
+    return apply()
+  coin = tf.random.stateless_uniform([], apply_seed)
+  return tf.cond(coin < prob, apply, lambda: image)
+
+
+@tf.autograph.experimental.do_not_convert
+def autoaugment(image, seed, policy=POLICY_V0):
+  """AutoAugment: one uniformly drawn sub-policy, steps applied with prob.
+
+  Args:
+    image: uint8 [H, W, 3].
+    seed: shape [2] integer seed.
+    policy: tuple of sub-policies, each a tuple of (op, prob, magnitude).
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  image = tf.convert_to_tensor(image)
+  pick_seed, steps_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  index = tf.random.stateless_uniform([], pick_seed, 0, len(policy), tf.int32)
+
+  def branch(sub_policy):
+    out = image
+    step_seeds = tf.random.experimental.stateless_split(
+        steps_seed, len(sub_policy))
+    for i, step in enumerate(sub_policy):
+      out = _apply_step(out, step, step_seeds[i])
+    return out
+
+  branches = [lambda sp=sp: branch(sp) for sp in policy]
+  out = tf.switch_case(index, branches)
+  out.set_shape(image.shape)
+  return out
+
+
+@tf.autograph.experimental.do_not_convert
+def distort_image(image, augname, magnitude, seed, num_layers=2):
+  """Applies the named augmentation ('randaug', 'autoaug', None/'' = none).
+
+  Args:
+    image: uint8 [H, W, 3].
+    augname: 'randaug', 'autoaug', or None / '' for the identity.
+    magnitude: RandAugment magnitude (unused by AutoAugment).
+    seed: shape [2] integer seed.
+    num_layers: RandAugment layers.
+
+  Returns:
+    uint8 image of the same shape.
+
+  Raises:
+    ValueError: unknown augname.
+  """
+  if not augname:
+    return tf.convert_to_tensor(image)
+  if augname == "randaug":
+    return randaugment(image, num_layers, magnitude, seed,
+                       **RANDAUGMENT_CONSTS)
+  if augname == "autoaug":
+    return autoaugment(image, seed)
+  raise ValueError(f"Unknown augname {augname!r}; expected one of "
+                   f"{', '.join(AUGNAMES)} or None/'' for no augmentation.")

@@ -1,0 +1,298 @@
+"""Elementary uint8 image ops for RandAugment and AutoAugment.
+
+The 16 ops of RandAugment (Cubuk et al. 2020, "RandAugment: Practical
+automated data augmentation with a reduced search space") and AutoAugment
+(Cubuk et al. 2019, "AutoAugment: Learning Augmentation Strategies from
+Data"), with the PIL-like semantics of the reference EfficientNetV2
+`autoaugment.py` (google/automl). Every op takes and returns a uint8
+[H, W, 3] tensor (static or dynamic H, W); arguments may be Python numbers or
+scalar tensors. Geometric ops use TensorFlow's own
+`ImageProjectiveTransformV3` (nearest neighbour, constant fill), so no
+tensorflow-addons is needed. The only random op, cutout, is stateless and
+takes a shape [2] seed.
+
+Deliberate difference from the reference: `contrast` blends towards the mean
+grey level (as PIL does); the reference's `sum(histogram) / 256` is the pixel
+count / 256, not a mean.
+"""
+
+import math
+
+import tensorflow as tf
+
+FILL_VALUE = 128
+
+
+def _as_float(image):
+  return tf.cast(image, tf.float32)
+
+
+def _to_uint8(image):
+  """Clips a float image to 0..255 and truncates to uint8 (reference)."""
+  return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+
+
+def blend(image1, image2, factor):
+  """image1 + factor * (image2 - image1), clipped to 0..255.
+
+  Args:
+    image1: uint8 image, returned for factor 0.
+    image2: uint8 image, returned for factor 1.
+    factor: float >= 0; values above 1 extrapolate.
+
+  Returns:
+    The uint8 blend (truncated towards zero, as in the reference).
+  """
+  image1 = _as_float(image1)
+  image2 = _as_float(image2)
+  factor = tf.cast(factor, tf.float32)
+  return _to_uint8(image1 + factor * (image2 - image1))
+
+
+def invert(image):
+  """255 - image."""
+  return 255 - tf.convert_to_tensor(image)
+
+
+def autocontrast(image):
+  """Per channel, stretches min..max linearly to 0..255 (PIL AutoContrast).
+
+  Constant channels are kept unchanged.
+
+  Args:
+    image: uint8 [H, W, 3].
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  x = _as_float(image)
+  lo = tf.reduce_min(x, axis=[0, 1])
+  hi = tf.reduce_max(x, axis=[0, 1])
+  span = tf.where(hi > lo, hi - lo, 1.0)
+  # (x - lo) * 255 is an exact integer, so the extremes map to 0 and 255.
+  scaled = _to_uint8((x - lo) * 255.0 / span)
+  return tf.where(hi > lo, scaled, image)
+
+
+def equalize(image):
+  """Per channel histogram equalisation with PIL's lookup table.
+
+  step = (pixels - count of the brightest value) // 255; the table maps value
+  v to (cumulative count below v + step // 2) // step; channels with step 0
+  are kept unchanged.
+
+  Args:
+    image: uint8 [H, W, 3].
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  pixels = tf.cast(image, tf.int32)
+  index = pixels + tf.range(3) * 256  # channel c uses bins 256c..256c+255
+  hist = tf.math.bincount(
+      tf.reshape(index, [-1]), minlength=768, maxlength=768)
+  hist = tf.reshape(hist, [3, 256])
+  brightest = tf.reduce_max(pixels, axis=[0, 1])
+  top_count = tf.gather(hist, brightest, batch_dims=1)
+  step = (tf.reduce_sum(hist, axis=1) - top_count) // 255
+  safe_step = tf.maximum(step, 1)[:, tf.newaxis]
+  lut = (tf.cumsum(hist, axis=1, exclusive=True) + safe_step // 2) // safe_step
+  lut = tf.clip_by_value(lut, 0, 255)
+  equalized = tf.gather(tf.reshape(lut, [-1]), index)
+  return tf.cast(tf.where(step > 0, equalized, pixels), tf.uint8)
+
+
+def posterize(image, bits):
+  """Keeps the top `bits` bits of every value (bits clipped to 0..8).
+
+  Args:
+    image: uint8 image.
+    bits: int in 0..8; 8 is the identity, 0 gives black.
+
+  Returns:
+    uint8 image, (x >> (8 - bits)) << (8 - bits).
+  """
+  bits = tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
+  mask = 256 - tf.bitwise.left_shift(1, 8 - bits)
+  return tf.bitwise.bitwise_and(image, tf.cast(mask, tf.uint8))
+
+
+def solarize(image, threshold=128):
+  """Inverts every value >= threshold (0: invert all, 256: identity).
+
+  Args:
+    image: uint8 image.
+    threshold: int in 0..256.
+
+  Returns:
+    uint8 image.
+  """
+  threshold = tf.cast(threshold, tf.int32)
+  return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
+
+
+def solarize_add(image, addition=0, threshold=128):
+  """Adds `addition` to values < threshold, clipped to 0..255.
+
+  Args:
+    image: uint8 image.
+    addition: int added to the dark values.
+    threshold: int; values >= threshold are kept.
+
+  Returns:
+    uint8 image.
+  """
+  x = tf.cast(image, tf.int32)
+  added = tf.clip_by_value(x + tf.cast(addition, tf.int32), 0, 255)
+  return tf.where(x < tf.cast(threshold, tf.int32),
+                  tf.cast(added, tf.uint8), image)
+
+
+def _grayscale(image):
+  return tf.image.rgb_to_grayscale(image)  # uint8 [H, W, 1]
+
+
+def color(image, factor):
+  """PIL Color: blends the greyscale version (factor 0) with the image (1)."""
+  degenerate = tf.image.grayscale_to_rgb(_grayscale(image))
+  return blend(degenerate, image, factor)
+
+
+def contrast(image, factor):
+  """PIL Contrast: blends a flat image of the mean grey level with the image.
+
+  Args:
+    image: uint8 [H, W, 3].
+    factor: float >= 0; 0 gives the flat grey image, 1 the identity.
+
+  Returns:
+    uint8 image.
+  """
+  mean = tf.reduce_mean(_as_float(_grayscale(image)))
+  degenerate = tf.fill(tf.shape(image), tf.floor(mean + 0.5))
+  return blend(degenerate, image, factor)
+
+
+def brightness(image, factor):
+  """PIL Brightness: blends black (factor 0) with the image (factor 1)."""
+  return blend(tf.zeros_like(image), image, factor)
+
+
+def sharpness(image, factor):
+  """PIL Sharpness: blends a smoothed image (factor 0) with the image (1).
+
+  The smoothed image applies [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 to the
+  interior pixels (rounded, as PIL does) and keeps the one-pixel border.
+
+  Args:
+    image: uint8 [H, W, 3].
+    factor: float >= 0.
+
+  Returns:
+    uint8 image.
+  """
+  x = tf.cast(image, tf.int32)
+  rows = x[:-2] + x[1:-1] + x[2:]
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+  total = box + 4 * x[1:-1, 1:-1]  # kernel weights sum to 13
+  smooth = tf.cast((2 * total + 13) // 26, tf.uint8)  # round(total / 13)
+  padding = [[1, 1], [1, 1], [0, 0]]
+  interior = tf.pad(tf.ones_like(smooth, tf.bool), padding)
+  degenerate = tf.where(interior, tf.pad(smooth, padding), image)
+  return blend(degenerate, image, factor)
+
+
+def transform(image, matrix):
+  """Projective transform with nearest sampling and fill 128 outside.
+
+  Args:
+    image: uint8 [H, W, 3].
+    matrix: 8 floats [a0, a1, a2, b0, b1, b2, c0, c1] mapping an output point
+      (x, y) to the input point ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) /
+      k), k = c0 x + c1 y + 1 (x: column, y: row).
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  matrix = tf.cast(tf.stack(matrix), tf.float32)[tf.newaxis]
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[tf.newaxis], transforms=matrix,
+      output_shape=tf.shape(image)[:2], fill_value=float(FILL_VALUE),
+      interpolation="NEAREST", fill_mode="CONSTANT")[0]
+  out.set_shape(image.shape)
+  return out
+
+
+def rotate(image, degrees):
+  """Rotates about the image centre, counterclockwise for positive degrees.
+
+  This is the convention of tfa.image.rotate (used by the reference) and of
+  np.rot90: 90 degrees moves the top row to the left column.
+
+  Args:
+    image: uint8 [H, W, 3].
+    degrees: float angle.
+
+  Returns:
+    uint8 image; uncovered pixels are 128.
+  """
+  radians = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+  cos, sin = tf.cos(radians), tf.sin(radians)
+  shape = tf.cast(tf.shape(image), tf.float32)
+  h, w = shape[0] - 1.0, shape[1] - 1.0
+  x_offset = (w - (cos * w - sin * h)) / 2.0
+  y_offset = (h - (sin * w + cos * h)) / 2.0
+  return transform(image, [cos, -sin, x_offset, sin, cos, y_offset, 0., 0.])
+
+
+def shear_x(image, level):
+  """PIL shear along x: output (x, y) samples input (x + level * y, y)."""
+  return transform(image, [1., level, 0., 0., 1., 0., 0., 0.])
+
+
+def shear_y(image, level):
+  """PIL shear along y: output (x, y) samples input (x, y + level * x)."""
+  return transform(image, [1., 0., 0., level, 1., 0., 0., 0.])
+
+
+def translate_x(image, pixels):
+  """PIL translate: output (x, y) = input (x + pixels, y), content moves left.
+
+  Args:
+    image: uint8 [H, W, 3].
+    pixels: float offset; positive moves the content left.
+
+  Returns:
+    uint8 image; uncovered pixels are 128.
+  """
+  return transform(image, [1., 0., pixels, 0., 1., 0., 0., 0.])
+
+
+def translate_y(image, pixels):
+  """PIL translate: output (x, y) = input (x, y + pixels), content moves up."""
+  return transform(image, [1., 0., 0., 0., 1., pixels, 0., 0.])
+
+
+def cutout(image, pad_size, seed):
+  """Fills a 2*pad_size square at a random centre with 128.
+
+  The centre is uniform over the pixels; the square is clipped to the image.
+
+  Args:
+    image: uint8 [H, W, 3].
+    pad_size: int half side of the square.
+    seed: shape [2] integer seed of the stateless sampler.
+
+  Returns:
+    uint8 image.
+  """
+  shape = tf.shape(image)
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  cy = tf.random.stateless_uniform([], seeds[0], 0, shape[0], tf.int32)
+  cx = tf.random.stateless_uniform([], seeds[1], 0, shape[1], tf.int32)
+  pad = tf.cast(pad_size, tf.int32)
+  rows = tf.range(shape[0])[:, tf.newaxis, tf.newaxis]
+  cols = tf.range(shape[1])[tf.newaxis, :, tf.newaxis]
+  inside = ((rows >= cy - pad) & (rows < cy + pad) &
+            (cols >= cx - pad) & (cols < cx + pad))
+  return tf.where(inside, tf.constant(FILL_VALUE, tf.uint8), image)

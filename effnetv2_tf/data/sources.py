@@ -1,0 +1,359 @@
+"""Dataset sources behind one interface (ImageNet/21k TFRecords, TFDS, folders, digits).
+
+Each source yields examples {'encoded': image bytes} or {'image': uint8
+[H, W, 3]}, plus 'label': a float32 target vector of `num_classes` (one-hot,
+or for ImageNet-21k a multi-hot vector normalised to sum to 1, paper section
+5.2) and 'source_id' (the file it came from, for error messages). Split sizes
+come from the data (dataset_info.json, TFDS info, or counting).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from effnetv2_tf.data import tfrecord_format
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DIGITS_EVAL_EVERY = 5  # digits example i is held out when i % 5 == 0
+
+
+class DataNotFoundError(FileNotFoundError):
+  """Raised, with a message saying where we looked, when data is missing."""
+
+
+@dataclasses.dataclass
+class Source:
+  """A dataset: how to read a split, its class count and split sizes."""
+  name: str
+  num_classes: int
+  split_sizes: Dict[str, int]
+  multi_label: bool = False
+
+  def read(self, split, input_context=None, shuffle_files_seed=None):
+    raise NotImplementedError
+
+  def num_examples(self, split):
+    if split not in self.split_sizes:
+      raise ValueError(
+          f"{self.name}: no size known for split {split!r}; known: "
+          f"{sorted(self.split_sizes)}. Set data.split_sizes in the config.")
+    return self.split_sizes[split]
+
+
+def _shard(ds, input_context):
+  if input_context and input_context.num_input_pipelines > 1:
+    ds = ds.shard(input_context.num_input_pipelines,
+                  input_context.input_pipeline_id)
+  return ds
+
+
+def _one_hot(label, num_classes):
+  return tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
+
+
+# ---------------------------------------------------------------- TFRecords
+def _parse_record(record, filename, num_classes, multi_label, label_offset):
+  """Parses our/ImageNet format and the reference 21k format in one pass."""
+  spec = {
+      tfrecord_format.ENCODED_KEY: tf.io.FixedLenFeature(
+          [], tf.string, default_value=""),
+      "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
+      tfrecord_format.LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+      "labels": tf.io.VarLenFeature(tf.int64),
+  }
+  parsed = tf.io.parse_single_example(record, spec)
+  ours = tf.sparse.to_dense(parsed[tfrecord_format.LABEL_KEY]) - label_offset
+  reference = tf.sparse.to_dense(parsed["labels"])  # 0-based already
+  labels = tf.cond(tf.size(ours) > 0, lambda: ours, lambda: reference)
+  encoded = tf.cond(tf.strings.length(parsed[tfrecord_format.ENCODED_KEY]) > 0,
+                    lambda: parsed[tfrecord_format.ENCODED_KEY],
+                    lambda: parsed["image"])
+  labels = tf.cast(labels, tf.int32)
+  in_range = tf.logical_and(
+      tf.size(labels) > 0,
+      tf.reduce_all((labels >= 0) & (labels < num_classes)))
+  check = tf.debugging.Assert(in_range, [
+      "Label out of range [0, num_classes) (or missing) in file", filename,
+      "labels (0-based):", labels, "num_classes:", num_classes], summarize=8)
+  with tf.control_dependencies([check]):
+    if multi_label:
+      hot = tf.reduce_max(tf.one_hot(labels, num_classes), axis=0)
+      target = hot / tf.reduce_sum(hot)
+    else:
+      target = _one_hot(labels[0], num_classes)
+  return {"encoded": encoded, "label": target, "source_id": filename}
+
+
+@dataclasses.dataclass
+class TFRecordSource(Source):
+  """ImageNet-format TFRecords (`train-*`, `validation-*`) under data_dir.
+
+  With `minival_files` > 0 the first files of the training set form the
+  'minival' split and 'train' reads the rest (reference: 20 of 1024).
+  For ImageNet-21k without validation files, 'validation' is the first
+  `eval_files` training files (reference: 16) and 'train' the rest.
+  """
+  data_dir: str = ""
+  files: Dict[str, list] = dataclasses.field(default_factory=dict)
+  label_offset: int = tfrecord_format.LABEL_OFFSET
+
+  def read(self, split, input_context=None, shuffle_files_seed=None):
+    files = self.files.get(split)
+    if not files:
+      raise ValueError(f"{self.name}: unknown split {split!r}; known: "
+                       f"{sorted(self.files)}.")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = _shard(ds, input_context)
+    if shuffle_files_seed is not None:
+      ds = ds.shuffle(len(files), seed=shuffle_files_seed)
+    num_classes, multi, offset = (self.num_classes, self.multi_label,
+                                  self.label_offset)
+
+    def read_file(filename):
+      records = tf.data.TFRecordDataset(filename, buffer_size=8 << 20)
+      return records.map(
+          lambda r: _parse_record(r, filename, num_classes, multi, offset))
+
+    return ds.interleave(read_file, cycle_length=min(16, len(files)),
+                         num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=shuffle_files_seed is not None)
+
+
+def _glob(data_dir, pattern):
+  return sorted(tf.io.gfile.glob(os.path.join(data_dir, pattern)))
+
+
+def _count_records(files):
+  return sum(1 for f in files for _ in tf.data.TFRecordDataset(f))
+
+
+def tfrecord_source(name, data_dir, num_classes, multi_label=False,
+                    minival_files=0, eval_files=16, split_sizes=None):
+  """Finds the files and split sizes of an ImageNet-format TFRecord set."""
+  if not data_dir:
+    raise DataNotFoundError(f"{name}: --data_dir is required for TFRecords.")
+  train = _glob(data_dir, "train-*")
+  validation = _glob(data_dir, "validation-*")
+  if not train:
+    raise DataNotFoundError(
+        f"{name}: no files match {os.path.join(data_dir, 'train-*')}. Make "
+        "them with `python -m effnetv2_tf.tools.make_tfrecords`.")
+  files = {"train": train, "validation": validation}
+  if multi_label and not validation:
+    if len(train) <= eval_files:
+      raise ValueError(f"{name}: {len(train)} train files cannot hold out "
+                       f"{eval_files} for evaluation.")
+    files = {"train": train[eval_files:], "validation": train[:eval_files]}
+  if minival_files:
+    if minival_files >= len(files["train"]):
+      raise ValueError(
+          f"{name}: minival_files={minival_files} leaves no training files "
+          f"(there are {len(files['train'])}).")
+    files["minival"] = files["train"][:minival_files]
+    files["train"] = files["train"][minival_files:]
+  if not files["validation"]:
+    del files["validation"]
+  sizes = _tfrecord_split_sizes(data_dir, files)
+  sizes.update(split_sizes or {})
+  return TFRecordSource(name=name, num_classes=num_classes, split_sizes=sizes,
+                        multi_label=multi_label, data_dir=data_dir,
+                        files=files)
+
+
+def _tfrecord_split_sizes(data_dir, files):
+  """Sizes from dataset_info.json where it covers the split, else counted."""
+  info_path = os.path.join(data_dir, tfrecord_format.INFO_FILENAME)
+  info = {}
+  if tf.io.gfile.exists(info_path):
+    with tf.io.gfile.GFile(info_path) as f:
+      info = json.load(f)
+  shard_counts = info.get("shards", {})
+  splits = info.get("splits", {})
+  sizes = {}
+  for split, split_files in files.items():
+    names = [os.path.basename(f) for f in split_files]
+    if all(n in shard_counts for n in names):
+      sizes[split] = sum(shard_counts[n] for n in names)
+    elif split in splits and len(split_files) == len(_glob(
+        data_dir, f"{split}-*")):
+      sizes[split] = splits[split]
+    else:
+      sizes[split] = _count_records(split_files)
+  return sizes
+
+
+# --------------------------------------------------------------------- TFDS
+TFDS_EVAL_SPLITS = {"cifar10": "test", "cifar100": "test",
+                    "oxford_flowers102": "test", "cars196": "test",
+                    "imagenet2012": "validation"}
+
+
+@dataclasses.dataclass
+class TFDSSource(Source):
+  """A TFDS dataset read from data_dir without downloading."""
+  tfds_name: str = ""
+  data_dir: Optional[str] = None
+  split_names: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def read(self, split, input_context=None, shuffle_files_seed=None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    read_config = tfds.ReadConfig(input_context=input_context,
+                                  shuffle_seed=shuffle_files_seed)
+    ds = tfds.load(self.tfds_name, split=self.split_names.get(split, split),
+                   data_dir=self.data_dir, download=False,
+                   shuffle_files=shuffle_files_seed is not None,
+                   read_config=read_config)
+    num_classes, source_id = self.num_classes, self.tfds_name
+
+    def convert(ex):
+      image = ex["image"]
+      if image.shape[-1] == 1:  # e.g. MNIST-like sets
+        image = tf.image.grayscale_to_rgb(image)
+      return {"image": image, "label": _one_hot(ex["label"], num_classes),
+              "source_id": tf.constant(source_id)}
+
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _tfds_prepared(builder):
+  """Whether the builder's files are on disk (tests patch this with mocks)."""
+  return tf.io.gfile.exists(os.path.join(builder.data_dir,
+                                         "dataset_info.json"))
+
+
+def tfds_source(tfds_name, data_dir=None, split_sizes=None):
+  """Checks a prepared TFDS dataset exists, failing fast with a clear fix."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except Exception as e:  # tfds raises its own DatasetNotFoundError
+    raise ValueError(f"Unknown TFDS dataset {tfds_name!r}: {e}") from None
+  # tfds.load(download=False) would fail too, but only when first iterated;
+  # check now, and never let TFDS reach for the network.
+  if not _tfds_prepared(builder):
+    raise DataNotFoundError(
+        f"TFDS dataset {tfds_name} is not prepared: looked in "
+        f"{builder.data_dir}. Prepare it on a machine with internet "
+        f"(`tfds build {tfds_name} --data_dir=DIR`, or for imagenet2012 put "
+        "the ILSVRC tar files in DIR/downloads/manual first) and pass "
+        "--data_dir=DIR.")
+  num_classes = builder.info.features["label"].num_classes
+  eval_split = TFDS_EVAL_SPLITS.get(tfds_name, "test")
+  split_names = {"train": "train", "validation": eval_split}
+  sizes = {ours: builder.info.splits[theirs].num_examples
+           for ours, theirs in split_names.items()
+           if theirs in builder.info.splits}
+  sizes.update(split_sizes or {})
+  return TFDSSource(name=tfds_name, num_classes=num_classes,
+                    split_sizes=sizes, tfds_name=tfds_name,
+                    data_dir=data_dir, split_names=split_names)
+
+
+# ------------------------------------------------------------ image folders
+def _list_folder(root):
+  classes = sorted(  # hidden folders (.ipynb_checkpoints) are not classes
+      d for d in tf.io.gfile.listdir(root)
+      if tf.io.gfile.isdir(os.path.join(root, d)) and not d.startswith("."))
+  classes = [c.rstrip("/") for c in classes]
+  files, labels = [], []
+  for label, name in enumerate(classes):
+    for f in sorted(tf.io.gfile.listdir(os.path.join(root, name))):
+      if f.lower().endswith(IMAGE_EXTENSIONS):
+        files.append(os.path.join(root, name, f))
+        labels.append(label)
+  return classes, files, labels
+
+
+@dataclasses.dataclass
+class FolderSource(Source):
+  """`root/<class>/*.{jpg,jpeg,png}`; classes sorted by name.
+
+  With `root/train/` and `root/validation/` (or `val/`) those are the
+  splits; otherwise every 10th image of each class is held out for
+  validation.
+  """
+  root: str = ""
+  classes: tuple = ()
+  examples: Dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+  def read(self, split, input_context=None, shuffle_files_seed=None):
+    files, labels = self.examples[split]
+    ds = tf.data.Dataset.from_tensor_slices((list(files), list(labels)))
+    ds = _shard(ds, input_context)
+    if shuffle_files_seed is not None:
+      ds = ds.shuffle(len(files), seed=shuffle_files_seed)
+    num_classes = self.num_classes
+    return ds.map(lambda f, y: {
+        "encoded": tf.io.read_file(f), "label": _one_hot(y, num_classes),
+        "source_id": f}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def folder_source(root, eval_every=10):
+  """Builds a FolderSource, failing clearly on a missing or empty root."""
+  if not root or not tf.io.gfile.isdir(root):
+    raise DataNotFoundError(f"Image folder {root!r} does not exist.")
+  split_dirs = {"train": "train", "validation": None}
+  for candidate in ("validation", "val"):
+    if tf.io.gfile.isdir(os.path.join(root, candidate)):
+      split_dirs["validation"] = candidate
+  if tf.io.gfile.isdir(os.path.join(root, "train")) and split_dirs[
+      "validation"]:
+    classes, train_f, train_y = _list_folder(os.path.join(root, "train"))
+    val_classes, val_f, val_y = _list_folder(
+        os.path.join(root, split_dirs["validation"]))
+    if val_classes != classes:
+      raise ValueError(f"{root}: train and validation class folders differ.")
+  else:
+    classes, files, labels = _list_folder(root)
+    held = [i % eval_every == eval_every - 1 for i in range(len(files))]
+    train_f = [f for f, h in zip(files, held) if not h]
+    train_y = [y for y, h in zip(labels, held) if not h]
+    val_f = [f for f, h in zip(files, held) if h]
+    val_y = [y for y, h in zip(labels, held) if h]
+  if not train_f:
+    raise DataNotFoundError(
+        f"No images (*{', *'.join(IMAGE_EXTENSIONS)}, any case) found under "
+        f"{root}/<class>/.")
+  examples = {"train": (train_f, train_y), "validation": (val_f, val_y)}
+  return FolderSource(
+      name="folder", num_classes=len(classes),
+      split_sizes={k: len(v[0]) for k, v in examples.items()}, root=root,
+      classes=tuple(classes), examples=examples)
+
+
+# ------------------------------------------------------------------- digits
+@dataclasses.dataclass
+class DigitsSource(Source):
+  """scikit-learn's 1797 real 8x8 handwritten digits, upscaled to 32 px.
+
+  Fixed split: example i (in load_digits order) is held out for validation
+  when i % 5 == 0 (360 images), the other 1437 train.
+  """
+  arrays: Dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+  def read(self, split, input_context=None, shuffle_files_seed=None):
+    images, labels = self.arrays[split]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    ds = _shard(ds, input_context)
+    return ds.map(lambda x, y: {
+        "image": x, "label": _one_hot(y, 10),
+        "source_id": tf.constant("sklearn.datasets.load_digits")})
+
+
+def digits_source(upscale=4):
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  # 0..16 ink values -> 0..255, nearest-neighbour upscale, gray -> RGB.
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
+  images = np.repeat(images[..., None], 3, axis=-1)
+  held = np.arange(len(images)) % DIGITS_EVAL_EVERY == 0
+  arrays = {"train": (images[~held], digits.target[~held]),
+            "validation": (images[held], digits.target[held])}
+  return DigitsSource(
+      name="digits", num_classes=10,
+      split_sizes={k: len(v[1]) for k, v in arrays.items()}, arrays=arrays)
