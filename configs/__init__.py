@@ -1,0 +1,1 @@
+"""Experiment configs: the base recipe and the named dataset configs."""

@@ -1,0 +1,97 @@
+"""The paper's ImageNet recipe (EfficientNetV2 section 5.1) as one ConfigDict.
+
+  python main.py --model=efficientnetv2-s --dataset_cfg=imagenet \
+      --data_dir=gs://.../imagenet --model_dir=gs://.../run --use_tpu
+
+Trains EfficientNetV2-S for 350 epochs at batch 4096 with 4 progressive
+stages (paper Table 6); expected 83.9% top-1 (paper Table 7; TPUv3-32, about
+a day). Fields left `None` (placeholders) take their value from the model's
+registry entry or the progressive-learning preset; `effnetv2_tf.config`
+fills them and locks the config.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config():
+  """Returns the base config: the paper's ImageNet-1k training recipe."""
+  config = ml_collections.ConfigDict()
+  config.model = dict(
+      name="efficientnetv2-s",
+      num_classes=1000,
+      survival_prob=0.8,
+      bn_momentum=0.9,   # Keras sense (reference code); the paper says 0.99
+      bn_epsilon=1e-3,
+      train_size=placeholder(int),  # default: registry train size
+      eval_size=placeholder(int),   # default: registry eval size
+      # Architecture scaling overrides (tests and smoke runs use tiny ones).
+      width_coefficient=placeholder(float),
+      depth_coefficient=placeholder(float),
+  )
+  config.data = dict(
+      name="imagenet",
+      source="tfrecord",   # tfrecord | tfds | folder | digits
+      tfds_name="",
+      data_dir=placeholder(str),
+      multi_label=False,
+      minival=False,       # hold out the first training files for tuning
+      minival_files=20,    # reference: 20 of 1024 files, about 25k images
+      eval_files=16,       # 21k without validation files: first 16 files
+      eval_split="validation",
+      train_examples=placeholder(int),  # override the counted split sizes
+      eval_examples=placeholder(int),
+      augname=placeholder(str),         # default: registry augname
+      num_layers=2,
+      cutmix_alpha=0.0,
+      crop_area_min=0.05,
+      crop_padding=32,
+      skip_crop_from_size=320,          # reference; 0 always crops
+      cache=False,
+      shuffle_buffer=10_000,
+  )
+  config.train = dict(
+      epochs=350.0,
+      steps=placeholder(int),  # overrides epochs when set
+      min_steps=0,             # finetuning: at least this many steps
+      batch_size=4096,
+      optimizer="rmsprop",
+      rmsprop_rho=0.9,
+      momentum=0.9,
+      epsilon=1e-3,
+      lr_base=0.016,           # per 256 images, scaled with the batch
+      lr_schedule="exponential",  # exponential | cosine | constant
+      lr_decay_factor=0.97,
+      lr_decay_epochs=2.4,
+      warmup_epochs=5.0,
+      weight_decay=1e-5,       # coupled L2 on kernels: wd * sum(w^2) / 2
+      label_smoothing=0.1,
+      ema_decay=0.9999,
+      seed=0,
+      keep_checkpoints=5,
+      checkpoint_every=placeholder(int),  # steps; default: once per stage
+      log_every=100,
+  )
+  config.progressive = dict(
+      preset="paper",          # paper (Table 6) | reference (released code)
+      num_stages=4,
+      random_resize=False,     # paper Table 13: random size every K epochs
+      random_resize_epochs=8.0,
+      min_image_size=placeholder(int),
+      max_image_size=placeholder(int),
+      min_randaug=placeholder(float),
+      max_randaug=placeholder(float),
+      min_mixup=placeholder(float),
+      max_mixup=placeholder(float),
+      min_dropout=placeholder(float),
+      max_dropout=placeholder(float),
+  )
+  config.eval = dict(
+      batch_size=1024,
+  )
+  config.runtime = dict(
+      steps_per_loop=100,
+      mixed_precision=False,
+      deterministic=False,
+  )
+  return config

@@ -1,0 +1,196 @@
+"""Builds the final, locked experiment config shared by both drivers.
+
+Order: `configs.base` -> the `--dataset_cfg` overrides -> `--config_file`
+(YAML or JSON) -> `--hparam_str` ("a.b=1,c.d=x") -> defaults filled from the
+model's registry entry -> validation -> lock. An unknown key or a value of
+the wrong type is an error naming the key (big_vision style: a typo is never
+a silent default).
+"""
+
+import json
+import os
+import re
+
+import ml_collections
+import yaml
+
+from configs import base
+from configs import datasets
+from effnetv2_tf import registry
+
+CONFIG_FILENAME = "config.json"
+LR_SCHEDULES = ("exponential", "cosine", "constant")
+PRESETS = ("paper", "reference")
+SOURCES = ("tfrecord", "tfds", "folder", "digits")
+AUGNAMES = ("", "randaug", "autoaug")
+
+
+class ConfigError(ValueError):
+  """A bad config key or value; the message names the key."""
+
+
+def _flatten(tree, prefix=""):
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      yield from _flatten(value, path + ".")
+    else:
+      yield path, value
+
+
+def set_value(config, key, value):
+  """Sets dotted `key` in `config`, raising ConfigError naming the key."""
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(f"Unknown config key {'.'.join(parents[:i + 1])!r} "
+                        f"(in {key!r}).")
+    node = node[part]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    valid = ", ".join(sorted(node)) if isinstance(
+        node, ml_collections.ConfigDict) else ""
+    raise ConfigError(f"Unknown config key {key!r}. Valid keys here: {valid}")
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ConfigError(f"Config key {key!r} is a section, not a value.")
+  try:
+    setattr(node, leaf, value)
+  except TypeError as err:
+    raise ConfigError(
+        f"Wrong type for config key {key!r}: {value!r} "
+        f"({type(value).__name__}); {err}") from None
+
+
+def apply_overrides(config, overrides):
+  """Applies a nested dict of overrides."""
+  for key, value in _flatten(overrides):
+    set_value(config, key, value)
+
+
+def parse_hparam_str(hparam_str):
+  """'a.b=1,c=[1, 2],d=x' -> {'a.b': 1, 'c': [1, 2], 'd': 'x'} (YAML values)."""
+  pairs = {}
+  # Split on commas that are not inside brackets.
+  for item in re.split(r",(?![^\[\]]*\])", hparam_str or ""):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" not in item:
+      raise ConfigError(f"Bad --hparam_str item {item!r}: expected key=value.")
+    key, text = (s.strip() for s in item.split("=", 1))
+    pairs[key] = yaml.safe_load(text) if text else ""
+  return pairs
+
+
+def load_config_file(path):
+  """Reads a YAML or JSON file of (nested) overrides."""
+  if not os.path.exists(path):
+    raise ConfigError(f"--config_file {path!r} does not exist.")
+  with open(path) as f:
+    tree = yaml.safe_load(f)  # YAML is a superset of JSON
+  if not isinstance(tree, dict):
+    raise ConfigError(f"--config_file {path!r} must hold a mapping of keys.")
+  return tree
+
+
+def _fill_registry_defaults(config):
+  spec = registry.get_model_spec(config.model.name)
+  config.model.name = spec.name
+  if config.model.train_size is None:
+    config.model.train_size = spec.train_size
+  if config.model.eval_size is None:
+    config.model.eval_size = spec.eval_size
+  if config.data.augname is None:
+    config.data.augname = spec.augname
+
+
+def validate(config):
+  """Checks values before any heavy work; raises ConfigError naming the key."""
+  checks = [
+      ("model.num_classes", config.model.num_classes >= 1),
+      ("model.train_size", config.model.train_size >= 8),
+      ("model.eval_size", config.model.eval_size >= 8),
+      ("model.survival_prob", 0.0 < config.model.survival_prob <= 1.0),
+      ("train.batch_size", config.train.batch_size >= 1),
+      ("eval.batch_size", config.eval.batch_size >= 1),
+      ("train.epochs", config.train.epochs > 0),
+      ("train.steps", config.train.steps is None or config.train.steps >= 1),
+      ("train.lr_base", config.train.lr_base >= 0),
+      ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0),
+      ("train.label_smoothing", 0.0 <= config.train.label_smoothing < 1.0),
+      ("train.lr_schedule", config.train.lr_schedule in LR_SCHEDULES),
+      ("progressive.preset", config.progressive.preset in PRESETS),
+      ("progressive.num_stages", config.progressive.num_stages >= 1),
+      ("data.source", config.data.source in SOURCES),
+      ("data.augname", config.data.augname in AUGNAMES),
+      ("data.crop_area_min", 0.0 < config.data.crop_area_min <= 1.0),
+      ("runtime.steps_per_loop", config.runtime.steps_per_loop >= 1),
+  ]
+  for key, ok in checks:
+    if not ok:
+      value = config
+      for part in key.split("."):
+        value = value[part]
+      allowed = {"train.lr_schedule": LR_SCHEDULES,
+                 "progressive.preset": PRESETS, "data.source": SOURCES,
+                 "data.augname": AUGNAMES}.get(key)
+      hint = f"; valid: {', '.join(map(repr, allowed))}" if allowed else ""
+      raise ConfigError(f"Bad value for {key}: {value!r}{hint}.")
+  for key, value in _flatten(config.progressive.to_dict()):
+    if key.startswith(("min_", "max_")) and value is not None and value < 0:
+      raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")
+
+
+def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
+                 config_file=None, data_dir=None):
+  """Returns the final locked ConfigDict.
+
+  Args:
+    model_name: registered model name (None keeps the base default).
+    dataset_cfg: a name from `configs.datasets.DATASET_CONFIGS`.
+    hparam_str: comma-separated key=value overrides, applied last.
+    config_file: optional YAML/JSON file of overrides.
+    data_dir: `--data_dir`, stored as data.data_dir.
+
+  Raises:
+    ConfigError: unknown dataset config, key, type or a bad value.
+  """
+  config = base.get_config()
+  config.lock()
+  try:
+    apply_overrides(config, datasets.get_dataset_config(dataset_cfg))
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  if model_name:
+    config.model.name = model_name
+  if data_dir:
+    config.data.data_dir = data_dir
+  if config_file:
+    apply_overrides(config, load_config_file(config_file))
+  for key, value in parse_hparam_str(hparam_str).items():
+    set_value(config, key, value)
+  try:
+    _fill_registry_defaults(config)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  validate(config)
+  return ml_collections.FrozenConfigDict(config)
+
+
+def save_config(config, model_dir):
+  """Writes config.json; refuses a model_dir that belongs to another model."""
+  path = os.path.join(model_dir, CONFIG_FILENAME)
+  os.makedirs(model_dir, exist_ok=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    old = previous.get("model", {}).get("name")
+    if old and old != config.model.name:
+      raise ConfigError(
+          f"--model_dir {model_dir} holds a run of {old}, not "
+          f"{config.model.name}; use another --model_dir.")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json(indent=2))
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,160 @@
+"""Learning-rate schedule, optimizer, weight decay and EMA (paper section 5.1).
+
+Both drivers use these definitions:
+- learning rate lr_base * global_batch / 256, linear warmup from 0 that
+  overrides the decay while it lasts (reference rule), then exponential
+  (0.97 every 2.4 epochs, staircase), cosine or constant, all computed over
+  the whole run so stages share one continuous schedule;
+- RMSProp (rho 0.9, momentum 0.9, epsilon 1e-3). Keras' RMSprop adds epsilon
+  inside the square root like TF1's; it starts the mean square at 0 where
+  TF1 started it at 1 (irrelevant after warmup from lr 0);
+- weight decay as a coupled L2 term wd * sum(w^2) / 2 over kernels only;
+- an exponential moving average of the weights with the warm-up
+  min(decay, (1 + t) / (10 + t)) that also averages BN moving statistics
+  (Keras' built-in `use_ema` has neither).
+"""
+
+import contextlib
+import math
+
+import keras
+import tensorflow as tf
+
+KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
+BN_STAT_SUFFIXES = ("moving_mean", "moving_variance")
+
+
+@keras.saving.register_keras_serializable(package="effnetv2_tf")
+class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0, then exponential, cosine or constant."""
+
+  def __init__(self, base_lr, total_steps, warmup_steps=0,
+               schedule="exponential", decay_steps=1, decay_factor=0.97):
+    super().__init__()
+    if schedule not in ("exponential", "cosine", "constant"):
+      raise ValueError(f"Unknown learning-rate schedule {schedule!r}.")
+    self.base_lr = float(base_lr)
+    self.total_steps = int(total_steps)
+    self.warmup_steps = int(warmup_steps)
+    self.schedule = schedule
+    self.decay_steps = max(1, int(decay_steps))
+    self.decay_factor = float(decay_factor)
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    if self.schedule == "exponential":
+      lr = self.base_lr * self.decay_factor ** tf.floor(
+          step / self.decay_steps)
+    elif self.schedule == "cosine":
+      progress = tf.minimum(step / max(1, self.total_steps), 1.0)
+      lr = 0.5 * self.base_lr * (1.0 + tf.cos(math.pi * progress))
+    else:
+      lr = tf.constant(self.base_lr)
+    if self.warmup_steps:
+      warmup = self.base_lr * step / self.warmup_steps
+      lr = tf.where(step < self.warmup_steps, warmup, lr)
+    return lr
+
+  def get_config(self):
+    return dict(base_lr=self.base_lr, total_steps=self.total_steps,
+                warmup_steps=self.warmup_steps, schedule=self.schedule,
+                decay_steps=self.decay_steps, decay_factor=self.decay_factor)
+
+
+def build_schedule(train_config, global_batch_size, steps_per_epoch,
+                   total_steps):
+  """The schedule of a `config.train` section."""
+  return WarmupDecaySchedule(
+      base_lr=train_config.lr_base * global_batch_size / 256.0,
+      total_steps=total_steps,
+      warmup_steps=int(train_config.warmup_epochs * steps_per_epoch),
+      schedule=train_config.lr_schedule,
+      decay_steps=int(train_config.lr_decay_epochs * steps_per_epoch),
+      decay_factor=train_config.lr_decay_factor)
+
+
+def build_optimizer(train_config, learning_rate):
+  """RMSProp as in the paper; 'sgd' (momentum) and 'adam' for experiments."""
+  name = train_config.optimizer.lower()
+  if name == "rmsprop":
+    return keras.optimizers.RMSprop(
+        learning_rate, rho=train_config.rmsprop_rho,
+        momentum=train_config.momentum, epsilon=train_config.epsilon)
+  if name in ("sgd", "momentum"):
+    return keras.optimizers.SGD(learning_rate, momentum=train_config.momentum,
+                                nesterov=True)
+  if name == "adam":
+    return keras.optimizers.Adam(learning_rate, epsilon=train_config.epsilon)
+  raise ValueError(f"Unknown optimizer {train_config.optimizer!r}; valid: "
+                   "rmsprop, sgd, adam.")
+
+
+def decay_variables(model):
+  """Kernels of conv, depthwise and dense layers (not BN, not biases)."""
+  return [v for v in model.trainable_weights
+          if v.path.split("/")[-1].endswith(KERNEL_SUFFIXES)]
+
+
+def weight_decay_loss(variables, weight_decay):
+  """wd * sum(w^2) / 2 (tf.nn.l2_loss), float32."""
+  if not weight_decay or not variables:
+    return tf.constant(0.0)
+  return weight_decay * tf.add_n(
+      [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+
+
+def ema_variables(model):
+  """Trainable weights plus BN moving statistics (not RNG seed states)."""
+  stats = [v for v in model.non_trainable_weights
+           if v.path.split("/")[-1] in BN_STAT_SUFFIXES]
+  return list(model.trainable_weights) + stats
+
+
+class ExponentialMovingAverage(tf.Module):
+  """Shadow copies updated as s = d * s + (1 - d) * w after each step.
+
+  d = min(decay, (1 + t) / (10 + t)) with t the optimizer step (reference
+  warm-up), so early averages are not dominated by the initial weights.
+  Create it under the strategy scope; updates may run in replica context
+  (the replicas' weights are equal, so the first replica's update is kept).
+  """
+
+  def __init__(self, model, decay):
+    super().__init__(name="ema")
+    self.decay = float(decay)
+    # Not tracked: the checkpoint saves these through the model.
+    object.__setattr__(self, "_model_variables", ema_variables(model))
+    self.shadows = [
+        tf.Variable(v.value, trainable=False, name=v.path.replace("/", "_"),
+                    synchronization=tf.VariableSynchronization.ON_WRITE,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        for v in self._model_variables]
+
+  def decay_at(self, step):
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
+
+  def update(self, step):
+    decay = self.decay_at(step)
+    for shadow, var in zip(self.shadows, self._model_variables):
+      value = tf.cast(var.value, shadow.dtype)
+      shadow.assign(decay * shadow + (1.0 - decay) * value)
+
+  def copy_to_model(self):
+    for shadow, var in zip(self.shadows, self._model_variables):
+      var.assign(tf.cast(shadow, var.dtype))
+
+  def reset_to_model(self):
+    for shadow, var in zip(self.shadows, self._model_variables):
+      shadow.assign(tf.cast(var.value, shadow.dtype))
+
+  @contextlib.contextmanager
+  def swapped(self):
+    """Within the block the model holds the EMA weights."""
+    backup = [tf.identity(v.value) for v in self._model_variables]
+    self.copy_to_model()
+    try:
+      yield
+    finally:
+      for value, var in zip(backup, self._model_variables):
+        var.assign(value)

@@ -1,0 +1,167 @@
+"""Progressive learning with adaptive regularization (paper Algorithm 1).
+
+Training is split into M stages. Stage i (0..M-1) trains N/M steps (the
+remainder goes to the last stage) at image size
+  S_i = int(S_0 + (S_e - S_0) * i / (M - 1))
+with every regularization value phi (RandAugment magnitude, mixup alpha,
+dropout rate) interpolated the same way. Weights, optimizer slots, EMA and
+the step counter carry over; only the input pipeline and the traced train
+step change.
+
+Two presets give (S_0, S_e, phi_0, phi_e):
+  paper:     Table 6 of the paper.
+  reference: what the released code does: stage i uses ratio (i + 1) / M
+             from 128 to the registry train size, RandAugment from 5 to the
+             registry magnitude, mixup/CutMix from 0 to the registry alpha,
+             and a fixed dropout.
+Random resize (paper Table 13) instead draws a stage uniformly every K
+epochs.
+"""
+
+import dataclasses
+from typing import List
+
+import numpy as np
+
+from effnetv2_tf import registry
+
+# Table 6: (max size, max RandAugment, max mixup, max dropout); every model
+# starts at size 128, RandAugment 5, mixup 0, dropout 0.1.
+PAPER_MIN = {"image_size": 128, "randaug": 5.0, "mixup": 0.0, "dropout": 0.1}
+PAPER_MAX = {
+    "efficientnetv2-s": {"image_size": 300, "randaug": 15.0, "mixup": 0.0,
+                         "dropout": 0.3},
+    "efficientnetv2-m": {"image_size": 380, "randaug": 20.0, "mixup": 0.2,
+                         "dropout": 0.4},
+    "efficientnetv2-l": {"image_size": 380, "randaug": 25.0, "mixup": 0.4,
+                         "dropout": 0.5},
+}
+REFERENCE_MIN_SIZE = 128
+REFERENCE_MIN_RANDAUG = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stage (or random-resize segment) of progressive learning."""
+  index: int
+  start_step: int
+  steps: int
+  image_size: int
+  randaug_magnitude: float
+  mixup_alpha: float
+  cutmix_alpha: float
+  dropout: float
+
+  @property
+  def end_step(self):
+    return self.start_step + self.steps
+
+
+def preset_ranges(config):
+  """(min, max) dicts of image_size/randaug/mixup/dropout for a config.
+
+  The preset gives the values; any `progressive.min_*`/`max_*` set in the
+  config overrides them.
+  """
+  spec = registry.get_model_spec(config.model.name)
+  preset = config.progressive.preset
+  if preset == "paper":
+    s_max = PAPER_MAX["efficientnetv2-s"]
+    lo = dict(PAPER_MIN)
+    hi = PAPER_MAX.get(spec.name, {
+        "image_size": config.model.train_size, "randaug": s_max["randaug"],
+        "mixup": s_max["mixup"], "dropout": spec.dropout_rate})
+  elif preset == "reference":
+    magnitude = spec.randaug_magnitude
+    if magnitude is None:
+      magnitude = REFERENCE_MIN_RANDAUG
+    lo = {"image_size": REFERENCE_MIN_SIZE, "randaug": REFERENCE_MIN_RANDAUG,
+          "mixup": 0.0, "dropout": spec.dropout_rate}
+    hi = {"image_size": config.model.train_size, "randaug": float(magnitude),
+          "mixup": spec.mixup_alpha, "dropout": spec.dropout_rate}
+  else:
+    raise ValueError(f"Unknown progressive preset {preset!r}; valid: "
+                     "'paper', 'reference'.")
+  lo, hi = dict(lo), dict(hi)
+  for key in lo:
+    low = config.progressive[f"min_{key}"]
+    high = config.progressive[f"max_{key}"]
+    lo[key] = lo[key] if low is None else low
+    hi[key] = hi[key] if high is None else high
+  return lo, hi
+
+
+def _ratios(preset, num_stages):
+  if preset == "reference":
+    return [(i + 1) / num_stages for i in range(num_stages)]
+  if num_stages == 1:
+    return [1.0]
+  return [i / (num_stages - 1) for i in range(num_stages)]
+
+
+def stage_values(config, ratio):
+  """Image size and regularization at interpolation `ratio` in [0, 1]."""
+  lo, hi = preset_ranges(config)
+  value = {k: lo[k] + (hi[k] - lo[k]) * ratio for k in lo}
+  return dict(
+      image_size=int(value["image_size"]),
+      randaug_magnitude=float(value["randaug"]),
+      mixup_alpha=float(value["mixup"]),
+      cutmix_alpha=float(config.data.cutmix_alpha * ratio),
+      dropout=float(value["dropout"]))
+
+
+def plan_stages(config, total_steps) -> List[Stage]:
+  """The fixed M-stage schedule of Algorithm 1 over `total_steps` steps."""
+  num_stages = config.progressive.num_stages
+  if total_steps < num_stages:
+    raise ValueError(f"{total_steps} training steps cannot fill "
+                     f"{num_stages} progressive stages.")
+  per_stage = total_steps // num_stages
+  stages, start = [], 0
+  for i, ratio in enumerate(_ratios(config.progressive.preset, num_stages)):
+    steps = per_stage if i < num_stages - 1 else total_steps - start
+    stages.append(Stage(index=i, start_step=start, steps=steps,
+                        **stage_values(config, ratio)))
+    start += steps
+  return stages
+
+
+def plan_random_resize(config, total_steps, steps_per_epoch) -> List[Stage]:
+  """Paper Table 13: every K epochs, a uniformly drawn stage's values."""
+  segment = max(1, int(round(config.progressive.random_resize_epochs *
+                             steps_per_epoch)))
+  ratios = _ratios(config.progressive.preset, config.progressive.num_stages)
+  rng = np.random.default_rng(config.train.seed)
+  stages, start = [], 0
+  while start < total_steps:
+    steps = min(segment, total_steps - start)
+    pick = int(rng.integers(len(ratios)))
+    stages.append(Stage(index=len(stages), start_step=start, steps=steps,
+                        **stage_values(config, ratios[pick])))
+    start += steps
+  return stages
+
+
+def plan(config, total_steps, steps_per_epoch):
+  """The run's stages: Algorithm 1, or random resize when configured."""
+  if config.progressive.random_resize:
+    return plan_random_resize(config, total_steps, steps_per_epoch)
+  return plan_stages(config, total_steps)
+
+
+def stage_at(stages, step):
+  """The stage that contains global step `step` (for resuming)."""
+  for stage in stages:
+    if step < stage.end_step:
+      return stage
+  return None
+
+
+def describe(stage, num_stages, preset):
+  """The one log line printed at each stage start."""
+  return (f"stage {stage.index + 1}/{num_stages} ({preset} preset): "
+          f"steps {stage.start_step}-{stage.end_step} ({stage.steps}), "
+          f"image size {stage.image_size}, RandAugment magnitude "
+          f"{stage.randaug_magnitude:g}, mixup alpha {stage.mixup_alpha:g}, "
+          f"cutmix alpha {stage.cutmix_alpha:g}, dropout {stage.dropout:g}")

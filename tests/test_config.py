@@ -1,0 +1,116 @@
+"""Tests of the experiment configs: recipe values, overrides and validation."""
+
+import json
+
+import pytest
+
+from configs import datasets
+from effnetv2_tf import config as config_lib
+
+
+def test_base_recipe_matches_paper_section_5_1():
+  config = config_lib.build_config("efficientnetv2-s", "imagenet")
+  train = config.train
+  assert (train.optimizer, train.rmsprop_rho, train.momentum,
+          train.epsilon) == ("rmsprop", 0.9, 0.9, 1e-3)
+  assert (train.lr_base, train.warmup_epochs, train.lr_decay_factor,
+          train.lr_decay_epochs) == (0.016, 5.0, 0.97, 2.4)
+  assert (train.weight_decay, train.label_smoothing, train.ema_decay,
+          train.epochs, train.batch_size) == (1e-5, 0.1, 0.9999, 350, 4096)
+  assert config.model.survival_prob == 0.8
+  assert config.progressive.num_stages == 4
+  assert config.progressive.preset == "paper"
+  # Registry defaults fill the placeholders.
+  assert (config.model.train_size, config.model.eval_size) == (300, 384)
+  assert config.data.augname == "randaug"
+
+
+def test_imagenet21k_and_finetune_configs():
+  c21k = config_lib.build_config("efficientnetv2-m", "ImageNet21k")
+  assert c21k.model.num_classes == 21843 and c21k.data.multi_label
+  assert (c21k.train.epochs, c21k.train.lr_base, c21k.train.lr_schedule,
+          c21k.train.warmup_epochs, c21k.train.label_smoothing) == (
+              60, 0.008, "cosine", 1.0, 0.0)
+  assert c21k.progressive.num_stages == 1
+  assert c21k.progressive.max_image_size == 224
+  for name in ("imagenetft", "cifar10ft", "cifar100ft", "flowersft", "carsft"):
+    ft = config_lib.build_config("efficientnetv2-s", name)
+    assert (ft.train.lr_base, ft.train.ema_decay, ft.train.epochs) == (
+        0.0005, 0.9996, 15), name
+  assert config_lib.build_config("efficientnetv2-s",
+                                 "flowersft").data.tfds_name == (
+                                     "oxford_flowers102")
+
+
+def test_hparam_str_overrides_with_types():
+  config = config_lib.build_config(
+      "efficientnetv2-b0", "digits",
+      "train.batch_size=32,train.lr_base=1,data.augname=autoaug,"
+      "progressive.random_resize=true")
+  assert config.train.batch_size == 32
+  assert config.train.lr_base == 1.0 and isinstance(config.train.lr_base,
+                                                    float)
+  assert config.data.augname == "autoaug"
+  assert config.progressive.random_resize is True
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ("train.batchsize=3", "Unknown config key 'train.batchsize'"),
+    ("trian.batch_size=3", "Unknown config key 'trian'"),
+    ("train.batch_size=abc", "Wrong type for config key 'train.batch_size'"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.lr_schedule=linear", "valid: 'exponential'"),
+    ("model.train_size=-5", "model.train_size"),
+    ("progressive.max_mixup=-1", "progressive.max_mixup"),
+    ("train", "expected key=value"),
+])
+def test_bad_overrides_name_the_key(hparams, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.build_config("efficientnetv2-b0", "digits", hparams)
+
+
+def test_unknown_names():
+  with pytest.raises(config_lib.ConfigError, match="valid: carsft"):
+    config_lib.build_config("efficientnetv2-b0", "mnist")
+  with pytest.raises(config_lib.ConfigError, match="Unknown model"):
+    config_lib.build_config("efficientnetv2-q", "digits")
+
+
+def test_config_file_yaml_and_json(tmp_path):
+  yaml_file = tmp_path / "c.yaml"
+  yaml_file.write_text("train:\n  batch_size: 16\ndata:\n  cutmix_alpha: 0.5\n")
+  config = config_lib.build_config("efficientnetv2-b0", "digits",
+                                   config_file=str(yaml_file))
+  assert (config.train.batch_size, config.data.cutmix_alpha) == (16, 0.5)
+  json_file = tmp_path / "c.json"
+  json_file.write_text(json.dumps({"train": {"bogus": 1}}))
+  with pytest.raises(config_lib.ConfigError, match="'train.bogus'"):
+    config_lib.build_config("efficientnetv2-b0", "digits",
+                            config_file=str(json_file))
+  # --hparam_str wins over the file.
+  config = config_lib.build_config("efficientnetv2-b0", "digits",
+                                   "train.batch_size=8",
+                                   config_file=str(yaml_file))
+  assert config.train.batch_size == 8
+
+
+def test_config_is_locked():
+  config = config_lib.build_config("efficientnetv2-b0", "digits")
+  with pytest.raises((AttributeError, TypeError, ValueError)):
+    config.train.batch_size = 3
+
+
+def test_save_config_refuses_other_model(tmp_path):
+  config = config_lib.build_config("efficientnetv2-b0", "digits")
+  path = config_lib.save_config(config, str(tmp_path))
+  assert json.loads(open(path).read())["model"]["name"] == "efficientnetv2-b0"
+  config_lib.save_config(config, str(tmp_path))  # same model: fine
+  other = config_lib.build_config("efficientnetv2-b1", "digits")
+  with pytest.raises(config_lib.ConfigError, match="holds a run of "
+                     "efficientnetv2-b0"):
+    config_lib.save_config(other, str(tmp_path))
+
+
+def test_every_dataset_config_builds():
+  for name in datasets.DATASET_CONFIGS:
+    config_lib.build_config("efficientnetv2-b0", name)

@@ -1,0 +1,102 @@
+"""Tests of the progressive-learning schedule (paper Algorithm 1, Table 6)."""
+
+import pytest
+
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import progressive
+
+
+def _stages(model, dataset="imagenet", hparams="", total=400):
+  config = config_lib.build_config(model, dataset, hparams)
+  return progressive.plan_stages(config, total)
+
+
+def _values(stages):
+  return [(s.image_size, s.randaug_magnitude, s.mixup_alpha, s.dropout)
+          for s in stages]
+
+
+@pytest.mark.parametrize("model, maxima", [
+    ("efficientnetv2-s", (300, 15, 0.0, 0.3)),
+    ("efficientnetv2-m", (380, 20, 0.2, 0.4)),
+    ("efficientnetv2-l", (380, 25, 0.4, 0.5)),
+])
+def test_paper_preset_is_algorithm_1_with_table_6(model, maxima):
+  s_e, r_e, m_e, d_e = maxima
+  s_0, r_0, m_0, d_0 = 128, 5, 0.0, 0.1  # Table 6 minima
+  expected = []
+  for i in range(4):
+    t = i / 3
+    expected.append((int(s_0 + (s_e - s_0) * t), r_0 + (r_e - r_0) * t,
+                     m_0 + (m_e - m_0) * t, d_0 + (d_e - d_0) * t))
+  got = _values(_stages(model))
+  for g, e in zip(got, expected):
+    assert g[0] == e[0]
+    assert g[1:] == pytest.approx(e[1:])
+  assert got[-1][0] == s_e  # the last stage is exactly S_e
+
+
+def test_paper_preset_s_sizes_by_hand():
+  assert [s.image_size for s in _stages("efficientnetv2-s")] == [
+      128, 185, 242, 300]
+
+
+def test_reference_preset_values():
+  stages = _stages("efficientnetv2-s", hparams="progressive.preset=reference")
+  assert [s.image_size for s in stages] == [171, 214, 257, 300]
+  assert [s.randaug_magnitude for s in stages] == pytest.approx(
+      [6.25, 7.5, 8.75, 10])
+  assert all(s.dropout == 0.2 for s in stages)
+  assert all(s.mixup_alpha == 0 for s in stages)
+  m_stages = _stages("efficientnetv2-m", hparams="progressive.preset=reference")
+  assert [s.image_size for s in m_stages] == [192, 256, 320, 384]
+  assert m_stages[-1].randaug_magnitude == 15
+  assert [s.mixup_alpha for s in m_stages] == pytest.approx(
+      [0.05, 0.1, 0.15, 0.2])
+  assert all(s.dropout == 0.3 for s in m_stages)
+  l_stages = _stages("efficientnetv2-l", hparams="progressive.preset=reference")
+  assert (l_stages[-1].randaug_magnitude, l_stages[-1].mixup_alpha) == (20, 0.5)
+
+
+def test_models_without_table_6_column():
+  stages = _stages("efficientnetv2-b0")
+  assert stages[0].image_size == 128 and stages[-1].image_size == 192
+  assert stages[-1].randaug_magnitude == 15 and stages[-1].dropout == 0.2
+  assert stages[0].dropout == 0.1
+
+
+def test_steps_split_with_remainder_to_last_stage():
+  stages = _stages("efficientnetv2-s", total=403)
+  assert [s.steps for s in stages] == [100, 100, 100, 103]
+  assert [s.start_step for s in stages] == [0, 100, 200, 300]
+  assert progressive.stage_at(stages, 299).index == 2
+  assert progressive.stage_at(stages, 300).index == 3
+  assert progressive.stage_at(stages, 403) is None
+  with pytest.raises(ValueError, match="cannot fill"):
+    _stages("efficientnetv2-s", total=3)
+
+
+def test_config_overrides_and_single_stage():
+  stages = _stages("efficientnetv2-b0", "digits")
+  assert [s.image_size for s in stages] == [32, 40, 48, 56]
+  one = _stages("efficientnetv2-s", "imagenet21k")
+  assert len(one) == 1 and one[0].image_size == 224
+  assert (one[0].mixup_alpha, one[0].dropout) == (0, 0)
+
+
+def test_random_resize_draws_stage_values_every_k_epochs():
+  config = config_lib.build_config(
+      "efficientnetv2-s", "imagenet",
+      "progressive.random_resize=true,progressive.random_resize_epochs=2")
+  stages = progressive.plan(config, total_steps=100, steps_per_epoch=10)
+  assert [s.steps for s in stages] == [20] * 5
+  allowed = {v for v in _values(progressive.plan_stages(config, 100))}
+  assert all(v in allowed for v in _values(stages))
+
+
+def test_describe_line_has_every_value():
+  stage = _stages("efficientnetv2-m")[1]
+  line = progressive.describe(stage, 4, "paper")
+  for part in ("stage 2/4", "paper", "image size 212", "RandAugment magnitude",
+               "mixup alpha", "dropout"):
+    assert part in line
