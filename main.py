@@ -1,67 +1,106 @@
-"""EfficientNetV2 driver (custom tf.distribute loop).
+"""EfficientNetV2 training with a custom tf.distribute loop (paper Algorithm 1).
 
-Training with progressive learning lands with the training issue; until then
-this driver builds a registered model, runs one forward pass at its eval size
-and prints its architecture table:
+  # The built-in demo: 4 progressive stages on scikit-learn's digits, CPU.
+  python main.py --model=efficientnetv2-b0 --dataset_cfg=digits \
+      --model_dir=runs/digits --export_dir=runs/digits/export
+  # ImageNet on a Cloud TPU VM.
+  python main.py --use_tpu --model=efficientnetv2-s --dataset_cfg=imagenet \
+      --data_dir=gs://BUCKET/imagenet --model_dir=gs://BUCKET/runs/s
 
-  python main.py --model=efficientnetv2-s
+Modes: train, eval (latest checkpoint in --model_dir, EMA weights) and
+train_and_eval (evaluates after every stage). Rerunning the same command
+resumes from the latest checkpoint in the right stage and step.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import numpy as np
+from absl import logging
+import keras
 
-import effnetv2_tf
-from effnetv2_tf import block_strings
-from effnetv2_tf import model as model_lib
+from effnetv2_tf import checkpoints
+from effnetv2_tf import cli
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import distribute
+from effnetv2_tf import export
+from effnetv2_tf import train_lib
+from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf.data import sources
 
-flags.DEFINE_string("model", "efficientnetv2-b0",
-                    "Model name, one of effnetv2_tf.list_models().")
-flags.DEFINE_integer("num_classes", 1000, "Classes of the head.")
-flags.register_validator(
-    "model", lambda name: name.lower().replace("_", "-") in
-    effnetv2_tf.list_models(),
-    message="unknown model; valid models: " + ", ".join(
-        effnetv2_tf.list_models()))
+cli.define_flags()
 FLAGS = flags.FLAGS
 
 
-def describe(name, num_classes):
-  """Prints the scaled stage table, parameters and one forward pass."""
-  spec = effnetv2_tf.get_model_spec(name)
-  model = effnetv2_tf.create_model(name, num_classes=num_classes)
-  options = model_lib.ModelOptions(dropout_rate=spec.dropout_rate)
-  print(f"{spec.name}: width {spec.width_coefficient}, depth "
-        f"{spec.depth_coefficient}, train {spec.train_size} px, eval "
-        f"{spec.eval_size} px, dropout {spec.dropout_rate}")
-  print(f"{'stage':>5} {'block':<13} {'repeats':>7} {'kernel':>6} "
-        f"{'stride':>6} {'expand':>6} {'in':>5} {'out':>5} {'se':>5}")
-  stages = {}
-  for stage, _, args in model_lib.scaled_block_args(spec, options):
-    stages.setdefault(stage, args)
-  for stage, args in stages.items():
-    kind = ("Fused-MBConv" if args.conv_type == block_strings.FUSED_MBCONV
-            else "MBConv")
-    print(f"{stage + 1:>5} {kind:<13} {args.num_repeat:>7} "
-          f"{args.kernel_size:>6} {args.strides:>6} {args.expand_ratio:>6} "
-          f"{args.input_filters:>5} {args.output_filters:>5} "
-          f"{args.se_ratio or '-':>5}")
-  print(f"parameters: {model.count_params():,}")
-  size = spec.eval_size
-  x = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3))
-  logits = model(x.astype("float32"), training=False)
-  print(f"forward pass at {size}x{size}: logits {tuple(logits.shape)}, "
-        f"finite: {bool(np.all(np.isfinite(logits)))}")
+def _fail(message):
+  print(f"main.py: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def run(values):
+  """Runs the configured mode; returns the summary dict."""
+  config = cli.config_from_flags(values)
+  model_dir = cli.model_dir_from_flags(values, config)
+  if config.runtime.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  strategy = distribute.get_strategy(values.strategy, values.use_tpu,
+                                     values.tpu)
+  trainer = trainer_lib.Trainer(config, model_dir, strategy)
+  if trainer.chief:
+    config_lib.save_config(config, model_dir)
+  # --mode=eval with --init_checkpoint evaluates that checkpoint instead of
+  # the latest one in --model_dir.
+  given_eval = values.mode == "eval" and values.init_checkpoint
+  restored = None if given_eval else trainer.restore()
+  if not restored and values.init_checkpoint:
+    with strategy.scope():
+      loaded = checkpoints.init_from(trainer.model, values.init_checkpoint,
+                                     cli.model_from_run_config)
+      trainer.ema.reset_to_model()
+    if given_eval and loaded < len(trainer.model.weights):
+      raise ValueError(
+          f"--init_checkpoint {values.init_checkpoint}: only {loaded} of "
+          f"{len(trainer.model.weights)} weights fit; cannot evaluate it "
+          "(another class count or model?).")
+  elif values.mode == "eval" and not restored:
+    raise FileNotFoundError(f"--mode=eval: no checkpoint in {model_dir}.")
+  if values.mode in ("train", "train_and_eval"):
+    print(f"Training {config.model.name} on {config.data.name}: "
+          f"{trainer.total_steps} steps ({trainer.steps_per_epoch}/epoch) at "
+          f"batch {trainer.global_batch}, {len(trainer.stages)} stages, "
+          f"model_dir {model_dir}", flush=True)
+    trainer.train(eval_every_stage=values.mode == "train_and_eval")
+  result = None
+  if values.mode in ("eval", "train_and_eval"):
+    stages = trainer.summary["stages"]
+    result = (dict(top1=stages[-1]["top1"], top5=stages[-1]["top5"])
+              if values.mode == "train_and_eval" and stages and
+              "top1" in stages[-1] else trainer.evaluate())
+  summary = trainer.finish(result)
+  if values.export_dir and trainer.chief:
+    with trainer.ema.swapped():
+      export.export_saved_model(
+          trainer.model, values.export_dir, config.model.eval_size,
+          train_lib.input_scaling(config), config.data.crop_padding,
+          config.data.skip_crop_from_size or None)
+    print(f"Exported SavedModel (EMA weights) to {values.export_dir}",
+          flush=True)
+  return summary
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  describe(FLAGS.model, FLAGS.num_classes)
+  try:
+    run(FLAGS)
+  except (config_lib.ConfigError, sources.DataNotFoundError,
+          FileNotFoundError, distribute.StrategyError,
+          trainer_lib.TrainingError, ValueError) as err:
+    logging.debug("Failure details", exc_info=True)
+    _fail(str(err))
 
 
 if __name__ == "__main__":

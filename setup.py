@@ -28,6 +28,8 @@ setuptools.setup(
         "importlib-resources==7.1.0",
         "numpy>=1.26,<2.5",
         "h5py==3.14.0",
+        # tf.summary needs it; tensorflow-cpu 2.21 does not pull it in.
+        "tensorboard==2.21.0",
         "PyYAML==6.0.3",
         "scikit-learn==1.9.1",
         "matplotlib==3.11.2",

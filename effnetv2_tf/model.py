@@ -27,9 +27,11 @@ class ModelOptions:
   dropout_rate: float
   survival_prob: float = 0.8
   bn_momentum: float = 0.9  # Keras sense, as the reference (paper text: 0.99)
-  # 1e-3 rather than Keras' 1e-3 default is the reference's choice too; it is
-  # kept explicit because published weights were trained with it.
+  # The reference's value (also Keras' default), kept explicit because the
+  # published weights were trained with it.
   bn_epsilon: float = 1e-3
+  # Cross-replica BN statistics; the drivers set it with > 1 replica.
+  bn_synchronized: bool = False
   activation: str = "swish"
   width_coefficient: Optional[float] = None  # None: the registry's value
   depth_coefficient: Optional[float] = None
@@ -98,7 +100,7 @@ class _Builder:
   def bn_act(self, x, bn_name, act_name=None):
     x = layers.BatchNormalization(
         momentum=self.opt.bn_momentum, epsilon=self.opt.bn_epsilon,
-        name=bn_name)(x)
+        synchronized=self.opt.bn_synchronized, name=bn_name)(x)
     if act_name:
       x = layers.Activation(self.opt.activation, name=act_name)(x)
     return x
@@ -243,7 +245,11 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
   if include_top:
     # Always present (rate may be 0) so progressive learning can set it.
-    x = layers.Dropout(options.dropout_rate, name="top_dropout")(x)
+    # Keras creates the RNG state only when constructed with rate > 0; a
+    # stage that raises the rate from 0 later needs it.
+    dropout = layers.Dropout(0.5, name="top_dropout")
+    dropout.rate = options.dropout_rate
+    x = dropout(x)
     x = layers.Dense(
         num_classes, activation=classifier_activation,
         kernel_initializer=_dense_init(num_classes),
@@ -266,7 +272,7 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
     weights: None, a keras.applications weights file (`.weights.h5` or legacy
       `.h5`), or a reference TF1 checkpoint prefix.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
-      bn_momentum, bn_epsilon, activation, width_coefficient,
+      bn_momentum, bn_epsilon, bn_synchronized, activation, width_coefficient,
       depth_coefficient, blocks, feature_size).
 
   Returns:

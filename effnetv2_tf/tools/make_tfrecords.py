@@ -36,17 +36,24 @@ LAYOUTS = ("folders", "flat")
 SOURCE_SPLITS = ("train", "validation")  # what tfrecord_source globs for
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("image_dir", None, "Folder of input images.")
-flags.DEFINE_string("output_dir", None, "Folder for shards and metadata.")
-flags.DEFINE_integer("num_shards", None, "Number of output shards.",
-                     lower_bound=1)
-flags.DEFINE_string("split", "train", "Split name; shards are <split>-*.")
-flags.DEFINE_enum("layout", "folders", LAYOUTS, "Input layout (see above).")
-flags.DEFINE_integer("seed", 0, "Seed of the shuffle before sharding.")
-flags.DEFINE_integer("num_threads", min(8, os.cpu_count() or 1),
-                     "Threads reading and re-encoding images.", lower_bound=1)
-flags.DEFINE_integer("log_every", 500, "Log progress every this many images.",
-                     lower_bound=1)
+
+
+def define_flags():
+  """CLI flags; defined only when run as a script, so importing this module
+  (benchmarks, other drivers) does not claim flag names like --seed."""
+  flags.DEFINE_string("image_dir", None, "Folder of input images.")
+  flags.DEFINE_string("output_dir", None, "Folder for shards and metadata.")
+  flags.DEFINE_integer("num_shards", None, "Number of output shards.",
+                       lower_bound=1)
+  flags.DEFINE_string("split", "train", "Split name; shards are <split>-*.")
+  flags.DEFINE_enum("layout", "folders", LAYOUTS, "Input layout (see above).")
+  flags.DEFINE_integer("seed", 0, "Seed of the shuffle before sharding.")
+  flags.DEFINE_integer("num_threads", min(8, os.cpu_count() or 1),
+                       "Threads reading and re-encoding images.",
+                       lower_bound=1)
+  flags.DEFINE_integer("log_every", 500,
+                       "Log progress every this many images.", lower_bound=1)
+  flags.mark_flags_as_required(["image_dir", "output_dir", "num_shards"])
 
 
 class ConversionError(ValueError):
@@ -315,5 +322,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["image_dir", "output_dir", "num_shards"])
+  define_flags()
   app.run(main)

@@ -1,0 +1,124 @@
+"""`--init_checkpoint`: initialise a model from another run, skipping the head.
+
+Accepts a checkpoint of either driver (a directory with `config.json` or a
+checkpoint prefix in one), a reference TF1 checkpoint, a keras.applications
+`.h5`/`.weights.h5` file or a `.keras` file. Weights are copied layer by
+layer by name; layers whose shapes differ (the classifier when the class
+count changes, e.g. ImageNet-21k -> 1k) are skipped. EMA weights are used
+where the checkpoint has them.
+"""
+
+import json
+import os
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from effnetv2_tf import optim
+from effnetv2_tf import weights as weights_lib
+
+MIN_LOADED_FRACTION = 0.5
+
+
+def _checkpoint_prefix(path):
+  if tf.io.gfile.isdir(path):
+    prefix = tf.train.latest_checkpoint(path)
+    if prefix is None:
+      raise FileNotFoundError(f"--init_checkpoint {path}: no checkpoint in "
+                              "this directory.")
+    return prefix
+  if tf.io.gfile.exists(path + ".index"):
+    return path
+  raise FileNotFoundError(f"--init_checkpoint {path} does not exist.")
+
+
+def _source_model_from_run(prefix, build_model_fn):
+  """Rebuilds the run's model from its config.json and restores EMA weights."""
+  config_path = os.path.join(os.path.dirname(prefix), "config.json")
+  if not tf.io.gfile.exists(config_path):
+    raise FileNotFoundError(
+        f"--init_checkpoint {prefix}: no config.json beside it, so the "
+        "model that wrote it is unknown.")
+  with tf.io.gfile.GFile(config_path) as f:
+    run_config = json.load(f)
+  reader = tf.train.load_checkpoint(prefix)
+  source = build_model_fn(run_config, _num_classes(reader))
+  ema = optim.ExponentialMovingAverage(source, 0.0)
+  tf.train.Checkpoint(model=source, ema=ema).restore(prefix).expect_partial()
+  if any(k.startswith("ema/") for k in reader.get_variable_to_shape_map()):
+    ema.copy_to_model()
+    logging.info("Using the EMA weights of %s.", prefix)
+  return source
+
+
+def _num_classes(reader):
+  """The class count: the only 2-D weights are the dense head's kernel."""
+  dense = [shape for shape in reader.get_variable_to_shape_map().values()
+           if len(shape) == 2]
+  if not dense:
+    raise ValueError("Cannot find the classifier kernel in the checkpoint.")
+  return dense[0][1]
+
+
+def copy_by_name(source, target):
+  """Copies weights of same-named, same-shaped layers; returns (n, skipped)."""
+  loaded, skipped = 0, []
+  for layer in target.layers:
+    if not layer.weights:
+      continue
+    try:
+      other = source.get_layer(layer.name)
+    except ValueError:
+      skipped.append(layer.name)
+      continue
+    shapes = [tuple(w.shape) for w in layer.weights]
+    if shapes != [tuple(w.shape) for w in other.weights]:
+      skipped.append(layer.name)
+      continue
+    layer.set_weights(other.get_weights())
+    loaded += len(layer.weights)
+  return loaded, skipped
+
+
+def init_from(model, path, build_model_fn):
+  """Initialises `model` from `path`; returns the number of loaded weights.
+
+  Args:
+    model: the target keras.Model (already built).
+    path: see the module docstring.
+    build_model_fn: (run config dict, num_classes) -> keras.Model, to rebuild
+      the model of one of our runs.
+
+  Raises:
+    ValueError: when fewer than half of the model's weights could be loaded.
+  """
+  if path.endswith(".h5"):
+    source = _keras_app_model(model, path)
+  elif path.endswith(".keras"):
+    source = keras.saving.load_model(path, compile=False)
+  else:
+    prefix = _checkpoint_prefix(path)
+    names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    if any(k.endswith("/stem/conv2d/kernel") for k in names):
+      weights_lib.load_weights(model, prefix)  # reference TF1 checkpoint
+      return len(model.weights)
+    source = _source_model_from_run(prefix, build_model_fn)
+  loaded, skipped = copy_by_name(source, model)
+  total = len(model.weights)
+  logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,
+               total, path, ", ".join(skipped) or "none")
+  print(f"init_checkpoint: loaded {loaded}/{total} weights from {path}"
+        + (f" (skipped {', '.join(skipped)})" if skipped else ""), flush=True)
+  if loaded < MIN_LOADED_FRACTION * total:
+    raise ValueError(
+        f"--init_checkpoint {path}: only {loaded} of {total} weights match "
+        "this model by name and shape; is it the same architecture?")
+  return loaded
+
+
+def _keras_app_model(model, path):
+  """A headless copy of `model` holding a keras.applications file's weights."""
+  backbone = keras.Model(model.inputs, model.get_layer("top_activation").output)
+  weights_lib.load_weights(backbone, path)
+  return backbone

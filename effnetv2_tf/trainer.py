@@ -1,0 +1,293 @@
+"""The custom tf.distribute training loop of main.py (paper Algorithm 1).
+
+Read top to bottom: `Trainer.__init__` builds data source, model,
+optimizer, EMA and checkpointing under the strategy; `train` walks the
+progressive stages, each with its own input pipeline and a freshly traced
+`train_loop` (the image size changes, so it must retrace, exactly once per
+stage); `evaluate` runs the padded eval pipeline with the EMA weights.
+"""
+
+import math
+import os
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from effnetv2_tf import distribute
+from effnetv2_tf import optim
+from effnetv2_tf import progressive
+from effnetv2_tf import train_lib
+from effnetv2_tf.data import pipeline
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss); says step and stage."""
+
+
+class Trainer:
+  """Owns the model, optimizer, EMA and checkpoints of one run."""
+
+  def __init__(self, config, model_dir, strategy):
+    self.config = config
+    self.model_dir = model_dir
+    self.strategy = strategy
+    self.chief = distribute.is_chief(strategy)
+    self.replicas = strategy.num_replicas_in_sync
+    self.global_batch = config.train.batch_size
+    for key, batch in (("train.batch_size", self.global_batch),
+                       ("eval.batch_size", config.eval.batch_size)):
+      if batch % self.replicas:
+        raise ValueError(f"{key}={batch} is not divisible by the "
+                         f"{self.replicas} replicas.")
+    self.source = train_lib.build_source(config)
+    self.num_classes = self.source.num_classes
+    self.steps_per_epoch, self.total_steps = train_lib.step_counts(
+        config, self.source.num_examples("train"), self.global_batch)
+    self.stages = progressive.plan(config, self.total_steps,
+                                   self.steps_per_epoch)
+    with strategy.scope():
+      self.model = train_lib.build_model(config, self.num_classes,
+                                         self.stages[0].dropout,
+                                         self.replicas)
+      self.schedule = optim.build_schedule(
+          config.train, self.global_batch, self.steps_per_epoch,
+          self.total_steps)
+      self.optimizer = optim.build_optimizer(config.train, self.schedule)
+      self.optimizer.build(self.model.trainable_variables)
+      self.ema = optim.ExponentialMovingAverage(self.model,
+                                                config.train.ema_decay)
+    self.decay_variables = optim.decay_variables(self.model)
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer, ema=self.ema)
+    ckpt_dir = model_dir if self.chief else os.path.join(
+        model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id))
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints)
+    self.traces = 0  # incremented when train_loop is traced
+    self.writer = tf.summary.create_file_writer(
+        os.path.join(model_dir, "train")) if self.chief else None
+    self.summary = train_lib.read_summary(model_dir) or {
+        "model": config.model.name, "dataset": config.data.name,
+        "preset": ("random_resize" if config.progressive.random_resize
+                   else config.progressive.preset),
+        "total_steps": self.total_steps, "stages": [], "history": [],
+        "eval": None}
+
+  @property
+  def step(self):
+    return int(self.optimizer.iterations.numpy())
+
+  # ------------------------------------------------------------ checkpoints
+  def restore(self, path=None):
+    """Restores `path` or the latest checkpoint; returns the path or None."""
+    path = path or self.manager.latest_checkpoint
+    if path:
+      self.checkpoint.restore(path).expect_partial()
+      logging.info("Restored %s at step %d.", path, self.step)
+    return path
+
+  def save(self):
+    if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(
+        f"-{self.step}"):
+      return
+    self.manager.save(checkpoint_number=self.step)
+
+  # ----------------------------------------------------------------- input
+  def _train_dataset(self, stage):
+    config = self.config
+
+    def dataset_fn(context):
+      return pipeline.build_train_dataset(
+          self.source, context.get_per_replica_batch_size(self.global_batch),
+          stage.image_size, train_lib.input_scaling(config),
+          augname=config.data.augname,
+          randaug_magnitude=stage.randaug_magnitude,
+          num_layers=config.data.num_layers, mixup_alpha=stage.mixup_alpha,
+          cutmix_alpha=stage.cutmix_alpha,
+          label_smoothing=config.train.label_smoothing,
+          area_range=(config.data.crop_area_min, 1.0),
+          seed=config.train.seed + 1000 * stage.index,
+          input_context=context, shuffle_buffer=config.data.shuffle_buffer,
+          cache=config.data.cache)
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  # ------------------------------------------------------------------ step
+  def _make_train_loop(self):
+    """A new tf.function: `steps` optimizer steps per call, on device."""
+    model, optimizer, ema = self.model, self.optimizer, self.ema
+    weight_decay = self.config.train.weight_decay
+
+    def step_fn(batch):
+      with tf.GradientTape() as tape:
+        logits = model(batch["images"], training=True)
+        loss = tf.nn.compute_average_loss(
+            train_lib.cross_entropy(batch["labels"], logits),
+            global_batch_size=self.global_batch)
+        decay = optim.weight_decay_loss(self.decay_variables, weight_decay)
+        total = loss + decay / self.replicas
+      grads = tape.gradient(total, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      ema.update(optimizer.iterations)
+      return loss + decay / self.replicas, batch["skipped"]
+
+    @tf.function
+    def train_loop(iterator, steps):
+      self.traces += 1  # Python: runs only while tracing
+      total = tf.constant(0.0)
+      skipped = tf.constant(0, tf.int64)
+      for _ in tf.range(steps):
+        loss, per_replica_skipped = self.strategy.run(
+            step_fn, args=(next(iterator),))
+        total += self.strategy.reduce(SUM, loss, axis=None)
+        skipped = tf.reduce_max(tf.stack(
+            self.strategy.experimental_local_results(per_replica_skipped)))
+      return total / tf.cast(steps, tf.float32), skipped
+
+    return train_loop
+
+  # ----------------------------------------------------------------- train
+  def train(self, eval_every_stage=False):
+    """Runs (or resumes) every stage; returns the summary dict."""
+    num_stages = len(self.stages)
+    for stage in self.stages:
+      if stage.end_step <= self.step:
+        continue
+      print(progressive.describe(stage, num_stages, self.summary["preset"]),
+            flush=True)
+      record = self._train_stage(stage)
+      if eval_every_stage:
+        record.update(self.evaluate())
+      self._record_stage(record)
+    return self.summary
+
+  def _train_stage(self, stage):
+    train_lib.set_dropout(self.model, stage.dropout)
+    iterator = iter(self._train_dataset(stage))
+    train_loop = self._make_train_loop()
+    steps_per_loop = self.config.runtime.steps_per_loop
+    every = self.config.train.checkpoint_every
+    first_call, timed_seconds, timed_steps = None, 0.0, 0
+    while self.step < stage.end_step:
+      start_step = self.step
+      steps = min(steps_per_loop, stage.end_step - start_step)
+      started = time.time()
+      loss, skipped = train_loop(iterator, tf.constant(steps))
+      loss = float(loss)  # waits for the device
+      seconds = time.time() - started
+      if first_call is None:
+        first_call = (seconds, steps)
+      else:
+        timed_seconds, timed_steps = timed_seconds + seconds, (
+            timed_steps + steps)
+      if not math.isfinite(loss):
+        raise TrainingError(
+            f"Non-finite loss {loss} in steps {start_step + 1}-{self.step} "
+            f"(stage {stage.index + 1}); stopping. The latest checkpoint "
+            f"({self.manager.latest_checkpoint}) is the last good one.")
+      self._log(stage, loss, steps * self.global_batch / seconds,
+                int(skipped))
+      if every and self.step // every > start_step // every:
+        self.save()
+    self.save()
+    if timed_steps:
+      per_step = timed_seconds / timed_steps
+    else:
+      per_step = first_call[0] / first_call[1]
+    return dict(
+        stage=stage.index, image_size=stage.image_size,
+        randaug_magnitude=stage.randaug_magnitude,
+        mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
+        dropout=stage.dropout, steps=stage.steps,
+        images_per_sec=self.global_batch / per_step,
+        retrace_seconds=max(0.0, first_call[0] - per_step * first_call[1]))
+
+  def _log(self, stage, loss, images_per_sec, skipped):
+    step = self.step
+    lr = float(self.schedule(step))
+    every = self.config.train.log_every
+    self.summary["history"].append(
+        {"step": step, "loss": loss, "learning_rate": lr})
+    if self.writer:
+      with self.writer.as_default(step=step):
+        tf.summary.scalar("loss", loss)
+        tf.summary.scalar("learning_rate", lr)
+        tf.summary.scalar("images_per_sec", images_per_sec)
+    if step % every < self.config.runtime.steps_per_loop or (
+        step == stage.end_step):
+      print(f"step {step}/{self.total_steps} stage "
+            f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
+            f"lr {lr:.5f} {images_per_sec:.1f} images/s"
+            + (f" skipped {skipped}" if skipped else ""), flush=True)
+
+  def _record_stage(self, record):
+    stages = [s for s in self.summary["stages"]
+              if s["stage"] != record["stage"]]
+    self.summary["stages"] = sorted(stages + [record],
+                                    key=lambda s: s["stage"])
+    if self.chief:
+      train_lib.write_summary(self.model_dir, self.summary)
+
+  # ------------------------------------------------------------------ eval
+  def evaluate(self, image_size=None, use_ema=True):
+    """Top-1/top-5 on the eval split with the EMA weights."""
+    config = self.config
+    size = image_size or config.model.eval_size
+    split = config.data.eval_split
+    eval_batch = config.eval.batch_size
+    steps = pipeline.eval_steps(self.source.num_examples(split), eval_batch)
+    skip_from = config.data.skip_crop_from_size or None
+
+    def dataset_fn(context):
+      return pipeline.build_eval_dataset(
+          self.source, context.get_per_replica_batch_size(eval_batch), size,
+          train_lib.input_scaling(config), split=split,
+          crop_padding=config.data.crop_padding,
+          skip_crop_from_size=skip_from, input_context=context)
+
+    dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
+    model = self.model
+
+    def eval_step(batch):
+      logits = model(batch["images"], training=False)
+      return train_lib.topk_hits(batch["labels"], logits, batch["mask"])
+
+    @tf.function
+    def eval_loop(iterator):
+      counts = tf.zeros([3])
+      for _ in tf.range(steps):
+        counts += self.strategy.reduce(
+            SUM, self.strategy.run(eval_step, args=(next(iterator),)),
+            axis=None)
+      return counts
+
+    started = time.time()
+    if use_ema:
+      with self.ema.swapped():
+        counts = eval_loop(iter(dataset)).numpy()
+    else:
+      counts = eval_loop(iter(dataset)).numpy()
+    result = {"top1": float(counts[0] / counts[2]),
+              "top5": float(counts[1] / counts[2]),
+              "eval_examples": int(counts[2]), "eval_image_size": size}
+    print(f"eval at step {self.step} ({size} px, {int(counts[2])} images, "
+          f"{time.time() - started:.1f}s): top-1 {result['top1']:.4f} "
+          f"top-5 {result['top5']:.4f}", flush=True)
+    if self.writer:
+      with self.writer.as_default(step=self.step):
+        tf.summary.scalar("eval/top1", result["top1"])
+        tf.summary.scalar("eval/top5", result["top5"])
+    return result
+
+  def finish(self, eval_result=None):
+    """Records the final eval in summary.json."""
+    if eval_result is not None:
+      self.summary["eval"] = eval_result
+    self.summary["final_step"] = self.step
+    if self.chief:
+      train_lib.write_summary(self.model_dir, self.summary)
+    return self.summary
+

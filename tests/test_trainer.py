@@ -1,0 +1,176 @@
+"""Tests of the custom training loop: stages, retracing, resume, EMA eval, finetune."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from effnetv2_tf import checkpoints
+from effnetv2_tf import cli
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import optim
+from effnetv2_tf import train_lib
+from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf.tools import make_tfrecords
+
+SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
+    "imagenet-samples")
+
+TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
+        "train.batch_size=16,eval.batch_size=60,progressive.num_stages=2,"
+        "progressive.min_image_size=16,progressive.max_image_size=24,"
+        "model.eval_size=24,data.shuffle_buffer=64,train.warmup_epochs=0")
+
+
+def _trainer(model_dir, hparams=""):
+  config = config_lib.build_config(
+      "efficientnetv2-b0", "digits", ",".join(filter(None, [TINY, hparams])))
+  return trainer_lib.Trainer(config, str(model_dir), tf.distribute.get_strategy())
+
+
+def test_stages_retrace_once_each_and_reach_the_model(tmp_path):
+  trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=3")
+  assert [s.image_size for s in trainer.stages] == [16, 24]
+  assert [s.steps for s in trainer.stages] == [4, 4]
+  summary = trainer.train()
+  assert trainer.step == 8
+  # One trace per stage, although the last loop of each stage is shorter.
+  assert trainer.traces == 2
+  assert trainer.model.get_layer("top_dropout").rate == pytest.approx(
+      trainer.stages[-1].dropout)
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk["preset"] == "paper" and on_disk["model"] == summary["model"]
+  assert [s["image_size"] for s in on_disk["stages"]] == [16, 24]
+  for key in ("randaug_magnitude", "mixup_alpha", "cutmix_alpha", "dropout",
+              "steps", "images_per_sec", "retrace_seconds"):
+    assert key in on_disk["stages"][0]
+  assert on_disk["history"][-1]["step"] == 8
+  assert trainer.manager.latest_checkpoint.endswith("-8")
+
+
+@pytest.mark.slow
+def test_resume_mid_stage_continues_at_the_right_step(tmp_path, monkeypatch):
+  trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
+                     "train.checkpoint_every=1")
+  original_log = trainer_lib.Trainer._log
+
+  def killed_at_step_3(self, stage, *args):
+    if self.step == 3:
+      raise KeyboardInterrupt  # stands in for a kill
+    original_log(self, stage, *args)
+
+  monkeypatch.setattr(trainer_lib.Trainer, "_log", killed_at_step_3)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train()
+  monkeypatch.setattr(trainer_lib.Trainer, "_log", original_log)
+  resumed = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
+                     "train.checkpoint_every=1")
+  assert resumed.restore().endswith("-2")
+  assert resumed.step == 2
+  resumed.train()
+  assert resumed.step == 8
+  assert resumed.traces == 2  # the rest of stage 1, then stage 2
+  assert [s["stage"] for s in resumed.summary["stages"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_eval_uses_ema_weights_and_restores_raw(tmp_path):
+  trainer = _trainer(tmp_path, "train.steps=4,train.ema_decay=0.9")
+  trainer.train()
+  raw = [v.numpy() for v in trainer.model.trainable_weights]
+  shadows = [s.numpy() for s in trainer.ema.shadows]
+  assert not np.allclose(raw[0], shadows[0])
+  with_ema = trainer.evaluate()
+  without = trainer.evaluate(use_ema=False)
+  assert with_ema["eval_examples"] == without["eval_examples"] == 360
+  for before, after in zip(raw, trainer.model.trainable_weights):
+    np.testing.assert_array_equal(before, after.numpy())
+  with trainer.ema.swapped():
+    np.testing.assert_array_equal(trainer.model.trainable_weights[0].numpy(),
+                                  shadows[0])
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path,
+                                                         monkeypatch):
+  trainer = _trainer(tmp_path, "train.steps=4,runtime.steps_per_loop=2,"
+                     "train.checkpoint_every=2")
+  trainer.train()
+  latest = trainer.manager.latest_checkpoint
+  bad = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
+                 "train.checkpoint_every=2")
+  bad.restore()
+  monkeypatch.setattr(train_lib, "cross_entropy",
+                      lambda labels, logits: tf.fill(
+                          [tf.shape(labels)[0]], np.nan))
+  with pytest.raises(trainer_lib.TrainingError, match=r"steps 5-6 \(stage 2\)"):
+    bad.train()
+  assert bad.manager.latest_checkpoint == latest
+
+
+@pytest.mark.slow
+def test_finetune_skips_the_head_and_loads_ema(tmp_path):
+  source_dir = tmp_path / "source"
+  trainer = _trainer(source_dir, "train.steps=2,train.ema_decay=0.5")
+  trainer.train()
+  config_lib.save_config(trainer.config, str(source_dir))
+  target = train_lib.build_model(trainer.config, 5, 0.1)
+  loaded = checkpoints.init_from(target, str(source_dir),
+                                 cli.model_from_run_config)
+  assert loaded == len(target.weights) - 2  # all but predictions kernel/bias
+  ema_by_path = dict(zip([v.path for v in optim.ema_variables(trainer.model)],
+                         [s.numpy() for s in trainer.ema.shadows]))
+  stem = target.get_layer("stem_conv").kernel
+  np.testing.assert_array_equal(stem.numpy(), ema_by_path[stem.path])
+  other = train_lib.build_model(config_lib.build_config(
+      "efficientnetv2-b1", "digits"), 10, 0.1)
+  with pytest.raises(ValueError, match="only .* weights match"):
+    checkpoints.init_from(other, str(source_dir), cli.model_from_run_config)
+
+
+def test_topk_hits_multi_label():
+  labels = tf.constant([[0.5, 0.5, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])
+  logits = tf.constant([[0.0, 9, 1, 0, 0, 0], [9.0, 8, 7, 6, 5, 0]])
+  hits = train_lib.topk_hits(labels, logits, tf.constant([1.0, 1.0]))
+  np.testing.assert_array_equal(hits.numpy(), [1, 1, 2])
+  masked = train_lib.topk_hits(labels, logits, tf.constant([1.0, 0.0]))
+  np.testing.assert_array_equal(masked.numpy(), [1, 1, 1])
+
+
+@pytest.mark.slow
+def test_imagenet_tfrecords_through_four_paper_stages(tmp_path):
+  files = sorted(SAMPLES.glob("*.JPEG"))[:24]
+  if len(files) < 24:
+    pytest.skip(f"shared samples missing under {SAMPLES}")
+  (tmp_path / "images").mkdir()
+  for f in files:
+    shutil.copy(f, tmp_path / "images" / f.name)
+  make_tfrecords.convert(str(tmp_path / "images"), str(tmp_path / "records"),
+                         num_shards=2, layout="flat")
+  config = config_lib.build_config(
+      "efficientnetv2-s", "imagenet",
+      "model.width_coefficient=0.25,model.depth_coefficient=0.2,"
+      "model.num_classes=24,train.steps=4,train.batch_size=4,"
+      "runtime.steps_per_loop=1,progressive.min_image_size=32,"
+      "progressive.max_image_size=64",
+      data_dir=str(tmp_path / "records"))
+  trainer = trainer_lib.Trainer(config, str(tmp_path / "run"),
+                                tf.distribute.get_strategy())
+  assert trainer.source.num_examples("train") == 24
+  summary = trainer.train()
+  assert trainer.step == 4 and trainer.traces == 4
+  assert [s["image_size"] for s in summary["stages"]] == [32, 42, 53, 64]
+  assert [s["randaug_magnitude"] for s in summary["stages"]] == pytest.approx(
+      [5, 25 / 3, 35 / 3, 15])
+
+
+def test_dropout_raised_from_zero_reaches_the_layer():
+  model = train_lib.build_model(
+      config_lib.build_config("efficientnetv2-b0", "digits", TINY), 10, 0.0)
+  train_lib.set_dropout(model, 0.5)
+  layer = model.get_layer("top_dropout")
+  dropped = tf.function(lambda x: layer(x, training=True))(tf.ones([4000]))
+  assert 0.45 < float(tf.reduce_mean(tf.cast(dropped == 0, tf.float32))) < 0.55
