@@ -8,13 +8,14 @@ count changes, e.g. ImageNet-21k -> 1k) are skipped. EMA weights are used
 where the checkpoint has them.
 """
 
-import json
 import os
 
 from absl import logging
 import keras
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import fileio
 from effnetv2_tf import optim
 from effnetv2_tf import weights as weights_lib
 
@@ -35,13 +36,12 @@ def _checkpoint_prefix(path):
 
 def _source_model_from_run(prefix, build_model_fn):
   """Rebuilds the run's model from its config.json and restores EMA weights."""
-  config_path = os.path.join(os.path.dirname(prefix), "config.json")
-  if not tf.io.gfile.exists(config_path):
+  run_config = fileio.read_json(
+      os.path.join(os.path.dirname(prefix), config_lib.CONFIG_FILENAME))
+  if run_config is None:
     raise FileNotFoundError(
         f"--init_checkpoint {prefix}: no config.json beside it, so the "
         "model that wrote it is unknown.")
-  with tf.io.gfile.GFile(config_path) as f:
-    run_config = json.load(f)
   reader = tf.train.load_checkpoint(prefix)
   source = build_model_fn(run_config, _num_classes(reader))
   ema = optim.ExponentialMovingAverage(source, 0.0)

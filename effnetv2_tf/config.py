@@ -7,15 +7,16 @@ the wrong type is an error naming the key (big_vision style: a typo is never
 a silent default).
 """
 
-import json
 import os
 import re
 
 import ml_collections
+import tensorflow as tf
 import yaml
 
 from configs import base
 from configs import datasets
+from effnetv2_tf import fileio
 from effnetv2_tf import registry
 
 CONFIG_FILENAME = "config.json"
@@ -180,17 +181,12 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
 def save_config(config, model_dir):
   """Writes config.json; refuses a model_dir that belongs to another model."""
   path = os.path.join(model_dir, CONFIG_FILENAME)
-  os.makedirs(model_dir, exist_ok=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    old = previous.get("model", {}).get("name")
-    if old and old != config.model.name:
-      raise ConfigError(
-          f"--model_dir {model_dir} holds a run of {old}, not "
-          f"{config.model.name}; use another --model_dir.")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2))
-  os.replace(tmp, path)
+  tf.io.gfile.makedirs(model_dir)
+  previous = fileio.read_json(path) or {}
+  old = previous.get("model", {}).get("name")
+  if old and old != config.model.name:
+    raise ConfigError(
+        f"--model_dir {model_dir} holds a run of {old}, not "
+        f"{config.model.name}; use another --model_dir.")
+  fileio.write_atomic(path, config.to_json(indent=2))
   return path

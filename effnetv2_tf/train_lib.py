@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from effnetv2_tf import config as config_lib
+from effnetv2_tf import fileio
 from effnetv2_tf import registry
 from effnetv2_tf.data import sources
 from effnetv2_tf.model import create_model
@@ -104,17 +105,9 @@ def topk_hits(labels, logits, mask):
 
 
 def read_summary(model_dir):
-  path = os.path.join(model_dir, SUMMARY_FILENAME)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return fileio.read_json(os.path.join(model_dir, SUMMARY_FILENAME))
 
 
 def write_summary(model_dir, summary):
-  """Writes summary.json atomically (write, then rename)."""
-  path = os.path.join(model_dir, SUMMARY_FILENAME)
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(summary, f, indent=2)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  fileio.write_atomic(os.path.join(model_dir, SUMMARY_FILENAME),
+                      json.dumps(summary, indent=2))

@@ -8,7 +8,6 @@ come from the data (dataset_info.json, TFDS info, or counting).
 """
 
 import dataclasses
-import json
 import os
 from typing import Dict, Optional
 
@@ -166,11 +165,7 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
 
 def _tfrecord_split_sizes(data_dir, files):
   """Sizes from dataset_info.json where it covers the split, else counted."""
-  info_path = os.path.join(data_dir, tfrecord_format.INFO_FILENAME)
-  info = {}
-  if tf.io.gfile.exists(info_path):
-    with tf.io.gfile.GFile(info_path) as f:
-      info = json.load(f)
+  info = tfrecord_format.read_info(data_dir)
   shard_counts = info.get("shards", {})
   splits = info.get("splits", {})
   sizes = {}

@@ -20,6 +20,8 @@ import re
 
 import tensorflow as tf
 
+from effnetv2_tf import fileio
+
 FORMAT_VERSION = 1
 INFO_FILENAME = "dataset_info.json"
 LABELS_FILENAME = "labels.txt"
@@ -132,30 +134,9 @@ def is_shard_file(filename, split):
   return bool(re.fullmatch(re.escape(split) + r"-\d{5}-of-\d{5}", filename))
 
 
-def temp_path(path):
-  """Where `path` is written before its rename: `dir/.<name>.tmp`.
-
-  The leading dot keeps an interrupted write out of `train-*` globs.
-  """
-  return os.path.join(os.path.dirname(path),
-                      f".{os.path.basename(path)}.tmp")
-
-
-def write_atomic(path, text):
-  """Writes a small text file via a temporary file and a rename."""
-  tmp = temp_path(path)
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def read_info(data_dir):
   """Returns the parsed dataset_info.json of data_dir, or {} if absent."""
-  path = os.path.join(data_dir, INFO_FILENAME)
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return fileio.read_json(os.path.join(data_dir, INFO_FILENAME)) or {}
 
 
 def merge_info(info, split, shards, num_classes, num_skipped):
@@ -181,7 +162,7 @@ def merge_info(info, split, shards, num_classes, num_skipped):
 
 
 def write_info(data_dir, info):
-  write_atomic(os.path.join(data_dir, INFO_FILENAME),
+  fileio.write_atomic(os.path.join(data_dir, INFO_FILENAME),
                json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
@@ -209,5 +190,5 @@ def read_labels(data_dir):
 
 def write_labels(data_dir, classes):
   """Writes labels.txt from a list of (name, readable name) in label order."""
-  write_atomic(os.path.join(data_dir, LABELS_FILENAME),
+  fileio.write_atomic(os.path.join(data_dir, LABELS_FILENAME),
                "".join(f"{name}\t{readable}\n" for name, readable in classes))

@@ -29,6 +29,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from effnetv2_tf import fileio
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.data.sources import IMAGE_EXTENSIONS
 
@@ -188,7 +189,7 @@ class _Progress:
 
 def _write_shard(path, files, labels, pool, progress):
   """Writes one shard via a temporary file; returns (records, skipped)."""
-  tmp = tfrecord_format.temp_path(path)
+  tmp = fileio.temp_path(path)
   count, skipped = 0, []
   try:
     with tf.io.TFRecordWriter(tmp) as writer:
