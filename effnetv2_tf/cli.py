@@ -3,11 +3,12 @@
 import os
 
 from absl import flags
+import ml_collections
 
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import distribute
 from effnetv2_tf import registry
-from effnetv2_tf.model import create_model
+from effnetv2_tf import train_lib
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -78,7 +79,5 @@ def model_dir_from_flags(values, config):
 
 def model_from_run_config(run_config, num_classes):
   """Rebuilds a run's model from its config.json dict (for finetuning)."""
-  model = run_config["model"]
-  overrides = {k: model[k] for k in ("width_coefficient", "depth_coefficient")
-               if model.get(k) is not None}
-  return create_model(model["name"], num_classes=num_classes, **overrides)
+  return train_lib.build_model(ml_collections.ConfigDict(run_config),
+                               num_classes, dropout=0.0)

@@ -18,13 +18,10 @@ from effnetv2_tf.data import preprocess
 def center_crop_batch(images, image_size, crop_padding=preprocess.CROP_PADDING,
                       skip_crop_from_size=320):
   """Center crop of a batch of equally sized images, as for one image."""
-  if skip_crop_from_size and image_size >= skip_crop_from_size:
-    return images
-  shape = tf.shape(images)[1:3]
-  ratio = image_size / (image_size + crop_padding)
-  side = tf.cast(ratio * tf.cast(tf.reduce_min(shape), tf.float32), tf.int32)
-  offset = (shape - side + 1) // 2
-  return images[:, offset[0]:offset[0] + side, offset[1]:offset[1] + side]
+  offset, size = preprocess.center_crop_window(
+      tf.shape(images)[1:3], image_size, crop_padding, skip_crop_from_size)
+  return images[:, offset[0]:offset[0] + size[0],
+                offset[1]:offset[1] + size[1]]
 
 
 class ServingModule(tf.Module):

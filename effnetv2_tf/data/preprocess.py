@@ -85,14 +85,24 @@ def center_crop(features, image_size, crop_padding=CROP_PADDING,
   The reference skips the crop (resizes the whole image) at eval sizes of
   `skip_crop_from_size` and above; None always crops.
   """
-  shape = _image_shape(features)
-  if skip_crop_from_size is not None and image_size >= skip_crop_from_size:
-    return _crop(features, tf.zeros([2], tf.int32), shape)
+  offset, size = center_crop_window(_image_shape(features), image_size,
+                                    crop_padding, skip_crop_from_size)
+  return _crop(features, offset, size)
+
+
+def center_crop_window(shape, image_size, crop_padding=CROP_PADDING,
+                       skip_crop_from_size=320):
+  """(offset, size), both int32 [2], of the eval crop in a [h, w] image.
+
+  The whole image when `skip_crop_from_size` is set and reached.
+  """
+  shape = tf.cast(shape, tf.int32)
+  if skip_crop_from_size and image_size >= skip_crop_from_size:
+    return tf.zeros([2], tf.int32), shape
   ratio = image_size / (image_size + crop_padding)
   side = tf.cast(
-      ratio * tf.cast(tf.minimum(shape[0], shape[1]), tf.float32), tf.int32)
-  offset = (shape - side + 1) // 2
-  return _crop(features, offset, tf.stack([side, side]))
+      ratio * tf.cast(tf.reduce_min(shape), tf.float32), tf.int32)
+  return (shape - side + 1) // 2, tf.stack([side, side])
 
 
 def resize(image, image_size):
