@@ -68,6 +68,20 @@ def apply_overrides(config, overrides):
     set_value(config, key, value)
 
 
+class _YamlLoader(yaml.SafeLoader):
+  """SafeLoader that also reads '1e-7' as a float (YAML 1.2, not 1.1)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _load_yaml(text):
+  return yaml.load(text, Loader=_YamlLoader)  # safe: a SafeLoader subclass
+
+
 def parse_hparam_str(hparam_str):
   """'a.b=1,c=[1, 2],d=x' -> {'a.b': 1, 'c': [1, 2], 'd': 'x'} (YAML values)."""
   pairs = {}
@@ -79,7 +93,7 @@ def parse_hparam_str(hparam_str):
     if "=" not in item:
       raise ConfigError(f"Bad --hparam_str item {item!r}: expected key=value.")
     key, text = (s.strip() for s in item.split("=", 1))
-    pairs[key] = yaml.safe_load(text) if text else ""
+    pairs[key] = _load_yaml(text) if text else ""
   return pairs
 
 
@@ -88,7 +102,7 @@ def load_config_file(path):
   if not os.path.exists(path):
     raise ConfigError(f"--config_file {path!r} does not exist.")
   with open(path) as f:
-    tree = yaml.safe_load(f)  # YAML is a superset of JSON
+    tree = _load_yaml(f)  # YAML is a superset of JSON
   if not isinstance(tree, dict):
     raise ConfigError(f"--config_file {path!r} must hold a mapping of keys.")
   return tree

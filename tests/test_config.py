@@ -54,6 +54,16 @@ def test_hparam_str_overrides_with_types():
   assert config.progressive.random_resize is True
 
 
+def test_scientific_notation_is_a_float():
+  # YAML 1.1 (PyYAML) reads '1e-7' as a string; YAML 1.2 and users: a float.
+  config = config_lib.build_config(
+      "efficientnetv2-b0", "digits", "train.epsilon=1e-7,train.lr_base=2E-3")
+  assert config.train.epsilon == 1e-7
+  assert config.train.lr_base == 0.002
+  assert config_lib.parse_hparam_str("data.augname=e5") == {
+      "data.augname": "e5"}
+
+
 @pytest.mark.parametrize("hparams, message", [
     ("train.batchsize=3", "Unknown config key 'train.batchsize'"),
     ("trian.batch_size=3", "Unknown config key 'trian'"),
