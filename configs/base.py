@@ -45,6 +45,7 @@ def get_config():
       num_layers=2,
       cutmix_alpha=0.0,
       crop_area_min=0.05,
+      random_flip=True,
       crop_padding=32,
       skip_crop_from_size=320,          # reference; 0 always crops
       cache=False,

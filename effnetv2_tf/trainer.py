@@ -46,8 +46,7 @@ class Trainer:
     self.num_classes = self.source.num_classes
     self.steps_per_epoch, self.total_steps = train_lib.step_counts(
         config, self.source.num_examples("train"), self.global_batch)
-    self.stages = progressive.plan(config, self.total_steps,
-                                   self.steps_per_epoch)
+    self.stages = self.plan_stages()
     with strategy.scope():
       self.model = train_lib.build_model(config, self.num_classes,
                                          self.stages[0].dropout,
@@ -75,6 +74,10 @@ class Trainer:
                    else config.progressive.preset),
         "total_steps": self.total_steps, "stages": [], "history": [],
         "eval": None}
+
+  def plan_stages(self):
+    return progressive.plan(self.config, self.total_steps,
+                            self.steps_per_epoch)
 
   @property
   def step(self):
@@ -109,6 +112,7 @@ class Trainer:
           cutmix_alpha=stage.cutmix_alpha,
           label_smoothing=config.train.label_smoothing,
           area_range=(config.data.crop_area_min, 1.0),
+          random_flip=config.data.random_flip,
           seed=config.train.seed + 1000 * stage.index,
           input_context=context, shuffle_buffer=config.data.shuffle_buffer,
           cache=config.data.cache)
@@ -116,8 +120,13 @@ class Trainer:
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   # ------------------------------------------------------------------ step
-  def _make_train_loop(self):
-    """A new tf.function: `steps` optimizer steps per call, on device."""
+  def make_step_fn(self):
+    """One optimizer step on a per-replica batch -> (loss, skipped images).
+
+    The loss is this replica's share of the global-batch mean (so replicas
+    sum to it) plus its share of the kernel weight decay; both drivers run
+    this same step (main.py in `train_loop`, main_tf2.py in `train_step`).
+    """
     model, optimizer, ema = self.model, self.optimizer, self.ema
     weight_decay = self.config.train.weight_decay
 
@@ -132,7 +141,13 @@ class Trainer:
       grads = tape.gradient(total, model.trainable_variables)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       ema.update(optimizer.iterations)
-      return loss + decay / self.replicas, batch["skipped"]
+      return total, batch["skipped"]
+
+    return step_fn
+
+  def _make_train_loop(self):
+    """A new tf.function: `steps` optimizer steps per call, on device."""
+    step_fn = self.make_step_fn()
 
     @tf.function
     def train_loop(iterator, steps):
@@ -183,16 +198,30 @@ class Trainer:
       else:
         timed_seconds, timed_steps = timed_seconds + seconds, (
             timed_steps + steps)
-      if not math.isfinite(loss):
-        raise TrainingError(
-            f"Non-finite loss {loss} in steps {start_step + 1}-{self.step} "
-            f"(stage {stage.index + 1}); stopping. The latest checkpoint "
-            f"({self.manager.latest_checkpoint}) is the last good one.")
+      self.check_finite(loss, start_step, stage)
       self._log(stage, loss, steps * self.global_batch / seconds,
                 int(skipped))
       if every and self.step // every > start_step // every:
         self.save()
     self.save()
+    return self._stage_record(stage, first_call, timed_seconds, timed_steps)
+
+  def check_finite(self, loss, start_step, stage):
+    """Raises TrainingError when `loss` (of steps start_step+1..) is NaN/inf."""
+    if not math.isfinite(loss):
+      raise TrainingError(
+          f"Non-finite loss {loss} in steps {start_step + 1}-{self.step} "
+          f"(stage {stage.index + 1}); stopping. The latest checkpoint "
+          f"({self.manager.latest_checkpoint}) is the last good one.")
+
+  def _stage_record(self, stage, first_call, timed_seconds, timed_steps):
+    """summary.json's entry of a stage from its timings.
+
+    Args:
+      stage: the `progressive.Stage`.
+      first_call: (seconds, steps) of the first device call (traces).
+      timed_seconds, timed_steps: the later calls together.
+    """
     if timed_steps:
       per_step = timed_seconds / timed_steps
     else:
@@ -205,7 +234,8 @@ class Trainer:
         images_per_sec=self.global_batch / per_step,
         retrace_seconds=max(0.0, first_call[0] - per_step * first_call[1]))
 
-  def _log(self, stage, loss, images_per_sec, skipped):
+  def _log(self, stage, loss, images_per_sec, skipped, echo=True):
+    """History, TensorBoard scalars and (`echo`) the progress line."""
     step = self.step
     lr = float(self.schedule(step))
     every = self.config.train.log_every
@@ -216,8 +246,8 @@ class Trainer:
         tf.summary.scalar("loss", loss)
         tf.summary.scalar("learning_rate", lr)
         tf.summary.scalar("images_per_sec", images_per_sec)
-    if step % every < self.config.runtime.steps_per_loop or (
-        step == stage.end_step):
+    if echo and (step % every < self.config.runtime.steps_per_loop or
+                 step == stage.end_step):
       print(f"step {step}/{self.total_steps} stage "
             f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
             f"lr {lr:.5f} {images_per_sec:.1f} images/s"

@@ -127,3 +127,23 @@ def test_keras_inputs_are_tuples(digits):
       digits, 2, 16, SCALE, seed=0))
   images, labels = next(iter(ds))
   assert images.shape == (2, 16, 16, 3) and labels.shape == (2, 10)
+
+
+def test_random_flip_off_keeps_orientation():
+  # A left-dark, right-bright image, cropped whole: flips show as a
+  # brighter left half.
+  image = np.zeros([8, 8, 3], np.uint8)
+  image[:, 4:] = 255
+  features = {"image": tf.constant(image)}
+
+  def left_brighter(random_flip):
+    flipped = 0
+    for i in range(32):
+      out = pipeline.train_preprocess(
+          features, tf.constant([i, 0]), 8, registry.SCALE_MINUS_ONE_ONE,
+          area_range=(1.0, 1.0), random_flip=random_flip).numpy()
+      flipped += int(out[:, :4].mean() > out[:, 4:].mean())
+    return flipped
+
+  assert left_brighter(False) == 0
+  assert 4 < left_brighter(True) < 28  # about half

@@ -63,7 +63,7 @@ def _count_skipped(ds):
 
 def train_preprocess(features, seed, image_size, input_scaling, augname=None,
                      randaug_magnitude=0.0, num_layers=2,
-                     area_range=(0.05, 1.0)):
+                     area_range=(0.05, 1.0), random_flip=True):
   """One training example: crop, flip, resize, augment, scale.
 
   Args:
@@ -75,6 +75,7 @@ def train_preprocess(features, seed, image_size, input_scaling, augname=None,
     randaug_magnitude: the stage's RandAugment magnitude.
     num_layers: RandAugment ops per image.
     area_range: inception crop area range (reference V2: 0.05 to 1).
+    random_flip: random horizontal flips (off for digits and text).
 
   Returns:
     float32 [image_size, image_size, 3].
@@ -82,7 +83,8 @@ def train_preprocess(features, seed, image_size, input_scaling, augname=None,
   crop_seed, flip_seed, aug_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
   image = preprocess.random_crop(features, crop_seed, area_range=area_range)
-  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  if random_flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = preprocess.resize(image, image_size)
   if augname:
     image = augment.distort_image(preprocess.to_uint8(image), augname,
@@ -95,7 +97,8 @@ def build_train_dataset(source, batch_size, image_size, input_scaling, *,
                         augname=None, randaug_magnitude=0.0, num_layers=2,
                         mixup_alpha=0.0, cutmix_alpha=0.0,
                         label_smoothing=0.0, area_range=(0.05, 1.0),
-                        seed=0, input_context=None, shuffle_buffer=10_000,
+                        random_flip=True, seed=0, input_context=None,
+                        shuffle_buffer=10_000,
                         cache=False, split="train"):
   """The endless training stream of one progressive-learning stage.
 
@@ -109,6 +112,7 @@ def build_train_dataset(source, batch_size, image_size, input_scaling, *,
     mixup_alpha, cutmix_alpha: the stage's Beta alphas (0 disables each).
     label_smoothing: smoothing applied before mixing (reference order).
     area_range: inception crop area range.
+    random_flip: random horizontal flips.
     seed: base seed; use a different one per stage (e.g. seed + stage).
     input_context: `tf.distribute.InputContext` for per-replica input.
     shuffle_buffer: examples in the shuffle buffer.
@@ -132,7 +136,7 @@ def build_train_dataset(source, batch_size, image_size, input_scaling, *,
                                                             index)
     image = train_preprocess(features, example_seed, image_size,
                              input_scaling, augname, randaug_magnitude,
-                             num_layers, area_range)
+                             num_layers, area_range, random_flip)
     return {"images": image, "labels": features["label"], "index": index}
 
   ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)
