@@ -111,13 +111,21 @@ def stage_values(config, ratio):
       dropout=float(value["dropout"]))
 
 
-def plan_stages(config, total_steps) -> List[Stage]:
-  """The fixed M-stage schedule of Algorithm 1 over `total_steps` steps."""
+def plan_stages(config, total_steps, epoch_steps=1) -> List[Stage]:
+  """The fixed M-stage schedule of Algorithm 1 over `total_steps` steps.
+
+  With `epoch_steps` > 1 (main_tf2.py: one Model.fit epoch) every stage but
+  the last is a whole number of epochs, N/M rounded down to one; the rest
+  go to the last stage. When the run is whole epochs and M divides them
+  (the digits demo) both drivers get the same stages.
+  """
   num_stages = config.progressive.num_stages
-  if total_steps < num_stages:
+  if total_steps < num_stages * epoch_steps:
     raise ValueError(f"{total_steps} training steps cannot fill "
-                     f"{num_stages} progressive stages.")
-  per_stage = total_steps // num_stages
+                     f"{num_stages} progressive stages"
+                     + (f" of whole {epoch_steps}-step epochs."
+                        if epoch_steps > 1 else "."))
+  per_stage = total_steps // num_stages // epoch_steps * epoch_steps
   stages, start = [], 0
   for i, ratio in enumerate(_ratios(config.progressive.preset, num_stages)):
     steps = per_stage if i < num_stages - 1 else total_steps - start
@@ -143,11 +151,11 @@ def plan_random_resize(config, total_steps, steps_per_epoch) -> List[Stage]:
   return stages
 
 
-def plan(config, total_steps, steps_per_epoch):
+def plan(config, total_steps, steps_per_epoch, epoch_steps=1):
   """The run's stages: Algorithm 1, or random resize when configured."""
   if config.progressive.random_resize:
     return plan_random_resize(config, total_steps, steps_per_epoch)
-  return plan_stages(config, total_steps)
+  return plan_stages(config, total_steps, epoch_steps)
 
 
 def stage_at(stages, step):

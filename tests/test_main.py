@@ -1,4 +1,5 @@
-"""main.py through its command line: a tiny progressive run, resume, errors."""
+"""main.py and main_tf2.py through their command lines: a tiny progressive
+run, export, resume, errors."""
 
 import json
 import os
@@ -18,15 +19,19 @@ TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
         "runtime.steps_per_loop=3,data.shuffle_buffer=64")
 
 
-def _run(*args):
+DRIVERS = ["main.py", "main_tf2.py"]
+
+
+def _run(*args, driver="main.py"):
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.run([sys.executable, str(ROOT / "main.py"), *args],
+  return subprocess.run([sys.executable, str(ROOT / driver), *args],
                         capture_output=True, text=True, env=env, timeout=600,
                         check=False)
 
 
-def test_rejects_unknown_model_in_one_line():
-  result = _run("--model=efficientnetv3-s")
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_rejects_unknown_model_in_one_line(driver):
+  result = _run("--model=efficientnetv3-s", driver=driver)
   assert result.returncode != 0
   assert "Unknown model 'efficientnetv3-s'" in result.stderr
   assert "efficientnetv2-s" in result.stderr  # lists the valid ones
@@ -49,12 +54,22 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
   assert "Traceback" not in result.stderr
 
 
+def test_main_tf2_reports_config_errors_in_one_line(tmp_path):
+  result = _run("--model=efficientnetv2-b0", f"--model_dir={tmp_path}",
+                "--hparam_str=train.batchsize=2", driver="main_tf2.py")
+  assert result.returncode == 1
+  assert "main_tf2.py: error: Unknown config key 'train.batchsize'" in (
+      result.stderr)
+  assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
-def test_digits_progressive_run_eval_export_and_resume(tmp_path):
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_digits_progressive_run_eval_export_and_resume(tmp_path, driver):
   model_dir, export_dir = tmp_path / "run", tmp_path / "export"
   args = ["--model=efficientnetv2-b0", "--dataset_cfg=digits",
           f"--model_dir={model_dir}", f"--hparam_str={TINY}"]
-  result = _run(*args, f"--export_dir={export_dir}")
+  result = _run(*args, f"--export_dir={export_dir}", driver=driver)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "stage 1/2 (paper preset)" in result.stdout
   assert "image size 24" in result.stdout
@@ -74,9 +89,10 @@ def test_digits_progressive_run_eval_export_and_resume(tmp_path):
   np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0,
                              rtol=1e-5)
   assert out["top5_classes"].shape == (2, 5)
+  assert (export_dir / "labels.txt").read_text().startswith("0\t0\n")
 
   # The same command again resumes at the end: no step is trained twice.
-  again = _run(*args, "--mode=train")
+  again = _run(*args, "--mode=train", driver=driver)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "stage 1/2" not in again.stdout
   assert json.loads((model_dir / "summary.json").read_text())[
@@ -85,11 +101,13 @@ def test_digits_progressive_run_eval_export_and_resume(tmp_path):
   # reproduces the run's own final eval.
   evaluated = _run("--model=efficientnetv2-b0", "--dataset_cfg=digits",
                    f"--model_dir={tmp_path / 'eval'}", f"--hparam_str={TINY}",
-                   "--mode=eval", f"--init_checkpoint={model_dir}")
+                   "--mode=eval", f"--init_checkpoint={model_dir}",
+                   driver=driver)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert json.loads((tmp_path / "eval" / "summary.json").read_text())[
       "eval"]["top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
   other = _run("--model=efficientnetv2-b1", "--dataset_cfg=digits",
-               f"--model_dir={model_dir}", f"--hparam_str={TINY}")
+               f"--model_dir={model_dir}", f"--hparam_str={TINY}",
+               driver=driver)
   assert other.returncode == 1
   assert "holds a run of efficientnetv2-b0" in other.stderr

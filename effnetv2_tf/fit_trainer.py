@@ -1,0 +1,213 @@
+"""main_tf2.py's training: the run of `trainer.Trainer`, through Model.fit.
+
+Data, model, optimizer, EMA, checkpoint format, evaluation with the EMA
+weights and summary.json are inherited from `Trainer`, so either driver
+resumes, evaluates, finetunes from and exports the other's checkpoints.
+What changes is the loop: one `fit` call per progressive stage, with
+`initial_epoch`/`epochs` so epoch numbers run on across stages (the
+learning rate follows `optimizer.iterations`, so it does too), and
+`FitModel.train_step` runs the custom loop's own step
+(`Trainer.make_step_fn`: kernel-only weight decay, soft mixup/CutMix
+targets, EMA update). The stage's dropout is set on the model and the
+train function rebuilt, so the new rate is traced in.
+
+Stages are whole fit epochs (`progressive.plan_stages(epoch_steps=...)`);
+only the run's last epoch may be cut short, by `StopAtStep`.
+"""
+
+import math
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from effnetv2_tf import progressive
+from effnetv2_tf import train_lib
+from effnetv2_tf import trainer as trainer_lib
+
+
+class LatestValue(keras.metrics.Metric):
+  """The last value seen, summed over replicas when read (skipped images).
+
+  Not in `FitModel.metrics`, so it neither shows in the progress bar nor is
+  reset at epoch starts; `StageRecorder` reads it.
+  """
+
+  def __init__(self, name="latest"):
+    super().__init__(name=name)
+    self.value = self.add_variable((), "zeros", dtype="int64")
+
+  def update_state(self, value):  # pylint: disable=arguments-differ
+    self.value.assign(tf.cast(value, "int64"))
+
+  def result(self):
+    return self.value.value
+
+
+class FitModel(keras.Model):
+  """The network for `fit`: its train_step is the custom loop's step."""
+
+  def __init__(self, net, step_fn, replicas):
+    super().__init__(name="fit_model")
+    self.net = net
+    self._step_fn = step_fn
+    self._replicas = replicas
+    self.loss_tracker = keras.metrics.Mean(name="loss")
+    self.skipped = LatestValue(name="skipped")
+    self.traces = 0  # incremented when train_step is traced
+    self.built = True  # `net` is built; nothing for fit to build symbolically
+
+  def call(self, images, training=False):
+    return self.net(images, training=training)
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker]
+
+  def train_step(self, data):
+    self.traces += 1  # Python: runs only while tracing
+    loss, skipped = self._step_fn(data)
+    # `loss` is this replica's share of the global-batch mean.
+    self.loss_tracker.update_state(loss * self._replicas)
+    self.skipped.update_state(skipped)
+    return {"loss": self.loss_tracker.result()}
+
+
+class StopAtStep(keras.callbacks.Callback):
+  """Ends `fit` once the optimizer has taken `end_step` steps."""
+
+  def __init__(self, trainer, end_step):
+    super().__init__()
+    self._trainer = trainer
+    self._end_step = end_step
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._trainer.step >= self._end_step:
+      self.model.stop_training = True
+
+
+class NanGuard(keras.callbacks.Callback):
+  """Stops with `TrainingError` naming the step and stage on a NaN/inf loss.
+
+  Keras' TerminateOnNaN only sets stop_training, and the epoch-end
+  checkpoint would then save the bad weights; raising keeps the last good
+  checkpoint the latest. Put it before `StageCheckpoint`.
+  """
+
+  def __init__(self, trainer, stage):
+    super().__init__()
+    self._trainer = trainer
+    self._stage = stage
+    self._start_step = 0
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._start_step = self._trainer.step
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._trainer.check_finite(float(logs["loss"]), self._start_step,
+                               self._stage)
+
+
+class StageCheckpoint(keras.callbacks.Callback):
+  """Saves the run checkpoint (model, optimizer, EMA) at every epoch end.
+
+  Unlike keras.callbacks.BackupAndRestore, which deletes its backup when a
+  `fit` ends and restores only the epoch, this keeps the run's
+  CheckpointManager checkpoints across fit calls; the step in them tells a
+  rerun its stage and epoch. `every_steps` adds mid-epoch saves.
+  """
+
+  def __init__(self, trainer, every_steps=None):
+    super().__init__()
+    self._trainer = trainer
+    self._every = every_steps
+    self._start_step = 0
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._start_step = self._trainer.step
+
+  def on_train_batch_end(self, batch, logs=None):
+    every, step = self._every, self._trainer.step
+    if every and step // every > self._start_step // every:
+      self._trainer.save()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._trainer.save()
+
+
+class StageRecorder(keras.callbacks.Callback):
+  """Timings (images/s, retrace seconds) and the loss history of a stage."""
+
+  def __init__(self, trainer, stage):
+    super().__init__()
+    self._trainer = trainer
+    self._stage = stage
+    self.first_call = None
+    self.timed_seconds, self.timed_steps = 0.0, 0
+    self._started, self._start_step = 0.0, 0
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._started, self._start_step = time.time(), self._trainer.step
+
+  def on_train_batch_end(self, batch, logs=None):
+    trainer = self._trainer
+    steps = trainer.step - self._start_step
+    seconds = time.time() - self._started
+    if self.first_call is None:
+      self.first_call = (seconds, steps)
+    else:
+      self.timed_seconds += seconds
+      self.timed_steps += steps
+    trainer._log(self._stage, float(logs["loss"]),  # pylint: disable=protected-access
+                 steps * trainer.global_batch / seconds,
+                 int(self.model.skipped.result()), echo=False)
+
+
+class FitTrainer(trainer_lib.Trainer):
+  """`Trainer` whose stages run through `keras.Model.fit`."""
+
+  def __init__(self, config, model_dir, strategy):
+    super().__init__(config, model_dir, strategy)
+    with strategy.scope():
+      self.fit_model = FitModel(self.model, self.make_step_fn(),
+                                self.replicas)
+      self.fit_model.compile(optimizer=self.optimizer)
+    self.tensorboard = keras.callbacks.TensorBoard(
+        log_dir=model_dir) if self.chief else None
+
+  @property
+  def epoch_steps(self):
+    """Steps in one fit epoch: a data epoch, or a stage for tiny runs."""
+    return min(self.steps_per_epoch,
+               self.total_steps // self.config.progressive.num_stages)
+
+  def plan_stages(self):
+    return progressive.plan(
+        self.config, self.total_steps, self.steps_per_epoch,
+        epoch_steps=max(1, self.epoch_steps))
+
+  def _train_stage(self, stage):
+    train_lib.set_dropout(self.model, stage.dropout)
+    epoch_steps = self.epoch_steps
+    # Executions must end exactly on epoch and stage ends.
+    execution = math.gcd(self.config.runtime.steps_per_loop, epoch_steps,
+                         stage.end_step - self.step)
+    self.fit_model.steps_per_execution = execution
+    self.fit_model.train_function = None  # retrace: new size and dropout
+    recorder = StageRecorder(self, stage)
+    callbacks = [StopAtStep(self, stage.end_step), NanGuard(self, stage),
+                 StageCheckpoint(self, self.config.train.checkpoint_every),
+                 recorder]
+    if self.tensorboard:
+      callbacks.append(self.tensorboard)
+    with self.strategy.scope():
+      self.fit_model.fit(
+          self._train_dataset(stage),
+          initial_epoch=self.step // epoch_steps,
+          epochs=math.ceil(stage.end_step / epoch_steps),
+          steps_per_epoch=epoch_steps, callbacks=callbacks, shuffle=False,
+          verbose=1 if sys.stdout.isatty() else 2)
+    self.save()
+    return self._stage_record(stage, recorder.first_call,
+                              recorder.timed_seconds, recorder.timed_steps)

@@ -1,0 +1,43 @@
+"""EfficientNetV2 training through keras.Model.fit (paper Algorithm 1).
+
+The same flags, configs, config.json, summary.json, checkpoints and export
+as main.py; each progressive stage is one `Model.fit` call whose epochs
+continue the previous stage's (`initial_epoch`), with a stage-aware
+checkpoint callback, a NaN guard, TensorBoard and a progress bar.
+
+  python main_tf2.py --model=efficientnetv2-b0 --dataset_cfg=digits \
+      --model_dir=runs/digits_fit --export_dir=runs/digits_fit/export
+  python main_tf2.py --use_tpu --steps_per_loop=100 \
+      --model=efficientnetv2-s --dataset_cfg=imagenet \
+      --data_dir=gs://BUCKET/imagenet --model_dir=gs://BUCKET/runs/s_fit
+
+`--steps_per_loop` is fit's `steps_per_execution` (kept to a divisor of the
+epoch so every execution ends on an epoch or stage boundary).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+from effnetv2_tf import cli
+from effnetv2_tf import driver
+from effnetv2_tf import fit_trainer
+
+cli.define_flags()
+FLAGS = flags.FLAGS
+
+
+def run(values):
+  """Runs the configured mode; returns the summary dict."""
+  return driver.run(values, fit_trainer.FitTrainer)
+
+
+def main(argv):
+  driver.main(argv, FLAGS, fit_trainer.FitTrainer, "main_tf2.py")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,102 @@
+"""Tests of main_tf2.py's Model.fit training: stages, epochs, EMA, resume."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import fit_trainer
+from effnetv2_tf import progressive
+from effnetv2_tf import train_lib
+from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf.data import pipeline
+from test_trainer import TINY
+
+
+def _fit_trainer(model_dir, hparams="", cls=fit_trainer.FitTrainer):
+  config = config_lib.build_config(
+      "efficientnetv2-b0", "digits", ",".join(filter(None, [TINY, hparams])))
+  return cls(config, str(model_dir), tf.distribute.get_strategy())
+
+
+def test_plan_rounds_stages_to_whole_epochs():
+  config = config_lib.build_config("efficientnetv2-b0", "digits", TINY)
+  # 550 steps of 22-step epochs in 2 stages: 275 -> 264 (12 epochs), rest.
+  stages = progressive.plan_stages(config, 550, epoch_steps=22)
+  assert [s.steps for s in stages] == [264, 286]
+  assert stages[1].start_step % 22 == 0
+  # When M divides the epochs both drivers plan the same stages.
+  assert progressive.plan_stages(config, 528, epoch_steps=22) == (
+      progressive.plan_stages(config, 528))
+  with pytest.raises(ValueError, match="whole 22-step epochs"):
+    progressive.plan_stages(config, 40, epoch_steps=22)
+
+
+def test_fit_runs_two_stages_with_continuing_epochs(tmp_path):
+  trainer = _fit_trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2")
+  assert trainer.epoch_steps == 4  # a stage of a tiny run is one epoch
+  summary = trainer.train()
+  assert trainer.step == 8
+  assert trainer.fit_model.traces == 2  # retraced once per stage
+  assert trainer.fit_model.history.epoch == [1]  # stage 2 ran epoch 1
+  assert trainer.model.get_layer("top_dropout").rate == pytest.approx(
+      trainer.stages[-1].dropout)
+  assert [s["image_size"] for s in summary["stages"]] == [16, 24]
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk["history"][-1]["step"] == 8
+  assert all(math.isfinite(h["loss"]) for h in on_disk["history"])
+  assert trainer.manager.latest_checkpoint.endswith("-8")
+
+
+@pytest.mark.slow
+def test_fit_eval_reads_the_ema_weights(tmp_path):
+  trainer = _fit_trainer(tmp_path, "train.steps=8,train.ema_decay=0.9")
+  trainer.train()
+  raw = [v.numpy() for v in trainer.model.trainable_weights]
+  shadows = [s.numpy() for s in trainer.ema.shadows]
+  assert not np.allclose(raw[0], shadows[0])
+  # The eval top-1 is the accuracy of the EMA weights, computed here with
+  # Keras' predict over the same eval batches; the raw weights score apart.
+  result = trainer.evaluate()
+  config = trainer.config
+  batches = list(pipeline.build_eval_dataset(
+      trainer.source, 60, config.model.eval_size,
+      train_lib.input_scaling(config),
+      crop_padding=config.data.crop_padding).as_numpy_iterator())
+
+  def top1():
+    hits = [np.sum((np.argmax(trainer.model.predict(b["images"], verbose=0),
+                              -1) == np.argmax(b["labels"], -1)) * b["mask"])
+            for b in batches]
+    return np.sum(hits) / np.sum([b["mask"].sum() for b in batches])
+
+  with trainer.ema.swapped():
+    assert result["top1"] == pytest.approx(top1(), abs=1e-6)
+  for before, after in zip(raw, trainer.model.trainable_weights):
+    np.testing.assert_array_equal(before, after.numpy())
+
+
+@pytest.mark.slow
+def test_fit_resumes_a_custom_loop_checkpoint_in_the_right_stage(tmp_path):
+  # Same checkpoint format: main.py stops after stage 1, main_tf2.py goes on.
+  loop = _fit_trainer(tmp_path, "train.steps=8", cls=trainer_lib.Trainer)
+  loop._train_stage(loop.stages[0])  # pylint: disable=protected-access
+  assert loop.manager.latest_checkpoint.endswith("-4")
+  resumed = _fit_trainer(tmp_path, "train.steps=8")
+  assert resumed.restore().endswith("-4") and resumed.step == 4
+  resumed.train()
+  assert resumed.step == 8
+  assert resumed.fit_model.traces == 1  # only stage 2 ran
+  assert resumed.fit_model.history.epoch == [1]
+
+
+def test_nan_guard_names_step_and_stage(tmp_path):
+  trainer = _fit_trainer(tmp_path, "train.steps=8")
+  guard = fit_trainer.NanGuard(trainer, trainer.stages[1])
+  guard.on_train_batch_begin(0)
+  with pytest.raises(trainer_lib.TrainingError, match=r"stage 2"):
+    guard.on_train_batch_end(0, {"loss": float("nan")})
+  guard.on_train_batch_end(0, {"loss": 1.0})  # finite: no error
