@@ -22,25 +22,37 @@ from effnetv2_tf import weights as weights_lib
 MIN_LOADED_FRACTION = 0.5
 
 
-def _checkpoint_prefix(path):
+def checkpoint_prefix(path, what="--init_checkpoint"):
+  """The checkpoint `path` names: a prefix, or a directory's latest one."""
   if tf.io.gfile.isdir(path):
     prefix = tf.train.latest_checkpoint(path)
     if prefix is None:
-      raise FileNotFoundError(f"--init_checkpoint {path}: no checkpoint in "
-                              "this directory.")
+      raise FileNotFoundError(f"{what} {path}: no checkpoint in this "
+                              "directory.")
     return prefix
   if tf.io.gfile.exists(path + ".index"):
     return path
-  raise FileNotFoundError(f"--init_checkpoint {path} does not exist.")
+  raise FileNotFoundError(f"{what} {path} does not exist.")
 
 
-def _source_model_from_run(prefix, build_model_fn):
-  """Rebuilds the run's model from its config.json and restores EMA weights."""
+def load_run_model(path, build_model_fn, what="--init_checkpoint"):
+  """One of our runs' models with its EMA weights, and the run's config.
+
+  Args:
+    path: a run directory (its latest checkpoint) or a checkpoint prefix in
+      one; config.json beside the checkpoint says which model wrote it.
+    build_model_fn: (run config dict, num_classes) -> keras.Model.
+    what: how error messages name `path` (a flag).
+
+  Returns:
+    (keras.Model, run config dict).
+  """
+  prefix = checkpoint_prefix(path, what)
   run_config = fileio.read_json(
       os.path.join(os.path.dirname(prefix), config_lib.CONFIG_FILENAME))
   if run_config is None:
     raise FileNotFoundError(
-        f"--init_checkpoint {prefix}: no config.json beside it, so the "
+        f"{what} {prefix}: no config.json beside it, so the "
         "model that wrote it is unknown.")
   reader = tf.train.load_checkpoint(prefix)
   source = build_model_fn(run_config, _num_classes(reader))
@@ -49,7 +61,7 @@ def _source_model_from_run(prefix, build_model_fn):
   if any(k.startswith("ema/") for k in reader.get_variable_to_shape_map()):
     ema.copy_to_model()
     logging.info("Using the EMA weights of %s.", prefix)
-  return source
+  return source, run_config
 
 
 def _num_classes(reader):
@@ -98,12 +110,12 @@ def init_from(model, path, build_model_fn):
   elif path.endswith(".keras"):
     source = keras.saving.load_model(path, compile=False)
   else:
-    prefix = _checkpoint_prefix(path)
+    prefix = checkpoint_prefix(path)
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     if any(k.endswith("/stem/conv2d/kernel") for k in names):
       weights_lib.load_weights(model, prefix)  # reference TF1 checkpoint
       return len(model.weights)
-    source = _source_model_from_run(prefix, build_model_fn)
+    source, _ = load_run_model(prefix, build_model_fn)
   loaded, skipped = copy_by_name(source, model)
   total = len(model.weights)
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,

@@ -1,18 +1,47 @@
-"""SavedModel export with the evaluation preprocessing inside the graph.
+"""SavedModel, TFLite and feature-vector export, from a model or a checkpoint.
 
-Signatures:
+  python -m effnetv2_tf.export --model_dir=runs/digits \
+      --export_dir=runs/digits/export [--tflite] [--tflite_quantize] \
+      [--feature_vector_dir=runs/digits/features]
+
+Classifier SavedModel signatures:
   serving_default: float32 images 0..255 [B, H, W, 3] of any size;
   serving_uint8:   the same for uint8 images;
   preprocessed:    already scaled [B, S, S, 3] images at the eval size.
 Each returns `probabilities`, `top5_classes` and `top5_probabilities`.
 Preprocessing is the evaluation one (center crop of size / (size + 32),
 bilinear resize, the model's input scaling), so served predictions match
-`main.py --mode=eval`. Export the EMA weights (`Trainer.ema.swapped()`).
+`main.py --mode=eval`. Export the EMA weights (`Trainer.ema.swapped()`;
+from a checkpoint they are loaded by `checkpoints.load_run_model`).
+
+`--tflite` converts the `preprocessed` signature of the written SavedModel
+(converting concrete functions of a Keras 3 model drops its weights) to
+`model.tflite` in the export directory; `--tflite_quantize` adds a
+dynamic-range quantised `model_quant.tflite`.
+
+The feature-vector SavedModel follows TF-Hub's image feature-vector
+convention: `module(images)` (or the `serve` endpoint, e.g.
+`keras.layers.TFSMLayer(path, call_endpoint="serve")`) takes float32
+images in [0, 1] of any size, resizes them to the model's size and returns
+the pooled features [B, C] before the classifier.
 """
 
+import os
+import sys
+
+from absl import app
+from absl import flags
+import keras
 import tensorflow as tf
 
+from effnetv2_tf import checkpoints
+from effnetv2_tf import cli
+from effnetv2_tf import registry
 from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import tfrecord_format
+
+TFLITE_FILENAME = "model.tflite"
+TFLITE_QUANT_FILENAME = "model_quant.tflite"
 
 
 def center_crop_batch(images, image_size, crop_padding=preprocess.CROP_PADDING,
@@ -24,26 +53,35 @@ def center_crop_batch(images, image_size, crop_padding=preprocess.CROP_PADDING,
                 offset[1]:offset[1] + size[1]]
 
 
-class ServingModule(tf.Module):
-  """A Keras model plus its eval preprocessing, as tf.functions."""
+class ServingModule:
+  """A Keras model plus its eval preprocessing: the serving functions.
+
+  `endpoints` lists them with their input signatures; `serve` is the
+  float one as a tf.function for in-process use (infer.py on a checkpoint).
+  """
 
   def __init__(self, model, image_size, input_scaling,
                crop_padding=preprocess.CROP_PADDING, skip_crop_from_size=320):
-    super().__init__(name="serving")
     self.model = model
     self.image_size = int(image_size)
     self._input_scaling = input_scaling
     self._crop_padding = crop_padding
     self._skip_crop_from_size = skip_crop_from_size
-    size = self.image_size
     self.serve = tf.function(self._serve, input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-    self.serve_uint8 = tf.function(
-        lambda images: self._serve(tf.cast(images, tf.float32)),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                       name="images")])
-    self.preprocessed = tf.function(self._predict, input_signature=[
-        tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+
+  def endpoints(self):
+    """[(name, function, input spec)]: the SavedModel's signatures."""
+    size = self.image_size
+    return [
+        ("serving_default", self._serve,
+         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")),
+        ("serving_uint8", lambda images: self._serve(
+            tf.cast(images, tf.float32)),
+         tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")),
+        ("preprocessed", self._predict,
+         tf.TensorSpec([None, size, size, 3], tf.float32, name="images")),
+    ]
 
   def preprocess(self, images):
     images = center_crop_batch(images, self.image_size, self._crop_padding,
@@ -62,14 +100,130 @@ class ServingModule(tf.Module):
     return self._predict(self.preprocess(images))
 
 
+def _write_archive(model, export_dir, endpoints):
+  """Writes `model`'s variables and `endpoints` with Keras' ExportArchive.
+
+  Its SavedModel keeps the variables as the converter expects them; a
+  tf.Module holding the Keras model saves them so that TFLite conversion
+  leaves uninitialised variable reads behind (NaN outputs).
+  """
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  for name, fn, spec in endpoints:
+    archive.add_endpoint(name, fn, input_signature=[spec])
+  archive.write_out(export_dir, verbose=False)
+  return export_dir
+
+
 def export_saved_model(model, export_dir, image_size, input_scaling,
                        crop_padding=preprocess.CROP_PADDING,
-                       skip_crop_from_size=320):
-  """Writes a SavedModel of `model` with the signatures above."""
-  module = ServingModule(model, image_size, input_scaling, crop_padding,
-                         skip_crop_from_size)
-  tf.saved_model.save(module, export_dir, signatures={
-      "serving_default": module.serve,
-      "serving_uint8": module.serve_uint8,
-      "preprocessed": module.preprocessed})
+                       skip_crop_from_size=320, class_names=()):
+  """Writes a SavedModel of `model` with the signatures above.
+
+  `class_names` (label order) go to `export_dir/labels.txt` for infer.py.
+  """
+  serving = ServingModule(model, image_size, input_scaling, crop_padding,
+                          skip_crop_from_size)
+  _write_archive(model, export_dir, serving.endpoints())
+  if class_names:
+    tfrecord_format.write_labels(export_dir,
+                                 [(name, name) for name in class_names])
   return export_dir
+
+
+def export_feature_vector(model, export_dir, image_size, input_scaling):
+  """Writes the headless feature-vector SavedModel of `model`."""
+  backbone = keras.Model(model.inputs, model.get_layer("avg_pool").output)
+  size = int(image_size)
+
+  def features(images):
+    images = tf.image.resize(images * 255.0, [size, size])
+    images = preprocess.normalize(images, input_scaling)
+    return tf.cast(backbone(images, training=False), tf.float32)
+
+  spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+  # `serve` for TFSMLayer, `__call__` for module(images).
+  return _write_archive(backbone, export_dir,
+                        [("serve", features, spec), ("__call__", features, spec)])
+
+
+def convert_tflite(saved_model_dir, quantize=False):
+  """TFLite flatbuffer of a classifier SavedModel's `preprocessed` signature.
+
+  Args:
+    saved_model_dir: written by `export_saved_model`.
+    quantize: dynamic-range quantisation (int8 weights, float activations).
+
+  Returns:
+    The path of the written `.tflite` file (in `saved_model_dir`).
+  """
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      saved_model_dir, signature_keys=["preprocessed"])
+  if quantize:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  path = os.path.join(saved_model_dir,
+                      TFLITE_QUANT_FILENAME if quantize else TFLITE_FILENAME)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(converter.convert())
+  return path
+
+
+def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
+               tflite_quantize=False, feature_vector_dir=None):
+  """Exports a run's checkpoint (EMA weights); returns the written paths."""
+  model, run_config = checkpoints.load_run_model(
+      checkpoint or model_dir, cli.model_from_run_config,
+      what="--checkpoint" if checkpoint else "--model_dir")
+  data = run_config["data"]
+  image_size = run_config["model"]["eval_size"]
+  scaling = registry.get_model_spec(run_config["model"]["name"]).input_scaling
+  labels = tfrecord_format.read_labels(
+      os.path.dirname(checkpoints.checkpoint_prefix(checkpoint or model_dir)))
+  written = [export_saved_model(
+      model, export_dir, image_size, scaling, data["crop_padding"],
+      data["skip_crop_from_size"] or None,
+      [readable for _, readable in labels or []])]
+  if tflite:
+    written.append(convert_tflite(export_dir))
+  if tflite_quantize:
+    written.append(convert_tflite(export_dir, quantize=True))
+  if feature_vector_dir:
+    written.append(export_feature_vector(model, feature_vector_dir,
+                                         image_size, scaling))
+  return written
+
+
+def _define_flags():
+  flags.DEFINE_string("model_dir", None, "Run directory (config.json and "
+                      "checkpoints of main.py or main_tf2.py).")
+  flags.DEFINE_string("checkpoint", None,
+                      "A checkpoint prefix instead of the latest one.")
+  flags.DEFINE_string("export_dir", None, "Where the SavedModel goes.")
+  flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
+  flags.DEFINE_bool("tflite_quantize", False,
+                    "Also write a dynamic-range quantised model_quant.tflite.")
+  flags.DEFINE_string("feature_vector_dir", None,
+                      "Also write a feature-vector SavedModel here.")
+  flags.mark_flags_as_required(["export_dir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  values = flags.FLAGS
+  if not (values.model_dir or values.checkpoint):
+    raise app.UsageError("Give --model_dir (or --checkpoint).")
+  try:
+    written = export_run(values.model_dir, values.export_dir,
+                         values.checkpoint, values.tflite,
+                         values.tflite_quantize, values.feature_vector_dir)
+  except (FileNotFoundError, ValueError) as err:
+    print(f"export: error: {err}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  for path in written:
+    print(f"Wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

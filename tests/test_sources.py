@@ -151,7 +151,7 @@ def _make_folder(root, per_class):
 def test_folder_source_holds_out_every_tenth(tmp_path):
   _make_folder(tmp_path, per_class=10)
   source = sources.folder_source(str(tmp_path))
-  assert source.classes == ("Bird", "cat", "dog")
+  assert source.class_names == ("Bird", "cat", "dog")
   assert source.split_sizes == {"train": 27, "validation": 3}
   labels = [int(np.argmax(ex["label"])) for ex in source.read("validation")]
   assert labels == [0, 1, 2]

@@ -31,6 +31,7 @@ class Source:
   num_classes: int
   split_sizes: Dict[str, int]
   multi_label: bool = False
+  class_names: tuple = ()  # readable names in label order, when known
 
   def read(self, split, input_context=None, shuffle_files_seed=None):
     raise NotImplementedError
@@ -158,9 +159,13 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
     del files["validation"]
   sizes = _tfrecord_split_sizes(data_dir, files)
   sizes.update(split_sizes or {})
+  labels = tfrecord_format.read_labels(data_dir) or []
+  if len(labels) != num_classes:  # e.g. a subset's labels.txt
+    labels = []
   return TFRecordSource(name=name, num_classes=num_classes, split_sizes=sizes,
                         multi_label=multi_label, data_dir=data_dir,
-                        files=files)
+                        files=files,
+                        class_names=tuple(readable for _, readable in labels))
 
 
 def _tfrecord_split_sizes(data_dir, files):
@@ -244,6 +249,7 @@ def tfds_source(tfds_name, data_dir=None, split_sizes=None):
            if theirs in builder.info.splits}
   sizes.update(split_sizes or {})
   return TFDSSource(name=tfds_name, num_classes=num_classes,
+                    class_names=tuple(builder.info.features["label"].names),
                     split_sizes=sizes, tfds_name=tfds_name,
                     data_dir=data_dir, split_names=split_names)
 
@@ -272,7 +278,6 @@ class FolderSource(Source):
   validation.
   """
   root: str = ""
-  classes: tuple = ()
   examples: Dict[str, tuple] = dataclasses.field(default_factory=dict)
 
   def read(self, split, input_context=None, shuffle_files_seed=None):
@@ -317,7 +322,7 @@ def folder_source(root, eval_every=10):
   return FolderSource(
       name="folder", num_classes=len(classes),
       split_sizes={k: len(v[0]) for k, v in examples.items()}, root=root,
-      classes=tuple(classes), examples=examples)
+      class_names=tuple(classes), examples=examples)
 
 
 # ------------------------------------------------------------------- digits
@@ -350,5 +355,5 @@ def digits_source(upscale=4):
   arrays = {"train": (images[~held], digits.target[~held]),
             "validation": (images[held], digits.target[held])}
   return DigitsSource(
-      name="digits", num_classes=10,
+      name="digits", num_classes=10, class_names=tuple("0123456789"),
       split_sizes={k: len(v[1]) for k, v in arrays.items()}, arrays=arrays)

@@ -179,6 +179,11 @@ def read_labels(data_dir):
   path = os.path.join(data_dir, LABELS_FILENAME)
   if not tf.io.gfile.exists(path):
     return None
+  return read_labels_file(path)
+
+
+def read_labels_file(path):
+  """[(name, readable name)] of a labels file (`name[<TAB>readable]` lines)."""
   classes = []
   with tf.io.gfile.GFile(path) as f:
     for line in f.read().splitlines():

@@ -1,0 +1,131 @@
+"""Top-5 classes of an image from an exported SavedModel or a checkpoint.
+
+  python infer.py --saved_model=runs/digits/export --image=photo.jpg
+  python infer.py --checkpoint=runs/digits --image=photo.jpg   # run dir
+  python infer.py --checkpoint=efficientnetv2-b0.weights.h5 \
+      --model=efficientnetv2-b0 --image=photo.jpg --labels=labels.txt
+
+Class names come from `--labels` (labels.txt: one class per line, label
+order, optionally `name<TAB>readable name`), else from the labels.txt that
+export wrote beside the SavedModel or training wrote in the run directory;
+without any, class ids are printed. Checkpoints use their EMA weights and
+the run's eval preprocessing, exactly as the exported SavedModel would.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import tensorflow as tf
+
+from effnetv2_tf import checkpoints
+from effnetv2_tf import cli
+from effnetv2_tf import export
+from effnetv2_tf import registry
+from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.model import create_model
+
+flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
+flags.DEFINE_string("checkpoint", None,
+                    "A run directory or checkpoint prefix of main.py / "
+                    "main_tf2.py, or a .weights.h5/.h5 file (with --model).")
+flags.DEFINE_string("model", None, "Model name for a .h5 weights file; for a "
+                    "run checkpoint it must match the run's model.")
+flags.DEFINE_integer("num_classes", 1000, "Class count of a .h5 file.")
+flags.DEFINE_multi_string("image", None, "Image file(s) to classify.")
+flags.DEFINE_string("labels", None, "labels.txt with the class names.")
+flags.DEFINE_integer("top_k", 5, "How many classes to print.")
+flags.mark_flags_as_required(["image"])
+FLAGS = flags.FLAGS
+
+
+class InferError(ValueError):
+  """Bad input to infer.py; the message says what and where."""
+
+
+def read_image(path):
+  """[1, H, W, 3] float32 0..255, or InferError naming the file."""
+  if not tf.io.gfile.exists(path):
+    raise InferError(f"--image {path} does not exist.")
+  try:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                               expand_animations=False)
+  except tf.errors.InvalidArgumentError:
+    raise InferError(f"--image {path} is not a readable JPEG, PNG, GIF or "
+                     "BMP image.") from None
+  return tf.cast(image, tf.float32)[None]
+
+
+def read_class_names(path):
+  if not tf.io.gfile.exists(path):
+    raise InferError(f"--labels {path} does not exist.")
+  return [readable for _, readable in tfrecord_format.read_labels_file(path)]
+
+
+def load_predictor(saved_model=None, checkpoint=None, model_name=None,
+                   num_classes=1000):
+  """(fn: float images -> outputs dict, directory that may hold labels.txt)."""
+  if saved_model:
+    if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
+      raise InferError(f"--saved_model {saved_model} holds no saved_model.pb.")
+    loaded = tf.saved_model.load(saved_model)
+    return loaded.signatures["serving_default"], saved_model
+  if checkpoint.endswith(".h5"):
+    if not model_name:
+      raise InferError("--checkpoint of a .h5 file needs --model.")
+    spec = registry.get_model_spec(model_name)
+    model = create_model(model_name, num_classes=num_classes,
+                         weights=checkpoint)
+    module = export.ServingModule(model, spec.eval_size, spec.input_scaling)
+    return module.serve, os.path.dirname(checkpoint)
+  model, run_config = checkpoints.load_run_model(
+      checkpoint, cli.model_from_run_config, what="--checkpoint")
+  name = run_config["model"]["name"]
+  if model_name and registry.get_model_spec(model_name).name != name:
+    raise InferError(f"--model {model_name} differs from the checkpoint's "
+                     f"model {name}.")
+  data = run_config["data"]
+  module = export.ServingModule(
+      model, run_config["model"]["eval_size"],
+      registry.get_model_spec(name).input_scaling, data["crop_padding"],
+      data["skip_crop_from_size"] or None)
+  return module.serve, os.path.dirname(
+      checkpoints.checkpoint_prefix(checkpoint, "--checkpoint"))
+
+
+def top_classes(outputs, class_names, k):
+  """[(class id, name, probability)] of the first image, best first."""
+  probabilities = outputs["probabilities"][0].numpy()
+  top = probabilities.argsort()[::-1][:k]
+  return [(int(i), class_names[i] if i < len(class_names) else str(i),
+           float(probabilities[i])) for i in top]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if bool(FLAGS.saved_model) == bool(FLAGS.checkpoint):
+    raise app.UsageError("Give one of --saved_model and --checkpoint.")
+  try:
+    predict, label_dir = load_predictor(FLAGS.saved_model, FLAGS.checkpoint,
+                                        FLAGS.model, FLAGS.num_classes)
+    labels_path = FLAGS.labels or os.path.join(
+        label_dir, tfrecord_format.LABELS_FILENAME)
+    class_names = (read_class_names(labels_path)
+                   if FLAGS.labels or tf.io.gfile.exists(labels_path) else [])
+    for path in FLAGS.image:
+      outputs = predict(read_image(path))
+      print(f"{path}:")
+      for rank, (class_id, name, p) in enumerate(
+          top_classes(outputs, class_names, FLAGS.top_k), 1):
+        print(f"  {rank}. {name} (class {class_id}): {p:.4f}")
+  except (InferError, FileNotFoundError, ValueError) as err:
+    print(f"infer.py: error: {err}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,173 @@
+"""Export: SavedModel signatures, TFLite, feature vector, from a checkpoint; infer.py."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_model
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import export
+from effnetv2_tf import optim
+from effnetv2_tf import registry
+from effnetv2_tf import train_lib
+from effnetv2_tf.data import preprocess
+from test_trainer import TINY
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 24
+SCALING = registry.get_model_spec("efficientnetv2-b0").input_scaling
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  keras.utils.set_random_seed(7)
+  model = tiny_model()
+  path = str(tmp_path_factory.mktemp("export") / "saved")
+  export.export_saved_model(model, path, SIZE, SCALING,
+                            class_names=[f"digit {i}" for i in range(10)])
+  return model, path
+
+
+def _softmax(model, images):
+  return tf.nn.softmax(model(images, training=False)).numpy()
+
+
+def test_preprocessed_signature_equals_keras(exported):
+  model, path = exported
+  images = np.random.default_rng(0).normal(size=(3, SIZE, SIZE, 3)).astype(
+      np.float32)
+  served = tf.saved_model.load(path).signatures["preprocessed"]
+  out = served(images=tf.constant(images))
+  np.testing.assert_allclose(out["probabilities"].numpy(),
+                             _softmax(model, images), atol=1e-5)
+  top = out["top5_probabilities"].numpy()
+  assert (np.diff(top, axis=1) <= 0).all()  # best first
+
+
+def test_raw_image_signature_crops_and_resizes_an_odd_size(exported):
+  model, path = exported
+  image = np.random.default_rng(1).integers(0, 256, (1, 37, 53, 3))
+  served = tf.saved_model.load(path)
+  out = served.signatures["serving_uint8"](
+      images=tf.constant(image, tf.uint8))
+  # By hand: crop keeps 24 / (24 + 32) of the short side, int(15.86) = 15,
+  # centred at ((37 - 15 + 1) // 2, (53 - 15 + 1) // 2) = (11, 19).
+  crop = image[:, 11:26, 19:34].astype(np.float32)
+  expected = _softmax(model, preprocess.normalize(
+      tf.image.resize(crop, [SIZE, SIZE]), SCALING))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected,
+                             atol=1e-5)
+  float_out = served.signatures["serving_default"](
+      images=tf.constant(image, tf.float32))
+  np.testing.assert_allclose(float_out["probabilities"].numpy(), expected,
+                             atol=1e-5)
+  with open(os.path.join(path, "labels.txt")) as f:
+    assert f.readline().rstrip("\n") == "digit 0\tdigit 0"
+
+
+@pytest.mark.slow
+def test_tflite_matches_keras(exported):
+  model, path = exported
+  images = np.random.default_rng(2).normal(size=(1, SIZE, SIZE, 3)).astype(
+      np.float32)
+  expected = _softmax(model, images)
+  for quantize in (False, True):
+    tflite = export.convert_tflite(path, quantize=quantize)
+    interpreter = tf.lite.Interpreter(model_path=tflite)
+    runner = interpreter.get_signature_runner("preprocessed")
+    got = runner(images=images)["probabilities"]
+    np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-5)
+    if not quantize:
+      np.testing.assert_allclose(got, expected, atol=1e-4)
+  assert os.path.getsize(os.path.join(path, export.TFLITE_QUANT_FILENAME)) < (
+      os.path.getsize(os.path.join(path, export.TFLITE_FILENAME)))
+
+
+def test_feature_vector_module_and_tfsmlayer(exported, tmp_path):
+  model, _ = exported
+  path = export.export_feature_vector(model, str(tmp_path / "fv"), SIZE,
+                                      SCALING)
+  images = np.random.default_rng(3).uniform(size=(2, 30, 20, 3)).astype(
+      np.float32)  # [0, 1], any size
+  backbone = keras.Model(model.inputs, model.get_layer("avg_pool").output)
+  expected = backbone(preprocess.normalize(
+      tf.image.resize(images * 255.0, [SIZE, SIZE]), SCALING)).numpy()
+  loaded = tf.saved_model.load(path)
+  np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), expected,
+                             atol=1e-5)
+  # Transfer learning: the exported backbone as a Keras layer plus a new head.
+  inputs = keras.Input([None, None, 3])
+  features = keras.layers.TFSMLayer(path, call_endpoint="serve",
+                                    trainable=False)(inputs)
+  head = keras.Model(inputs, keras.layers.Dense(3)(features))
+  assert head(images).shape == (2, 3)
+  assert len(head.trainable_weights) == 2  # only the new head
+
+
+@pytest.mark.slow
+def test_export_from_a_checkpoint_uses_ema_weights(tmp_path):
+  config = config_lib.build_config("efficientnetv2-b0", "digits", TINY)
+  model = train_lib.build_model(config, 10, 0.1)
+  ema = optim.ExponentialMovingAverage(model, 0.9)
+  for shadow in ema.shadows:  # EMA weights apart from the raw ones
+    shadow.assign(shadow * 0.5 + 0.01)
+  tf.train.Checkpoint(model=model, ema=ema).save(str(tmp_path / "ckpt"))
+  config_lib.save_config(config, str(tmp_path))
+  written = export.export_run(str(tmp_path), str(tmp_path / "export"),
+                              tflite=False)
+  assert written == [str(tmp_path / "export")]
+  images = np.random.default_rng(4).normal(size=(2, SIZE, SIZE, 3)).astype(
+      np.float32)
+  got = tf.saved_model.load(written[0]).signatures["preprocessed"](
+      images=tf.constant(images))["probabilities"].numpy()
+  raw = _softmax(model, images)
+  ema.copy_to_model()
+  np.testing.assert_allclose(got, _softmax(model, images), atol=1e-5)
+  assert not np.allclose(got, raw, atol=1e-3)
+
+
+def _infer(*args):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, str(ROOT / "infer.py"), *args],
+                        capture_output=True, text=True, env=env, timeout=300,
+                        check=False)
+
+
+@pytest.mark.slow
+def test_infer_prints_five_classes_of_a_photograph(exported, tmp_path):
+  from sklearn.datasets import load_sample_image  # a real photograph
+  photo = tmp_path / "china.jpg"
+  tf.io.write_file(str(photo), tf.io.encode_jpeg(load_sample_image(
+      "china.jpg")))
+  _, path = exported
+  result = _infer(f"--saved_model={path}", f"--image={photo}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == f"{photo}:"
+  ranks = [line.split(".")[0].strip() for line in lines[1:]]
+  assert ranks == ["1", "2", "3", "4", "5"]
+  assert all("digit " in line for line in lines[1:])  # names from labels.txt
+  probs = [float(line.rsplit(":", 1)[1]) for line in lines[1:]]
+  assert probs == sorted(probs, reverse=True)
+  missing = _infer(f"--saved_model={path}", f"--image={tmp_path}/none.jpg")
+  assert missing.returncode == 1
+  assert "none.jpg does not exist" in missing.stderr
+  assert "Traceback" not in missing.stderr
+
+
+def test_export_cli_names_a_missing_run(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-m", "effnetv2_tf.export",
+       f"--model_dir={tmp_path}/none", f"--export_dir={tmp_path}/out",
+       "--tflite"], capture_output=True, text=True, env=env, timeout=300,
+      check=False)
+  assert result.returncode == 1
+  assert f"--model_dir {tmp_path}/none does not exist" in result.stderr
+  assert "Traceback" not in result.stderr
