@@ -154,14 +154,15 @@ class StageRecorder(keras.callbacks.Callback):
     trainer = self._trainer
     steps = trainer.step - self._start_step
     seconds = time.time() - self._started
+    rate = None  # the first call traces: no rate
     if self.first_call is None:
       self.first_call = (seconds, steps)
     else:
       self.timed_seconds += seconds
       self.timed_steps += steps
-    trainer._log(self._stage, float(logs["loss"]),  # pylint: disable=protected-access
-                 steps * trainer.global_batch / seconds,
-                 int(self.model.skipped.result()), echo=False)
+      rate = steps * trainer.global_batch / seconds
+    trainer.record_progress(self._stage, float(logs["loss"]), rate,
+                            int(self.model.skipped.result()), echo=False)
 
 
 class FitTrainer(trainer_lib.Trainer):
@@ -179,13 +180,13 @@ class FitTrainer(trainer_lib.Trainer):
   @property
   def epoch_steps(self):
     """Steps in one fit epoch: a data epoch, or a stage for tiny runs."""
-    return min(self.steps_per_epoch,
-               self.total_steps // self.config.progressive.num_stages)
+    return max(1, min(self.steps_per_epoch,
+                      self.total_steps // self.config.progressive.num_stages))
 
   def plan_stages(self):
     return progressive.plan(
         self.config, self.total_steps, self.steps_per_epoch,
-        epoch_steps=max(1, self.epoch_steps))
+        epoch_steps=self.epoch_steps)
 
   def _train_stage(self, stage):
     train_lib.set_dropout(self.model, stage.dropout)

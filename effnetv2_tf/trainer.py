@@ -193,14 +193,15 @@ class Trainer:
       loss, skipped = train_loop(iterator, tf.constant(steps))
       loss = float(loss)  # waits for the device
       seconds = time.time() - started
+      rate = None  # the first call traces: no rate
       if first_call is None:
         first_call = (seconds, steps)
       else:
         timed_seconds, timed_steps = timed_seconds + seconds, (
             timed_steps + steps)
+        rate = steps * self.global_batch / seconds
       self.check_finite(loss, start_step, stage)
-      self._log(stage, loss, steps * self.global_batch / seconds,
-                int(skipped))
+      self.record_progress(stage, loss, rate, int(skipped))
       if every and self.step // every > start_step // every:
         self.save()
     self.save()
@@ -234,8 +235,12 @@ class Trainer:
         images_per_sec=self.global_batch / per_step,
         retrace_seconds=max(0.0, first_call[0] - per_step * first_call[1]))
 
-  def _log(self, stage, loss, images_per_sec, skipped, echo=True):
-    """History, TensorBoard scalars and (`echo`) the progress line."""
+  def record_progress(self, stage, loss, images_per_sec, skipped,
+                      echo=True):
+    """History, TensorBoard scalars and (`echo`) the progress line.
+
+    `images_per_sec` is None for a stage's first call, which traces.
+    """
     step = self.step
     lr = float(self.schedule(step))
     every = self.config.train.log_every
@@ -245,12 +250,15 @@ class Trainer:
       with self.writer.as_default(step=step):
         tf.summary.scalar("loss", loss)
         tf.summary.scalar("learning_rate", lr)
-        tf.summary.scalar("images_per_sec", images_per_sec)
+        if images_per_sec is not None:
+          tf.summary.scalar("images_per_sec", images_per_sec)
     if echo and (step % every < self.config.runtime.steps_per_loop or
                  step == stage.end_step):
       print(f"step {step}/{self.total_steps} stage "
             f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
-            f"lr {lr:.5f} {images_per_sec:.1f} images/s"
+            f"lr {lr:.3g} " + (f"{images_per_sec:.1f} images/s"
+                               if images_per_sec is not None else
+                               "(first call: includes tracing)")
             + (f" skipped {skipped}" if skipped else ""), flush=True)
 
   def _record_stage(self, record):

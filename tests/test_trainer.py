@@ -55,17 +55,17 @@ def test_stages_retrace_once_each_and_reach_the_model(tmp_path):
 def test_resume_mid_stage_continues_at_the_right_step(tmp_path, monkeypatch):
   trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
                      "train.checkpoint_every=1")
-  original_log = trainer_lib.Trainer._log
+  original_log = trainer_lib.Trainer.record_progress
 
   def killed_at_step_3(self, stage, *args):
     if self.step == 3:
       raise KeyboardInterrupt  # stands in for a kill
     original_log(self, stage, *args)
 
-  monkeypatch.setattr(trainer_lib.Trainer, "_log", killed_at_step_3)
+  monkeypatch.setattr(trainer_lib.Trainer, "record_progress", killed_at_step_3)
   with pytest.raises(KeyboardInterrupt):
     trainer.train()
-  monkeypatch.setattr(trainer_lib.Trainer, "_log", original_log)
+  monkeypatch.setattr(trainer_lib.Trainer, "record_progress", original_log)
   resumed = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
                      "train.checkpoint_every=1")
   assert resumed.restore().endswith("-2")
