@@ -74,8 +74,13 @@ def _num_classes(reader):
 
 
 def copy_by_name(source, target):
-  """Copies weights of same-named, same-shaped layers; returns (n, skipped)."""
-  loaded, skipped = 0, []
+  """Copies weights of same-named, same-shaped layers.
+
+  Returns:
+    (number of weights copied, [skipped layer names], a sentence on the
+    first skipped layer: missing, or its shapes here and there).
+  """
+  loaded, skipped, first = 0, [], ""
   for layer in target.layers:
     if not layer.weights:
       continue
@@ -83,14 +88,18 @@ def copy_by_name(source, target):
       other = source.get_layer(layer.name)
     except ValueError:
       skipped.append(layer.name)
+      first = first or f"layer {layer.name!r} is not in it"
       continue
     shapes = [tuple(w.shape) for w in layer.weights]
-    if shapes != [tuple(w.shape) for w in other.weights]:
+    theirs = [tuple(w.shape) for w in other.weights]
+    if shapes != theirs:
       skipped.append(layer.name)
+      first = first or (f"layer {layer.name!r} has shapes {theirs} there, "
+                        f"{shapes} here")
       continue
     layer.set_weights(other.get_weights())
     loaded += len(layer.weights)
-  return loaded, skipped
+  return loaded, skipped, first
 
 
 def init_from(model, path, build_model_fn):
@@ -116,7 +125,7 @@ def init_from(model, path, build_model_fn):
       weights_lib.load_weights(model, prefix)  # reference TF1 checkpoint
       return len(model.weights)
     source, _ = load_run_model(prefix, build_model_fn)
-  loaded, skipped = copy_by_name(source, model)
+  loaded, skipped, first = copy_by_name(source, model)
   total = len(model.weights)
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,
                total, path, ", ".join(skipped) or "none")
@@ -125,7 +134,8 @@ def init_from(model, path, build_model_fn):
   if loaded < MIN_LOADED_FRACTION * total:
     raise ValueError(
         f"--init_checkpoint {path}: only {loaded} of {total} weights match "
-        "this model by name and shape; is it the same architecture?")
+        f"this model by name and shape (first mismatch: {first}); is it the "
+        "same architecture?")
   return loaded
 
 

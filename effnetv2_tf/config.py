@@ -154,6 +154,9 @@ def validate(config):
   for key, value in _flatten(config.progressive.to_dict()):
     if key.startswith(("min_", "max_")) and value is not None and value < 0:
       raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")
+    if key.endswith("_image_size") and value is not None and value < 8:
+      raise ConfigError(f"Bad value for progressive.{key}: {value!r}; image "
+                        "sizes must be at least 8 pixels.")
 
 
 def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
         "train.steps=6,train.batch_size=16,eval.batch_size=60,"
@@ -46,11 +48,26 @@ def test_rejects_unknown_model_in_one_line(driver):
     (["--dataset_cfg=folder"], "--data_dir (data.data_dir) is required"),
     (["--dataset_cfg=digits", "--use_tpu", "--tpu=grpc://127.0.0.1:1"],
      "no TPU reachable"),
+    (["--dataset_cfg=digits", "--hparam_str=progressive.min_image_size=0"],
+     "Bad value for progressive.min_image_size: 0"),
+    (["--dataset_cfg=digits", "--init_checkpoint=/nonexistent/run"],
+     "--init_checkpoint /nonexistent/run does not exist"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
   result = _run("--model=efficientnetv2-b0", f"--model_dir={tmp_path}", *args)
   assert result.returncode == 1
   assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_incompatible_init_checkpoint_names_the_first_mismatch(tmp_path):
+  weights = tmp_path / "other.weights.h5"
+  tiny_model().save_weights(str(weights))  # a narrower B0
+  result = _run("--model=efficientnetv2-b0", "--dataset_cfg=digits",
+                f"--model_dir={tmp_path / 'run'}",
+                f"--init_checkpoint={weights}")
+  assert result.returncode == 1
+  assert "stem_conv" in result.stderr  # the first layer that does not fit
   assert "Traceback" not in result.stderr
 
 
