@@ -76,3 +76,17 @@ def is_chief(strategy):
   task_type, task_id = resolver.task_type, resolver.task_id
   return task_type is None or task_type == "chief" or (
       task_type == "worker" and task_id == 0)
+
+
+def mixed_precision_policy(strategy):
+  """The --mixed_precision policy for where `strategy` runs.
+
+  bfloat16 on TPUs and CPUs (same exponent range as float32: no loss
+  scaling), float16 on GPUs (their fast path; needs loss scaling, see
+  `optim.build_optimizer`).
+  """
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return "mixed_bfloat16"
+  if tf.config.list_physical_devices("GPU"):
+    return "mixed_float16"
+  return "mixed_bfloat16"

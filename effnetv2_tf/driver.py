@@ -31,10 +31,13 @@ def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
   config = cli.config_from_flags(values)
   model_dir = cli.model_dir_from_flags(values, config)
-  if config.runtime.mixed_precision:
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
   strategy = distribute.get_strategy(values.strategy, values.use_tpu,
                                      values.tpu)
+  if config.runtime.mixed_precision:
+    policy = distribute.mixed_precision_policy(strategy)
+    keras.mixed_precision.set_global_policy(policy)
+    print(f"Mixed precision: {policy} (float32 variables, logits, loss and "
+          "BN statistics)", flush=True)
   trainer = trainer_cls(config, model_dir, strategy)
   if trainer.chief:
     config_lib.save_config(config, model_dir)

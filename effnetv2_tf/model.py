@@ -253,7 +253,8 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
     x = layers.Dense(
         num_classes, activation=classifier_activation,
         kernel_initializer=_dense_init(num_classes),
-        bias_initializer="zeros", name="predictions")(x)
+        bias_initializer="zeros", name="predictions",
+        dtype="float32")(x)  # float32 logits under mixed precision
   # Keras walks the functional graph recursively; XL is deeper than
   # Python's default limit of 1000 frames allows.
   sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))

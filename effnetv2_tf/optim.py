@@ -74,19 +74,29 @@ def build_schedule(train_config, global_batch_size, steps_per_epoch,
 
 
 def build_optimizer(train_config, learning_rate):
-  """RMSProp as in the paper; 'sgd' (momentum) and 'adam' for experiments."""
+  """RMSProp as in the paper; 'sgd' (momentum) and 'adam' for experiments.
+
+  Under a `mixed_float16` global policy the optimizer is wrapped in Keras'
+  dynamic LossScaleOptimizer; train steps compute gradients of
+  `optimizer.scale_loss(loss)` (the identity for the others).
+  """
   name = train_config.optimizer.lower()
   if name == "rmsprop":
-    return keras.optimizers.RMSprop(
+    optimizer = keras.optimizers.RMSprop(
         learning_rate, rho=train_config.rmsprop_rho,
         momentum=train_config.momentum, epsilon=train_config.epsilon)
-  if name in ("sgd", "momentum"):
-    return keras.optimizers.SGD(learning_rate, momentum=train_config.momentum,
-                                nesterov=True)
-  if name == "adam":
-    return keras.optimizers.Adam(learning_rate, epsilon=train_config.epsilon)
-  raise ValueError(f"Unknown optimizer {train_config.optimizer!r}; valid: "
-                   "rmsprop, sgd, adam.")
+  elif name in ("sgd", "momentum"):
+    optimizer = keras.optimizers.SGD(
+        learning_rate, momentum=train_config.momentum, nesterov=True)
+  elif name == "adam":
+    optimizer = keras.optimizers.Adam(learning_rate,
+                                      epsilon=train_config.epsilon)
+  else:
+    raise ValueError(f"Unknown optimizer {train_config.optimizer!r}; valid: "
+                     "rmsprop, sgd, adam.")
+  if keras.mixed_precision.global_policy().name == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 def decay_variables(model):

@@ -138,7 +138,8 @@ class Trainer:
             global_batch_size=self.global_batch)
         decay = optim.weight_decay_loss(self.decay_variables, weight_decay)
         total = loss + decay / self.replicas
-      grads = tape.gradient(total, model.trainable_variables)
+      grads = tape.gradient(optimizer.scale_loss(total),
+                            model.trainable_variables)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       ema.update(optimizer.iterations)
       return total, batch["skipped"]

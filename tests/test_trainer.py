@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -174,3 +175,26 @@ def test_dropout_raised_from_zero_reaches_the_layer():
   layer = model.get_layer("top_dropout")
   dropped = tf.function(lambda x: layer(x, training=True))(tf.ones([4000]))
   assert 0.45 < float(tf.reduce_mean(tf.cast(dropped == 0, tf.float32))) < 0.55
+
+
+@pytest.fixture
+def bfloat16_policy():
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  yield
+  keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.slow
+def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy):
+  del bfloat16_policy
+  trainer = _trainer(tmp_path, "train.steps=24,runtime.steps_per_loop=6,"
+                     "progressive.num_stages=1,data.crop_area_min=1.0")
+  model = trainer.model
+  assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
+  assert model.get_layer("stem_conv").kernel.dtype == "float32"
+  assert model.get_layer("stem_bn").moving_mean.dtype == "float32"
+  assert model.outputs[0].dtype == "float32"  # logits
+  trainer.train()
+  losses = [h["loss"] for h in trainer.summary["history"]]
+  assert len(losses) == 4 and all(np.isfinite(losses))
+  assert losses[-1] < losses[0]
