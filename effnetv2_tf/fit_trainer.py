@@ -19,6 +19,7 @@ import math
 import sys
 import time
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -42,7 +43,7 @@ class LatestValue(keras.metrics.Metric):
     self.value.assign(tf.cast(value, "int64"))
 
   def result(self):
-    return self.value.value
+    return tf.convert_to_tensor(self.value)  # sums replicas when read
 
 
 class FitModel(keras.Model):
@@ -194,6 +195,16 @@ class FitTrainer(trainer_lib.Trainer):
     # Executions must end exactly on epoch and stage ends.
     execution = math.gcd(self.config.runtime.steps_per_loop, epoch_steps,
                          stage.end_step - self.step)
+    if execution > 1 and self.replicas > 1 and not isinstance(
+        self.strategy, tf.distribute.TPUStrategy):
+      # Keras 3's multi-step loop puts apply_gradients' merge_call inside a
+      # tf.cond, which fails under MirroredStrategy ("You must feed a value
+      # for placeholder tensor", keras-team/keras#19246; measured here with
+      # 2 replicas). One step per execution works.
+      logging.warning("steps_per_execution %d -> 1 with %d mirrored "
+                      "replicas (keras-team/keras#19246).", execution,
+                      self.replicas)
+      execution = 1
     self.fit_model.steps_per_execution = execution
     self.fit_model.train_function = None  # retrace: new size and dropout
     recorder = StageRecorder(self, stage)

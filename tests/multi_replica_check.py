@@ -1,0 +1,123 @@
+"""Runs in its own process: 2 logical CPU devices under MirroredStrategy.
+
+Called by tests/test_distributed.py (the logical devices must be configured
+before TensorFlow initialises, hence a subprocess). Prints one JSON line:
+
+  single vs mirrored, one train step of main.py's step function on the same
+  global batch of 8 (4 different examples per replica): loss, weights and BN
+  moving means after the step (synchronised BN must see all 8 examples);
+  then a short main.py and main_tf2.py run under the 2-replica strategy.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+from effnetv2_tf import fit_trainer
+from effnetv2_tf import trainer as trainer_lib
+
+HPARAMS = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
+           "model.survival_prob=1.0,progressive.min_dropout=0,"
+           "progressive.max_dropout=0,train.batch_size=8,eval.batch_size=60,"
+           "progressive.num_stages=2,progressive.min_image_size=16,"
+           "progressive.max_image_size=24,model.eval_size=24,"
+           "data.shuffle_buffer=64,train.warmup_epochs=0,train.steps=4,"
+           "runtime.steps_per_loop=2")
+
+
+def _trainer(cls, model_dir, strategy):
+  config = config_lib.build_config("efficientnetv2-b0", "digits", HPARAMS)
+  return cls(config, model_dir, strategy)
+
+
+def one_step_comparison(tmp):
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, 16, 16, 3)).astype(np.float32)
+  labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]
+  batch = {"images": images, "labels": labels,
+           "skipped": np.zeros([], np.int64)}
+
+  single = _trainer(trainer_lib.Trainer, os.path.join(tmp, "single"),
+                    tf.distribute.get_strategy())
+  mirrored_strategy = tf.distribute.MirroredStrategy(
+      [d.name for d in tf.config.list_logical_devices("CPU")])
+  mirrored = _trainer(trainer_lib.Trainer, os.path.join(tmp, "mirrored"),
+                      mirrored_strategy)
+  mirrored.model.set_weights(single.model.get_weights())
+  mirrored.ema.reset_to_model()
+  single.ema.reset_to_model()
+
+  single_loss = float(tf.function(single.make_step_fn())(batch)[0])
+
+  def replica_batch(context):
+    i = context.replica_id_in_sync_group
+    return {"images": images[4 * i:4 * i + 4],
+            "labels": labels[4 * i:4 * i + 4],
+            "skipped": np.zeros([], np.int64)}
+
+  values = mirrored_strategy.experimental_distribute_values_from_function(
+      replica_batch)
+  step_fn = mirrored.make_step_fn()
+
+  @tf.function
+  def run(values):
+    loss, _ = mirrored_strategy.run(step_fn, args=(values,))
+    return mirrored_strategy.reduce(tf.distribute.ReduceOp.SUM, loss,
+                                    axis=None)
+
+  mirrored_loss = float(run(values))
+  weight_diff = max(
+      float(np.max(np.abs(a - b))) for a, b in zip(
+          single.model.get_weights(), mirrored.model.get_weights()))
+  bn = "stem_bn"
+  mean_single = single.model.get_layer(bn).moving_mean.numpy()
+  mean_mirrored = mirrored.model.get_layer(bn).moving_mean.numpy()
+  # What the moving mean would be with per-replica (unsynchronised) stats:
+  # the first replica's 4 examples only.
+  return {
+      "replicas": mirrored.replicas,
+      "per_replica_batch": int(values["images"].values[0].shape[0]),
+      "synchronized_bn": bool(mirrored.model.get_layer(bn).synchronized),
+      "single_loss": single_loss, "mirrored_loss": mirrored_loss,
+      "max_weight_diff": weight_diff,
+      "moving_mean_diff": float(np.max(np.abs(mean_single - mean_mirrored))),
+      "moving_mean_change": float(np.max(np.abs(mean_single))),
+  }
+
+
+def short_runs(tmp):
+  strategy = tf.distribute.MirroredStrategy(
+      [d.name for d in tf.config.list_logical_devices("CPU")])
+  steps = {}
+  for name, cls in (("main", trainer_lib.Trainer),
+                    ("main_tf2", fit_trainer.FitTrainer)):
+    trainer = _trainer(cls, os.path.join(tmp, name), strategy)
+    first = next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
+    steps[name + "_pipeline_batches"] = [
+        int(v.shape[0]) for v in first["images"].values]
+    trainer.train()
+    steps[name] = trainer.step
+    steps[name + "_loss_finite"] = bool(all(
+        np.isfinite(h["loss"]) for h in trainer.summary["history"]))
+  return steps
+
+
+def main():
+  tmp = sys.argv[1]
+  result = one_step_comparison(tmp)
+  result.update(short_runs(tmp))
+  print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()
