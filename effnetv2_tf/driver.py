@@ -48,6 +48,9 @@ def run(values, trainer_cls):
   # the latest one in --model_dir.
   given_eval = values.mode == "eval" and values.init_checkpoint
   restored = None if given_eval else trainer.restore()
+  if restored:
+    print(f"Resumed from {restored} at step {trainer.step} of "
+          f"{trainer.total_steps}", flush=True)
   if not restored and values.init_checkpoint:
     with strategy.scope():
       loaded = checkpoints.init_from(trainer.model, values.init_checkpoint,
