@@ -41,7 +41,8 @@ def define_flags():
   flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
                     "Distribution strategy; explicit wins over detection.")
   flags.DEFINE_bool("mixed_precision", False,
-                    "bfloat16 compute (float32 variables, logits and loss).")
+                    "bfloat16 compute on TPU/CPU, float16 with loss scaling "
+                    "on GPU (float32 variables, logits and loss).")
   flags.DEFINE_integer("steps_per_loop", None,
                        "Train steps per device call (runtime.steps_per_loop).")
   flags.DEFINE_string("export_dir", None,

@@ -49,7 +49,7 @@ def run(values, trainer_cls):
   given_eval = values.mode == "eval" and values.init_checkpoint
   restored = None if given_eval else trainer.restore()
   if restored:
-    print(f"Resumed from {restored} at step {trainer.step} of "
+    print(f"Restored {restored}: step {trainer.step} of "
           f"{trainer.total_steps}", flush=True)
   if not restored and values.init_checkpoint:
     with strategy.scope():

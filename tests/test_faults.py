@@ -50,7 +50,7 @@ def test_sigkill_then_rerun_finishes_the_planned_steps(tmp_path, driver):
                          capture_output=True, text=True, timeout=600,
                          check=False)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  resumed = re.search(r"Resumed from \S+ at step (\d+) of 12", rerun.stdout)
+  resumed = re.search(r"Restored \S+: step (\d+) of 12", rerun.stdout)
   assert resumed, rerun.stdout[-2000:]
   assert killed_after <= int(resumed.group(1)) < 12
   summary = json.loads((model_dir / "summary.json").read_text())
