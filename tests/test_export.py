@@ -89,6 +89,7 @@ def test_tflite_matches_keras(exported):
       os.path.getsize(os.path.join(path, export.TFLITE_FILENAME)))
 
 
+@pytest.mark.slow
 def test_feature_vector_module_and_tfsmlayer(exported, tmp_path):
   model, _ = exported
   path = export.export_feature_vector(model, str(tmp_path / "fv"), SIZE,
@@ -161,6 +162,7 @@ def test_infer_prints_five_classes_of_a_photograph(exported, tmp_path):
   assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow
 def test_export_cli_names_a_missing_run(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(

@@ -48,10 +48,14 @@ def test_rejects_unknown_model_in_one_line(driver):
     (["--dataset_cfg=folder"], "--data_dir (data.data_dir) is required"),
     (["--dataset_cfg=digits", "--use_tpu", "--tpu=grpc://127.0.0.1:1"],
      "no TPU reachable"),
-    (["--dataset_cfg=digits", "--hparam_str=progressive.min_image_size=0"],
-     "Bad value for progressive.min_image_size: 0"),
-    (["--dataset_cfg=digits", "--init_checkpoint=/nonexistent/run"],
-     "--init_checkpoint /nonexistent/run does not exist"),
+    pytest.param(
+        ["--dataset_cfg=digits", "--hparam_str=progressive.min_image_size=0"],
+        "Bad value for progressive.min_image_size: 0",
+        marks=pytest.mark.slow),
+    pytest.param(
+        ["--dataset_cfg=digits", "--init_checkpoint=/nonexistent/run"],
+        "--init_checkpoint /nonexistent/run does not exist",
+        marks=pytest.mark.slow),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
   result = _run("--model=efficientnetv2-b0", f"--model_dir={tmp_path}", *args)
@@ -60,6 +64,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_incompatible_init_checkpoint_names_the_first_mismatch(tmp_path):
   weights = tmp_path / "other.weights.h5"
   tiny_model().save_weights(str(weights))  # a narrower B0
@@ -71,6 +76,7 @@ def test_incompatible_init_checkpoint_names_the_first_mismatch(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_main_tf2_reports_config_errors_in_one_line(tmp_path):
   result = _run("--model=efficientnetv2-b0", f"--model_dir={tmp_path}",
                 "--hparam_str=train.batchsize=2", driver="main_tf2.py")
