@@ -81,19 +81,14 @@ def load_predictor(saved_model=None, checkpoint=None, model_name=None,
                          weights=checkpoint)
     module = export.ServingModule(model, spec.eval_size, spec.input_scaling)
     return module.serve, os.path.dirname(checkpoint)
-  model, run_config = checkpoints.load_run_model(
+  model, run_config, prefix = checkpoints.load_run_model(
       checkpoint, cli.model_from_run_config, what="--checkpoint")
   name = run_config["model"]["name"]
   if model_name and registry.get_model_spec(model_name).name != name:
     raise InferError(f"--model {model_name} differs from the checkpoint's "
                      f"model {name}.")
-  data = run_config["data"]
-  module = export.ServingModule(
-      model, run_config["model"]["eval_size"],
-      registry.get_model_spec(name).input_scaling, data["crop_padding"],
-      data["skip_crop_from_size"] or None)
-  return module.serve, os.path.dirname(
-      checkpoints.checkpoint_prefix(checkpoint, "--checkpoint"))
+  module = export.ServingModule(model, **export.serving_options(run_config))
+  return module.serve, os.path.dirname(prefix)
 
 
 def top_classes(outputs, class_names, k):

@@ -45,7 +45,7 @@ def load_run_model(path, build_model_fn, what="--init_checkpoint"):
     what: how error messages name `path` (a flag).
 
   Returns:
-    (keras.Model, run config dict).
+    (keras.Model, run config dict, the checkpoint prefix it restored).
   """
   prefix = checkpoint_prefix(path, what)
   run_config = fileio.read_json(
@@ -61,7 +61,7 @@ def load_run_model(path, build_model_fn, what="--init_checkpoint"):
   if any(k.startswith("ema/") for k in reader.get_variable_to_shape_map()):
     ema.copy_to_model()
     logging.info("Using the EMA weights of %s.", prefix)
-  return source, run_config
+  return source, run_config, prefix
 
 
 def _num_classes(reader):
@@ -124,7 +124,7 @@ def init_from(model, path, build_model_fn):
     if any(k.endswith("/stem/conv2d/kernel") for k in names):
       weights_lib.load_weights(model, prefix)  # reference TF1 checkpoint
       return len(model.weights)
-    source, _ = load_run_model(prefix, build_model_fn)
+    source, _, _ = load_run_model(prefix, build_model_fn)
   loaded, skipped, first = copy_by_name(source, model)
   total = len(model.weights)
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,

@@ -16,7 +16,6 @@ from effnetv2_tf import cli
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import distribute
 from effnetv2_tf import export
-from effnetv2_tf import train_lib
 from effnetv2_tf import trainer as trainer_lib
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
@@ -42,8 +41,8 @@ def run(values, trainer_cls):
   if trainer.chief:
     config_lib.save_config(config, model_dir)
     if trainer.source.class_names:  # for export from a checkpoint
-      tfrecord_format.write_labels(
-          model_dir, [(n, n) for n in trainer.source.class_names])
+      tfrecord_format.write_class_names(model_dir,
+                                        trainer.source.class_names)
   # --mode=eval with --init_checkpoint evaluates that checkpoint instead of
   # the latest one in --model_dir.
   given_eval = values.mode == "eval" and values.init_checkpoint
@@ -79,10 +78,8 @@ def run(values, trainer_cls):
   if values.export_dir and trainer.chief:
     with trainer.ema.swapped():
       export.export_saved_model(
-          trainer.model, values.export_dir, config.model.eval_size,
-          train_lib.input_scaling(config), config.data.crop_padding,
-          config.data.skip_crop_from_size or None,
-          trainer.source.class_names)
+          trainer.model, values.export_dir, **export.serving_options(config),
+          class_names=trainer.source.class_names)
     print(f"Exported SavedModel (EMA weights) to {values.export_dir}",
           flush=True)
   return summary

@@ -53,6 +53,19 @@ def center_crop_batch(images, image_size, crop_padding=preprocess.CROP_PADDING,
                 offset[1]:offset[1] + size[1]]
 
 
+def serving_options(run_config):
+  """ServingModule/export_saved_model keyword arguments of a run's config.
+
+  `run_config`: the ConfigDict of a run or its config.json dict.
+  """
+  model, data = run_config["model"], run_config["data"]
+  return dict(image_size=model["eval_size"],
+              input_scaling=registry.get_model_spec(
+                  model["name"]).input_scaling,
+              crop_padding=data["crop_padding"],
+              skip_crop_from_size=data["skip_crop_from_size"] or None)
+
+
 class ServingModule:
   """A Keras model plus its eval preprocessing: the serving functions.
 
@@ -126,8 +139,7 @@ def export_saved_model(model, export_dir, image_size, input_scaling,
                           skip_crop_from_size)
   _write_archive(model, export_dir, serving.endpoints())
   if class_names:
-    tfrecord_format.write_labels(export_dir,
-                                 [(name, name) for name in class_names])
+    tfrecord_format.write_class_names(export_dir, class_names)
   return export_dir
 
 
@@ -171,25 +183,22 @@ def convert_tflite(saved_model_dir, quantize=False):
 def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
                tflite_quantize=False, feature_vector_dir=None):
   """Exports a run's checkpoint (EMA weights); returns the written paths."""
-  model, run_config = checkpoints.load_run_model(
+  model, run_config, prefix = checkpoints.load_run_model(
       checkpoint or model_dir, cli.model_from_run_config,
       what="--checkpoint" if checkpoint else "--model_dir")
-  data = run_config["data"]
-  image_size = run_config["model"]["eval_size"]
-  scaling = registry.get_model_spec(run_config["model"]["name"]).input_scaling
-  labels = tfrecord_format.read_labels(
-      os.path.dirname(checkpoints.checkpoint_prefix(checkpoint or model_dir)))
+  options = serving_options(run_config)
+  labels = tfrecord_format.read_labels(os.path.dirname(prefix)) or []
   written = [export_saved_model(
-      model, export_dir, image_size, scaling, data["crop_padding"],
-      data["skip_crop_from_size"] or None,
-      [readable for _, readable in labels or []])]
+      model, export_dir, **options,
+      class_names=[readable for _, readable in labels])]
   if tflite:
     written.append(convert_tflite(export_dir))
   if tflite_quantize:
     written.append(convert_tflite(export_dir, quantize=True))
   if feature_vector_dir:
-    written.append(export_feature_vector(model, feature_vector_dir,
-                                         image_size, scaling))
+    written.append(export_feature_vector(
+        model, feature_vector_dir, options["image_size"],
+        options["input_scaling"]))
   return written
 
 

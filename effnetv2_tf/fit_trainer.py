@@ -75,6 +75,18 @@ class FitModel(keras.Model):
     return {"loss": self.loss_tracker.result()}
 
 
+class _ExecutionCallback(keras.callbacks.Callback):
+  """Knows the run's step and time when the current execution began."""
+
+  def __init__(self, trainer):
+    super().__init__()
+    self._trainer = trainer
+    self._start_step, self._started = 0, 0.0
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._start_step, self._started = self._trainer.step, time.time()
+
+
 class StopAtStep(keras.callbacks.Callback):
   """Ends `fit` once the optimizer has taken `end_step` steps."""
 
@@ -88,7 +100,7 @@ class StopAtStep(keras.callbacks.Callback):
       self.model.stop_training = True
 
 
-class NanGuard(keras.callbacks.Callback):
+class NanGuard(_ExecutionCallback):
   """Stops with `TrainingError` naming the step and stage on a NaN/inf loss.
 
   Keras' TerminateOnNaN only sets stop_training, and the epoch-end
@@ -97,20 +109,15 @@ class NanGuard(keras.callbacks.Callback):
   """
 
   def __init__(self, trainer, stage):
-    super().__init__()
-    self._trainer = trainer
+    super().__init__(trainer)
     self._stage = stage
-    self._start_step = 0
-
-  def on_train_batch_begin(self, batch, logs=None):
-    self._start_step = self._trainer.step
 
   def on_train_batch_end(self, batch, logs=None):
     self._trainer.check_finite(float(logs["loss"]), self._start_step,
                                self._stage)
 
 
-class StageCheckpoint(keras.callbacks.Callback):
+class StageCheckpoint(_ExecutionCallback):
   """Saves the run checkpoint (model, optimizer, EMA) at every epoch end.
 
   Unlike keras.callbacks.BackupAndRestore, which deletes its backup when a
@@ -120,13 +127,8 @@ class StageCheckpoint(keras.callbacks.Callback):
   """
 
   def __init__(self, trainer, every_steps=None):
-    super().__init__()
-    self._trainer = trainer
+    super().__init__(trainer)
     self._every = every_steps
-    self._start_step = 0
-
-  def on_train_batch_begin(self, batch, logs=None):
-    self._start_step = self._trainer.step
 
   def on_train_batch_end(self, batch, logs=None):
     every, step = self._every, self._trainer.step
@@ -137,19 +139,14 @@ class StageCheckpoint(keras.callbacks.Callback):
     self._trainer.save()
 
 
-class StageRecorder(keras.callbacks.Callback):
+class StageRecorder(_ExecutionCallback):
   """Timings (images/s, retrace seconds) and the loss history of a stage."""
 
   def __init__(self, trainer, stage):
-    super().__init__()
-    self._trainer = trainer
+    super().__init__(trainer)
     self._stage = stage
     self.first_call = None
     self.timed_seconds, self.timed_steps = 0.0, 0
-    self._started, self._start_step = 0.0, 0
-
-  def on_train_batch_begin(self, batch, logs=None):
-    self._started, self._start_step = time.time(), self._trainer.step
 
   def on_train_batch_end(self, batch, logs=None):
     trainer = self._trainer

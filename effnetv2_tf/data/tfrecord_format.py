@@ -193,6 +193,11 @@ def read_labels_file(path):
   return classes
 
 
+def write_class_names(data_dir, names):
+  """Writes labels.txt of plain class names (each its own readable name)."""
+  write_labels(data_dir, [(name, name) for name in names])
+
+
 def write_labels(data_dir, classes):
   """Writes labels.txt from a list of (name, readable name) in label order."""
   fileio.write_atomic(os.path.join(data_dir, LABELS_FILENAME),
