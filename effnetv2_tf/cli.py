@@ -43,6 +43,11 @@ def define_flags():
   flags.DEFINE_bool("mixed_precision", False,
                     "bfloat16 compute on TPU/CPU, float16 with loss scaling "
                     "on GPU (float32 variables, logits and loss).")
+  flags.DEFINE_bool("deterministic", False,
+                    "Seeded randomness and deterministic ops; main.py also "
+                    "saves the input position in checkpoints, so a resumed "
+                    "run ends with the same weights as an uninterrupted "
+                    "one (runtime.deterministic).")
   flags.DEFINE_integer("steps_per_loop", None,
                        "Train steps per device call (runtime.steps_per_loop).")
   flags.DEFINE_string("export_dir", None,
@@ -65,8 +70,9 @@ def config_from_flags(values):
   if values.steps_per_loop:
     hparams = ",".join(filter(None, [
         hparams, f"runtime.steps_per_loop={values.steps_per_loop}"]))
-  if values.mixed_precision:
-    hparams = ",".join(filter(None, [hparams, "runtime.mixed_precision=true"]))
+  for flag in ("mixed_precision", "deterministic"):
+    if getattr(values, flag):
+      hparams = ",".join(filter(None, [hparams, f"runtime.{flag}=true"]))
   return config_lib.build_config(
       model_name=values.model, dataset_cfg=values.dataset_cfg,
       hparam_str=hparams, config_file=values.config_file,

@@ -16,6 +16,7 @@ from effnetv2_tf import cli
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import distribute
 from effnetv2_tf import export
+from effnetv2_tf import train_lib
 from effnetv2_tf import trainer as trainer_lib
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
@@ -30,6 +31,8 @@ def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
   config = cli.config_from_flags(values)
   model_dir = cli.model_dir_from_flags(values, config)
+  if config.runtime.deterministic:
+    train_lib.make_deterministic(config.train.seed)
   strategy = distribute.get_strategy(values.strategy, values.use_tpu,
                                      values.tpu)
   if config.runtime.mixed_precision:

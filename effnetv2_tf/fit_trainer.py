@@ -174,6 +174,10 @@ class FitTrainer(trainer_lib.Trainer):
       self.fit_model.compile(optimizer=self.optimizer)
     self.tensorboard = keras.callbacks.TensorBoard(
         log_dir=model_dir) if self.chief else None
+    if config.runtime.deterministic:
+      logging.info("--deterministic: fit does not checkpoint its input "
+                   "iterator, so a resumed stage restarts its data order "
+                   "(main.py resumes it exactly).")
 
   @property
   def epoch_steps(self):

@@ -65,6 +65,13 @@ def build_model(config, num_classes, dropout, replicas=1):
                       **model_overrides(config.model, dropout, replicas))
 
 
+def make_deterministic(seed):
+  """--deterministic: seeded Python/NumPy/TF/Keras randomness, and kernels
+  that give the same bits every run (tf.data too runs in order)."""
+  keras.utils.set_random_seed(seed)
+  tf.config.experimental.enable_op_determinism()
+
+
 def set_dropout(model, rate):
   """Sets the head dropout rate; a train step traced afterwards uses it."""
   model.get_layer("top_dropout").rate = float(rate)

@@ -15,6 +15,7 @@ from absl import logging
 import tensorflow as tf
 
 from effnetv2_tf import distribute
+from effnetv2_tf import faults
 from effnetv2_tf import optim
 from effnetv2_tf import progressive
 from effnetv2_tf import train_lib
@@ -25,6 +26,10 @@ SUM = tf.distribute.ReduceOp.SUM
 
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. a non-finite loss); says step and stage."""
+
+
+class CheckpointError(TrainingError):
+  """A checkpoint could not be written (e.g. the disk is full)."""
 
 
 class Trainer:
@@ -59,12 +64,19 @@ class Trainer:
       self.ema = optim.ExponentialMovingAverage(self.model,
                                                 config.train.ema_decay)
     self.decay_variables = optim.decay_variables(self.model)
+    # Keras keeps the dropout/stochastic-depth noise state in seed generator
+    # variables that Model weights leave out; saved so a resumed run draws
+    # the noise an uninterrupted one would.
+    rng = [v for v in self.model.variables
+           if v.path.endswith("seed_generator_state")]
     self.checkpoint = tf.train.Checkpoint(
-        model=self.model, optimizer=self.optimizer, ema=self.ema)
-    ckpt_dir = model_dir if self.chief else os.path.join(
+        model=self.model, optimizer=self.optimizer, ema=self.ema, rng=rng)
+    self.restored_path = None
+    self.ckpt_dir = model_dir if self.chief else os.path.join(
         model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id))
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints)
+        self.checkpoint, self.ckpt_dir,
+        max_to_keep=config.train.keep_checkpoints)
     self.traces = 0  # incremented when train_loop is traced
     self.writer = tf.summary.create_file_writer(
         os.path.join(model_dir, "train")) if self.chief else None
@@ -89,14 +101,45 @@ class Trainer:
     path = path or self.manager.latest_checkpoint
     if path:
       self.checkpoint.restore(path).expect_partial()
+      self.restored_path = path
       logging.info("Restored %s at step %d.", path, self.step)
     return path
 
   def save(self):
-    if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(
-        f"-{self.step}"):
+    """Checkpoints the current step (once); raises CheckpointError.
+
+    TensorFlow writes the files under a temporary name and only then
+    records them in the `checkpoint` state file, so a kill or a failed
+    write mid-save leaves the previous checkpoint the latest.
+    """
+    step, previous = self.step, self.manager.latest_checkpoint
+    if previous and previous.endswith(f"-{step}"):
       return
-    self.manager.save(checkpoint_number=self.step)
+    try:
+      with faults.checkpoint_save(step) as options:
+        self.manager.save(checkpoint_number=step, options=options)
+    except (OSError, tf.errors.OpError) as err:
+      self._remove_partial_save(f"{self.ckpt_dir}/ckpt-{step}")
+      reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
+      raise CheckpointError(
+          f"Could not write the checkpoint of step {step} to "
+          f"{self.ckpt_dir}: {reason.split(' [Op:')[0]}. The previous "
+          f"checkpoint ({previous or 'none'}) is kept; free disk space and "
+          "rerun the same command to resume from it.") from None
+
+  def _remove_partial_save(self, prefix):
+    """Deletes what a failed save of `prefix` left (never a kept one)."""
+    if prefix in self.manager.checkpoints:
+      return
+    for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(
+        prefix + "_temp"):
+      try:
+        if tf.io.gfile.isdir(path):
+          tf.io.gfile.rmtree(path)
+        else:
+          tf.io.gfile.remove(path)
+      except (OSError, tf.errors.OpError):
+        logging.warning("Could not remove %s of the failed save.", path)
 
   # ----------------------------------------------------------------- input
   def _train_dataset(self, stage):
@@ -118,6 +161,28 @@ class Trainer:
           cache=config.data.cache)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def _track_iterator(self, iterator, stage):
+    """--deterministic: the stage's input position goes into checkpoints.
+
+    A run resumed mid-stage then continues the data stream where the saved
+    one was, instead of restarting the stage's data order. Opt-in: the
+    saved state holds the shuffle and prefetch buffers (and an in-memory
+    cache), which is large for ImageNet.
+    """
+    self.checkpoint.train_iterator = iterator
+    path = self.restored_path
+    if not path or not stage.start_step < self.step < stage.end_step:
+      return  # a fresh stage starts at its first element
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    if not any(n.startswith("train_iterator/") for n in names):
+      logging.warning("%s holds no input iterator (saved without "
+                      "--deterministic): stage %d restarts its data order.",
+                      path, stage.index + 1)
+      return
+    tf.train.Checkpoint(train_iterator=iterator).read(path).expect_partial()
+    logging.info("Restored the stage %d input iterator from %s.",
+                 stage.index + 1, path)
 
   # ------------------------------------------------------------------ step
   def make_step_fn(self):
@@ -183,6 +248,8 @@ class Trainer:
   def _train_stage(self, stage):
     train_lib.set_dropout(self.model, stage.dropout)
     iterator = iter(self._train_dataset(stage))
+    if self.config.runtime.deterministic:
+      self._track_iterator(iterator, stage)
     train_loop = self._make_train_loop()
     steps_per_loop = self.config.runtime.steps_per_loop
     every = self.config.train.checkpoint_every
