@@ -67,6 +67,17 @@ def get_strategy(name="default", use_tpu=False, tpu=None):
   return strategy
 
 
+def num_workers(strategy):
+  """Hosts in the cluster (1 unless MultiWorkerMirroredStrategy spans more)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not isinstance(
+      strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  spec = resolver.cluster_spec()
+  return max(1, sum(spec.num_tasks(job) for job in spec.jobs
+                    if job in ("chief", "worker")))
+
+
 def is_chief(strategy):
   """Whether this worker writes checkpoints and summaries."""
   resolver = getattr(strategy, "cluster_resolver", None)

@@ -23,6 +23,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from effnetv2_tf import distribute
 from effnetv2_tf import progressive
 from effnetv2_tf import train_lib
 from effnetv2_tf import trainer as trainer_lib
@@ -49,11 +50,12 @@ class LatestValue(keras.metrics.Metric):
 class FitModel(keras.Model):
   """The network for `fit`: its train_step is the custom loop's step."""
 
-  def __init__(self, net, step_fn, replicas):
+  def __init__(self, net, step_fn, replicas, multi_worker=False):
     super().__init__(name="fit_model")
     self.net = net
     self._step_fn = step_fn
     self._replicas = replicas
+    self._multi_worker = multi_worker
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.skipped = LatestValue(name="skipped")
     self.traces = 0  # incremented when train_step is traced
@@ -66,13 +68,28 @@ class FitModel(keras.Model):
   def metrics(self):
     return [self.loss_tracker]
 
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras' TF trainer, under any tf.distribute strategy, pulls one batch
+    # and `strategy.reduce`s it to build the model symbolically. Here `net`,
+    # the optimizer and the metrics are all built before `fit`, so there is
+    # nothing to build; and that reduce of our dict batches fails under
+    # MultiWorkerMirroredStrategy ("Attempt to convert a value ({'images':
+    # PerReplica...}) to a Tensor", Keras 3.15, measured with 2 workers).
+    # Skipping it also keeps the stage's first batch for training.
+    del iterator, data_batch
+
   def train_step(self, data):
     self.traces += 1  # Python: runs only while tracing
     loss, skipped = self._step_fn(data)
     # `loss` is this replica's share of the global-batch mean.
     self.loss_tracker.update_state(loss * self._replicas)
     self.skipped.update_state(skipped)
-    return {"loss": self.loss_tracker.result()}
+    loss = self.loss_tracker.result()
+    if self._multi_worker:
+      # Across workers Keras averages logs with strategy.reduce(axis=0),
+      # which a scalar has not (tensorflow/tensorflow#72388): give it one.
+      loss = tf.reshape(loss, [1])
+    return {"loss": loss}
 
 
 class _ExecutionCallback(keras.callbacks.Callback):
@@ -169,8 +186,9 @@ class FitTrainer(trainer_lib.Trainer):
   def __init__(self, config, model_dir, strategy):
     super().__init__(config, model_dir, strategy)
     with strategy.scope():
-      self.fit_model = FitModel(self.model, self.make_step_fn(),
-                                self.replicas)
+      self.fit_model = FitModel(
+          self.model, self.make_step_fn(), self.replicas,
+          multi_worker=distribute.num_workers(strategy) > 1)
       self.fit_model.compile(optimizer=self.optimizer)
     self.tensorboard = keras.callbacks.TensorBoard(
         log_dir=model_dir) if self.chief else None

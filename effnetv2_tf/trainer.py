@@ -73,7 +73,7 @@ class Trainer:
         model=self.model, optimizer=self.optimizer, ema=self.ema, rng=rng)
     self.restored_path = None
     self.ckpt_dir = model_dir if self.chief else os.path.join(
-        model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id))
+        model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self.ckpt_dir,
         max_to_keep=config.train.keep_checkpoints)
@@ -97,8 +97,12 @@ class Trainer:
 
   # ------------------------------------------------------------ checkpoints
   def restore(self, path=None):
-    """Restores `path` or the latest checkpoint; returns the path or None."""
-    path = path or self.manager.latest_checkpoint
+    """Restores `path` or the latest checkpoint; returns the path or None.
+
+    Every worker restores the chief's latest checkpoint (the others save
+    only into scratch directories).
+    """
+    path = path or tf.train.latest_checkpoint(self.model_dir)
     if path:
       self.checkpoint.restore(path).expect_partial()
       self.restored_path = path
@@ -389,11 +393,13 @@ class Trainer:
     return result
 
   def finish(self, eval_result=None):
-    """Records the final eval in summary.json."""
+    """Records the final eval in summary.json; removes a worker's scratch."""
     if eval_result is not None:
       self.summary["eval"] = eval_result
     self.summary["final_step"] = self.step
     if self.chief:
       train_lib.write_summary(self.model_dir, self.summary)
+    elif tf.io.gfile.exists(self.ckpt_dir):
+      tf.io.gfile.rmtree(self.ckpt_dir)
     return self.summary
 
