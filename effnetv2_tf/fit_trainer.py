@@ -227,9 +227,11 @@ class FitTrainer(trainer_lib.Trainer):
     self.fit_model.steps_per_execution = execution
     self.fit_model.train_function = None  # retrace: new size and dropout
     recorder = StageRecorder(self, stage)
+    # NanGuard first (no recording or saving of a NaN), the recorder before
+    # the checkpoint (summary.json, saved with it, then has its step).
     callbacks = [StopAtStep(self, stage.end_step), NanGuard(self, stage),
-                 StageCheckpoint(self, self.config.train.checkpoint_every),
-                 recorder]
+                 recorder,
+                 StageCheckpoint(self, self.config.train.checkpoint_every)]
     if self.tensorboard:
       callbacks.append(self.tensorboard)
     with self.strategy.scope():

@@ -107,6 +107,10 @@ class Trainer:
       self.checkpoint.restore(path).expect_partial()
       self.restored_path = path
       logging.info("Restored %s at step %d.", path, self.step)
+      # summary.json is written after each checkpoint, so it can hold
+      # steps past a checkpoint that then failed; those rerun.
+      self.summary["history"] = [h for h in self.summary["history"]
+                                 if h["step"] <= self.step]
     return path
 
   def save(self):
@@ -122,6 +126,8 @@ class Trainer:
     try:
       with faults.checkpoint_save(step) as options:
         self.manager.save(checkpoint_number=step, options=options)
+        if self.chief:  # the loss history so far survives a kill
+          train_lib.write_summary(self.model_dir, self.summary)
     except (OSError, tf.errors.OpError) as err:
       self._remove_partial_save(f"{self.ckpt_dir}/ckpt-{step}")
       reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
