@@ -1,0 +1,148 @@
+"""Pictures of a training run from its summary.json.
+
+  python -m effnetv2_tf.plot --model_dir=runs/digits
+
+writes `schedule.png` (image size and regularization per progressive stage,
+over the training steps) and `learning_curve.png` (training loss and
+learning rate per step, stages shaded and labelled with their image size,
+eval top-1 at stage ends when the run evaluated there) into --out_dir
+(default: --model_dir).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from effnetv2_tf import train_lib  # pylint: disable=g-import-not-at-top
+
+REGULARIZATION = (("randaug_magnitude", "RandAugment magnitude", "tab:red"),
+                  ("mixup_alpha", "mixup alpha", "tab:green"),
+                  ("cutmix_alpha", "CutMix alpha", "tab:purple"),
+                  ("dropout", "dropout rate", "tab:orange"))
+
+
+def stage_bounds(summary):
+  """[(first step, last step)] of each recorded stage, in order."""
+  bounds, start = [], 0
+  for stage in summary["stages"]:
+    bounds.append((start, start + stage["steps"]))
+    start += stage["steps"]
+  return bounds
+
+
+def _steps(summary, key):
+  """Step-function points of a per-stage value over training steps."""
+  xs, ys = [], []
+  for (start, end), stage in zip(stage_bounds(summary), summary["stages"]):
+    xs += [start, end]
+    ys += [stage[key], stage[key]]
+  return xs, ys
+
+
+def plot_schedule(summary):
+  """Figure: image size (top) and regularization (bottom) per stage."""
+  fig, (size_ax, reg_ax) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
+  size_ax.plot(*_steps(summary, "image_size"), color="tab:blue")
+  size_ax.set_ylabel("image size (px)")
+  size_ax.set_title(f"Progressive learning: {summary['model']} on "
+                    f"{summary['dataset']} ({summary['preset']} preset)")
+  magnitude_ax = reg_ax.twinx()
+  for key, label, color in REGULARIZATION:
+    if not any(stage[key] for stage in summary["stages"]):
+      continue  # e.g. no CutMix in this recipe
+    ax = magnitude_ax if key == "randaug_magnitude" else reg_ax
+    ax.plot(*_steps(summary, key), label=label, color=color,
+            linestyle="--" if ax is magnitude_ax else "-")
+  reg_ax.set_ylabel("alpha / rate")
+  magnitude_ax.set_ylabel("RandAugment magnitude")
+  handles = [h for ax in (reg_ax, magnitude_ax)
+             for h in ax.get_legend_handles_labels()[0]]
+  if handles:
+    reg_ax.legend(handles=handles, loc="upper left")
+  reg_ax.set_xlabel("training step")
+  fig.tight_layout()
+  return fig
+
+
+def plot_learning_curve(summary):
+  """Figure: loss per step, stages shaded, eval top-1 at stage ends."""
+  fig, loss_ax = plt.subplots(figsize=(8, 4.5))
+  history = summary["history"]
+  loss_ax.plot([h["step"] for h in history], [h["loss"] for h in history],
+               color="tab:blue", label="training loss")
+  loss_ax.set_xlabel("training step")
+  loss_ax.set_ylabel("loss")
+  lr_ax = loss_ax.twinx()
+  lr_ax.plot([h["step"] for h in history],
+             [h["learning_rate"] for h in history], color="tab:gray",
+             linewidth=0.8, label="learning rate")
+  lr_ax.set_ylabel("learning rate")
+  for index, ((start, end), stage) in enumerate(
+      zip(stage_bounds(summary), summary["stages"])):
+    loss_ax.axvspan(start, end, alpha=0.08 if index % 2 else 0.16,
+                    color="tab:orange")
+    loss_ax.text((start + end) / 2, 0.98, f"{stage['image_size']} px",
+                 transform=loss_ax.get_xaxis_transform(), ha="center",
+                 va="top", fontsize=8)
+  evals = [(end, stage["top1"]) for (_, end), stage in
+           zip(stage_bounds(summary), summary["stages"]) if "top1" in stage]
+  if evals:
+    top1_ax = loss_ax.twinx()
+    top1_ax.spines["right"].set_position(("axes", 1.12))
+    top1_ax.plot(*zip(*evals), "o-", color="tab:green", label="eval top-1")
+    top1_ax.set_ylim(0, 1)
+    top1_ax.set_ylabel("eval top-1 (EMA)")
+  handles = [h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]]
+  loss_ax.legend(handles=handles, loc="center right", fontsize=8)
+  loss_ax.set_title(f"{summary['model']} on {summary['dataset']}: "
+                    f"{len(summary['stages'])} stages")
+  fig.tight_layout()
+  return fig
+
+
+def write_plots(model_dir, out_dir=None):
+  """Writes both PNGs; returns their paths."""
+  summary = train_lib.read_summary(model_dir)
+  if summary is None:
+    raise FileNotFoundError(f"--model_dir {model_dir}: no "
+                            f"{train_lib.SUMMARY_FILENAME} (run training "
+                            "there first).")
+  if not summary["stages"]:
+    raise ValueError(f"{model_dir}: summary.json has no finished stage yet.")
+  out_dir = out_dir or model_dir
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for name, plot in (("schedule", plot_schedule),
+                     ("learning_curve", plot_learning_curve)):
+    fig = plot(summary)
+    paths.append(os.path.join(out_dir, f"{name}.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+  return paths
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    for path in write_plots(FLAGS.model_dir, FLAGS.out_dir):
+      print(f"Wrote {path}", flush=True)
+  except (FileNotFoundError, ValueError) as err:
+    print(f"plot: error: {err}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+FLAGS = flags.FLAGS
+
+if __name__ == "__main__":
+  flags.DEFINE_string("model_dir", None, "Run directory with summary.json.")
+  flags.DEFINE_string("out_dir", None, "Where to write the PNGs "
+                      "(default: --model_dir).")
+  flags.mark_flag_as_required("model_dir")
+  app.run(main)
