@@ -32,6 +32,8 @@ class ModelOptions:
   bn_epsilon: float = 1e-3
   # Cross-replica BN statistics; the drivers set it with > 1 replica.
   bn_synchronized: bool = False
+  # TensorFlow's fused BN kernel (`fused_bn`), same numerics as Keras' layer.
+  bn_fused: bool = True
   activation: str = "swish"
   width_coefficient: Optional[float] = None  # None: the registry's value
   depth_coefficient: Optional[float] = None
@@ -97,8 +99,18 @@ class _Builder:
         activation=activation, kernel_initializer=_conv_init(),
         name=name)(x)
 
+  def batch_norm_class(self):
+    """Keras' BatchNormalization, or its TensorFlow fused-kernel subclass."""
+    if (self.opt.bn_fused and not self.opt.bn_synchronized and
+        keras.backend.backend() == "tensorflow"):
+      # Imported here: the fast path is TensorFlow's; the rest of this
+      # module needs only Keras.
+      from effnetv2_tf import fused_bn  # pylint: disable=g-import-not-at-top
+      return fused_bn.FusedBatchNormalization
+    return layers.BatchNormalization
+
   def bn_act(self, x, bn_name, act_name=None):
-    x = layers.BatchNormalization(
+    x = self.batch_norm_class()(
         momentum=self.opt.bn_momentum, epsilon=self.opt.bn_epsilon,
         synchronized=self.opt.bn_synchronized, name=bn_name)(x)
     if act_name:
@@ -273,8 +285,8 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
     weights: None, a keras.applications weights file (`.weights.h5` or legacy
       `.h5`), or a reference TF1 checkpoint prefix.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
-      bn_momentum, bn_epsilon, bn_synchronized, activation, width_coefficient,
-      depth_coefficient, blocks, feature_size).
+      bn_momentum, bn_epsilon, bn_synchronized, bn_fused, activation,
+      width_coefficient, depth_coefficient, blocks, feature_size).
 
   Returns:
     A `keras.Model`.

@@ -151,7 +151,7 @@ def _match_layers(model, values, path, note=""):
   class_counts = {}
   pairs = []
   for layer in _weighted_layers(model):
-    cls = _snake_case(type(layer).__name__)
+    cls = _snake_case(_keras_class(layer).__name__)
     index = class_counts[cls] = class_counts.get(cls, -1) + 1
     key = layer.name if layer.name in values else f"{cls}#{index}"
     arrays = values.pop(key, None)
@@ -177,6 +177,13 @@ def _match_layers(model, values, path, note=""):
 def _misfit(source, model, detail, note=""):
   return ValueError(f"{source} does not fit model {model.name}: {detail}"
                     f"{note}")
+
+
+def _keras_class(layer):
+  """The Keras layer class `layer` is or extends (files are keyed by it):
+  BatchNormalization for our FusedBatchNormalization."""
+  return next(cls for cls in type(layer).__mro__
+              if cls.__module__.startswith("keras."))
 
 
 def _snake_case(class_name):
