@@ -1,0 +1,162 @@
+"""Training throughput: our EfficientNetV2 against keras.applications'.
+
+For each model (keras.applications' EfficientNetV2B0/S and ours, with
+TensorFlow's fused batch norm and with Keras' plain BatchNormalization),
+times the same variant at the same size, batch and optimizer (SGD with
+momentum) in this process:
+
+- `fit`: keras `Model.fit` on a repeated in-memory batch, how most users
+  train keras.applications models;
+- `step`: one lean `tf.function` train step (forward, cross-entropy,
+  gradients, SGD update) called in a Python loop.
+
+It prints train images/s and the ratio to keras.applications with `fit`
+(the baseline) beside the parameter counts, which must be equal.
+
+  PYTHONPATH=. python benchmarks/train_step.py [--models=b0,s] [--steps=4]
+      [--rounds=3]
+"""
+
+import json
+import os
+import platform
+import time
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+import effnetv2_tf
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["b0", "s"], "Variants: b0 (224 px, batch 32), "
+                  "s (128 px, batch 16), as measured in issue 7.")
+flags.DEFINE_integer("steps", 4, "Timed steps per round and model.")
+flags.DEFINE_integer("rounds", 3, "Rounds; each times every model in turn.")
+flags.DEFINE_string("json_out", "benchmarks/results/train_step.json",
+                    "Where to write the results ('' to skip).")
+
+SETTINGS = {  # variant -> (keras.applications class, ours, size, batch)
+    "b0": ("EfficientNetV2B0", "efficientnetv2-b0", 224, 32),
+    "s": ("EfficientNetV2S", "efficientnetv2-s", 128, 16),
+}
+WARMUP = 2  # untimed steps that trace and warm up each model
+
+
+def _models(variant):
+  app_name, ours, size, _ = SETTINGS[variant]
+  shape = (size, size, 3)
+  yield "keras.applications", lambda: getattr(keras.applications, app_name)(
+      weights=None, input_shape=shape, include_preprocessing=False,
+      classifier_activation=None)
+  yield "ours (fused BN)", lambda: effnetv2_tf.create_model(
+      ours, input_shape=shape, bn_fused=True)
+  yield "ours (Keras BN)", lambda: effnetv2_tf.create_model(
+      ours, input_shape=shape, bn_fused=False)
+
+
+def _batch(size, batch):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
+  labels = rng.integers(0, 1000, batch)
+  return images, labels
+
+
+def fit_runner(model, images, labels):
+  """Returns run(steps) -> images/s of `fit`, traced and warmed up."""
+  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+  data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+  def run(steps):
+    ends = []
+    timer = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+    # One extra step: the clock starts when the call's first step ends.
+    model.fit(data, steps_per_epoch=steps + 1, epochs=1, verbose=0,
+              callbacks=[timer])
+    return steps * len(images) / (ends[-1] - ends[0])
+
+  run(WARMUP)
+  return run
+
+
+def step_runner(model, images, labels):
+  """Returns run(steps) -> images/s of a lean tf.function train step."""
+  optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  x, y = tf.constant(images), tf.constant(labels)
+
+  def run(steps):
+    step(x, y).numpy()
+    started = time.perf_counter()
+    for _ in range(steps):
+      loss = step(x, y)
+    loss.numpy()
+    return steps * len(images) / (time.perf_counter() - started)
+
+  run(WARMUP)
+  return run
+
+
+def main(argv):
+  del argv
+  rows = []
+  for variant in FLAGS.models:
+    _, _, size, batch = SETTINGS[variant]
+    images, labels = _batch(size, batch)
+    runners = []
+    for name, build in _models(variant):
+      for loop, make_runner in (("fit", fit_runner), ("step", step_runner)):
+        model = build()
+        runners.append((name, loop, model.count_params(),
+                        make_runner(model, images, labels)))
+    # Rounds interleave the models, so drift in the machine's speed hits
+    # all of them alike; the median round is reported.
+    rates = [[] for _ in runners]
+    for round_index in range(FLAGS.rounds):
+      for rate, (name, loop, _, run) in zip(rates, runners):
+        rate.append(run(FLAGS.steps))
+        print(f"round {round_index + 1} {variant} {name} {loop}: "
+              f"{rate[-1]:.1f} images/s", flush=True)
+    for rate, (name, loop, params, _) in zip(rates, runners):
+      rows.append({"variant": variant, "model": name, "loop": loop,
+                   "size": size, "batch": batch, "params": params,
+                   "images_per_sec": float(np.median(rate)),
+                   "rounds": rate})
+  print(f"\n{os.cpu_count()} CPUs, TensorFlow {tf.__version__}, float32, "
+        f"median of {FLAGS.rounds} rounds of {FLAGS.steps} steps\n")
+  print("| variant | model | loop | params | train images/s | ratio |")
+  print("|---|---|---|---:|---:|---:|")
+  for row in rows:
+    base = next(r for r in rows if r["variant"] == row["variant"] and
+                r["model"] == "keras.applications" and r["loop"] == "fit")
+    row["ratio"] = row["images_per_sec"] / base["images_per_sec"]
+    print(f"| {row['variant']} {row['size']} px b{row['batch']} | "
+          f"{row['model']} | {row['loop']} | {row['params']:,} | "
+          f"{row['images_per_sec']:.1f} | {row['ratio']:.2f} |")
+  if FLAGS.json_out:
+    os.makedirs(os.path.dirname(FLAGS.json_out) or ".", exist_ok=True)
+    with open(FLAGS.json_out, "w") as f:
+      json.dump({"machine": {"platform": platform.platform(),
+                             "cpus": os.cpu_count(),
+                             "tensorflow": tf.__version__},
+                 "steps": FLAGS.steps, "rounds": FLAGS.rounds,
+                 "results": rows}, f, indent=2)
+    print(f"Wrote {FLAGS.json_out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
