@@ -14,9 +14,9 @@ import json
 
 from absl import app
 from absl import flags
-import keras
 import tensorflow as tf
 
+import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 
 FLAGS = flags.FLAGS
@@ -54,17 +54,7 @@ def main(argv):
   size = FLAGS.size
   model = effnetv2_tf.create_model(FLAGS.model, input_shape=(size, size, 3),
                                    bn_fused=FLAGS.bn_fused)
-  optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  @tf.function
-  def step(x, y):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(y, model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
-
+  step = bench_util.lean_train_step(model)
   x = tf.random.uniform([FLAGS.batch_size, size, size, 3], -1.0, 1.0)
   y = tf.zeros([FLAGS.batch_size], tf.int32)
   for _ in range(2):

@@ -16,9 +16,7 @@ step's cost depends on the size, not the content); pass --dataset_cfg and
 --data_dir for real images.
 """
 
-import json
 import os
-import platform
 import tempfile
 import time
 
@@ -26,6 +24,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+import bench_util  # pylint: disable=g-bad-import-order
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import registry
 from effnetv2_tf import trainer as trainer_lib
@@ -94,18 +93,10 @@ def main(argv):
           f"{run['seconds_without_retrace']:.1f} |")
   print(f"\nspeedup fixed / progressive: {ratios['wall']:.2f}x wall, "
         f"{ratios['wall_without_retrace']:.2f}x without retracing")
-  if FLAGS.json_out:
-    os.makedirs(os.path.dirname(FLAGS.json_out) or ".", exist_ok=True)
-    with open(FLAGS.json_out, "w") as f:
-      json.dump({"machine": {"platform": platform.platform(),
-                             "cpus": os.cpu_count(),
-                             "tensorflow": tf.__version__},
-                 "model": FLAGS.model, "steps": FLAGS.steps,
-                 "batch_size": FLAGS.batch_size,
-                 "dataset_cfg": FLAGS.dataset_cfg,
-                 "results": [progressive, fixed], "ratios": ratios}, f,
-                indent=2)
-    print(f"Wrote {FLAGS.json_out}")
+  bench_util.write_results(FLAGS.json_out, {
+      "model": FLAGS.model, "steps": FLAGS.steps,
+      "batch_size": FLAGS.batch_size, "dataset_cfg": FLAGS.dataset_cfg,
+      "results": [progressive, fixed], "ratios": ratios})
 
 
 if __name__ == "__main__":

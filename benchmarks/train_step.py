@@ -17,9 +17,7 @@ It prints train images/s and the ratio to keras.applications with `fit`
       [--rounds=3]
 """
 
-import json
 import os
-import platform
 import time
 
 from absl import app
@@ -28,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 
 FLAGS = flags.FLAGS
@@ -86,17 +85,7 @@ def fit_runner(model, images, labels):
 
 def step_runner(model, images, labels):
   """Returns run(steps) -> images/s of a lean tf.function train step."""
-  optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  @tf.function
-  def step(x, y):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(y, model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
-
+  step = bench_util.lean_train_step(model)
   x, y = tf.constant(images), tf.constant(labels)
 
   def run(steps):
@@ -147,15 +136,8 @@ def main(argv):
     print(f"| {row['variant']} {row['size']} px b{row['batch']} | "
           f"{row['model']} | {row['loop']} | {row['params']:,} | "
           f"{row['images_per_sec']:.1f} | {row['ratio']:.2f} |")
-  if FLAGS.json_out:
-    os.makedirs(os.path.dirname(FLAGS.json_out) or ".", exist_ok=True)
-    with open(FLAGS.json_out, "w") as f:
-      json.dump({"machine": {"platform": platform.platform(),
-                             "cpus": os.cpu_count(),
-                             "tensorflow": tf.__version__},
-                 "steps": FLAGS.steps, "rounds": FLAGS.rounds,
-                 "results": rows}, f, indent=2)
-    print(f"Wrote {FLAGS.json_out}")
+  bench_util.write_results(FLAGS.json_out, {
+      "steps": FLAGS.steps, "rounds": FLAGS.rounds, "results": rows})
 
 
 if __name__ == "__main__":
