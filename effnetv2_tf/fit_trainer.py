@@ -75,7 +75,7 @@ class FitModel(keras.Model):
     # nothing to build; and that reduce of our dict batches fails under
     # MultiWorkerMirroredStrategy ("Attempt to convert a value ({'images':
     # PerReplica...}) to a Tensor", Keras 3.15, measured with 2 workers).
-    # Skipping it also keeps the stage's first batch for training.
+    # Skipping it also leaves the stage's input stream untouched.
     del iterator, data_batch
 
   def train_step(self, data):

@@ -120,8 +120,8 @@ class Trainer:
     records them in the `checkpoint` state file, so a kill or a failed
     write mid-save leaves the previous checkpoint the latest.
     """
-    step, previous = self.step, self.manager.latest_checkpoint
-    if previous and previous.endswith(f"-{step}"):
+    step, latest = self.step, self.manager.latest_checkpoint
+    if latest and latest.endswith(f"-{step}"):
       return
     try:
       with faults.checkpoint_save(step) as options:
@@ -131,11 +131,14 @@ class Trainer:
     except (OSError, tf.errors.OpError) as err:
       self._remove_partial_save(f"{self.ckpt_dir}/ckpt-{step}")
       reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
+      # The latest checkpoint is the previous one, or this step's when
+      # only summary.json failed.
+      latest = self.manager.latest_checkpoint or "none"
       raise CheckpointError(
           f"Could not write the checkpoint of step {step} to "
-          f"{self.ckpt_dir}: {reason.split(' [Op:')[0]}. The previous "
-          f"checkpoint ({previous or 'none'}) is kept; free disk space and "
-          "rerun the same command to resume from it.") from None
+          f"{self.ckpt_dir}: {reason.split(' [Op:')[0]}. The latest "
+          f"checkpoint ({latest}) is kept; free disk space and rerun the "
+          "same command to resume from it.") from None
 
   def _remove_partial_save(self, prefix):
     """Deletes what a failed save of `prefix` left (never a kept one)."""
