@@ -42,7 +42,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     # float16/bfloat16 activations with float32 statistics, as Keras' layer.
     if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32):
       inputs = tf.cast(inputs, tf.float32)
-    if training and self.trainable:
+    if training:  # and trainable: frozen BN returned above
       outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
           inputs, scale, offset, epsilon=self.epsilon, is_training=True)
       count = tf.cast(tf.size(inputs) // channels, tf.float32)

@@ -43,14 +43,18 @@ def _command(driver, model_dir, hparams=HPARAMS, extra=()):
           f"--hparam_str={hparams}", *extra]
 
 
-def _run(driver, model_dir, fault=None, **kwargs):
+def _env(fault=None):
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
   env.pop(faults.ENV, None)
   if fault:
     env[faults.ENV] = fault
-  return subprocess.run(_command(driver, model_dir, **kwargs), env=env,
-                        capture_output=True, text=True, timeout=600,
-                        check=False)
+  return env
+
+
+def _run(driver, model_dir, fault=None, **kwargs):
+  return subprocess.run(_command(driver, model_dir, **kwargs),
+                        env=_env(fault), capture_output=True, text=True,
+                        timeout=600, check=False)
 
 
 def _variables(prefix):
@@ -85,9 +89,8 @@ def test_fault_spec_errors_name_the_variable(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("driver", ["main.py", "main_tf2.py"])
 def test_sigkill_then_rerun_finishes_the_planned_steps(tmp_path, driver):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
   model_dir = tmp_path / "run"
-  process = subprocess.Popen(_command(driver, model_dir), env=env,
+  process = subprocess.Popen(_command(driver, model_dir), env=_env(),
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -101,9 +104,7 @@ def test_sigkill_then_rerun_finishes_the_planned_steps(tmp_path, driver):
       break
     time.sleep(0.2)
   assert killed_after is not None and killed_after < 12, "not killed mid-run"
-  rerun = subprocess.run(_command(driver, model_dir), env=env,
-                         capture_output=True, text=True, timeout=600,
-                         check=False)
+  rerun = _run(driver, model_dir)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   resumed = re.search(r"Restored \S+: step (\d+) of 12", rerun.stdout)
   assert resumed, rerun.stdout[-2000:]

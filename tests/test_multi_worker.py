@@ -14,12 +14,9 @@ import sys
 import pytest
 import tensorflow as tf
 
+from test_main import TINY as HPARAMS  # 6 steps, 2 stages, batch 16
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HPARAMS = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
-           "train.steps=6,train.batch_size=16,eval.batch_size=60,"
-           "progressive.num_stages=2,progressive.min_image_size=16,"
-           "progressive.max_image_size=24,model.eval_size=24,"
-           "runtime.steps_per_loop=3,data.shuffle_buffer=64")
 
 
 def _free_ports(count):
