@@ -1,0 +1,148 @@
+"""Peak memory (RSS) of training at each progressive stage size.
+
+For each image size of the model's 4-stage schedule (128 px up to its train
+size, as main.py plans them) it runs, each in a fresh process, and reads
+that process's peak resident set size (`os.wait4`'s `ru_maxrss`):
+
+- main.py: a real training run at that size (one stage, `--steps` steps,
+  digits resized to the size, EMA and checkpoints included);
+- the lean train step of ours (fused BN) and of keras.applications'
+  EfficientNetV2 (the baseline), the same variant, size and batch, SGD.
+
+It prints peak RSS in MiB with ours / keras.applications, so that users can
+pick a batch size per stage (memory grows with batch x size^2 beyond the
+fixed cost of TensorFlow and the weights).
+
+  PYTHONPATH=. python benchmarks/memory.py [--model=efficientnetv2-b0]
+      [--batch_size=32] [--sizes=128,149,170,192] [--steps=2]
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+import bench_util  # pylint: disable=g-bad-import-order
+import effnetv2_tf
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import progressive
+from effnetv2_tf import registry
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "efficientnetv2-b0",
+                    "Our model name; keras.applications' is the same "
+                    "variant (efficientnetv2-b0 -> EfficientNetV2B0).")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_list("sizes", None, "Image sizes (default: the 4 stage sizes "
+                  "main.py plans for --model, 128 px to its train size).")
+flags.DEFINE_integer("steps", 2, "Train steps per process.")
+flags.DEFINE_enum("lean", None, ["ours", "applications"],
+                  "Internal: run one lean-step process and exit.")
+flags.DEFINE_integer("size", None, "Internal: image size of --lean.")
+flags.DEFINE_string("json_out", "benchmarks/results/memory.json",
+                    "Where to write the results ('' to skip).")
+
+MIB = 1024.0  # ru_maxrss is in KiB on Linux
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _applications_name(model):
+  suffix = model.split("-", 1)[1].upper()  # b0 -> B0, s -> S
+  return "EfficientNetV2" + suffix
+
+
+def lean_child():
+  """Trains --steps lean steps of one model at --size (in a fresh process)."""
+  shape = (FLAGS.size, FLAGS.size, 3)
+  if FLAGS.lean == "ours":
+    model = effnetv2_tf.create_model(FLAGS.model, input_shape=shape)
+  else:
+    model = getattr(keras.applications, _applications_name(FLAGS.model))(
+        weights=None, input_shape=shape, include_preprocessing=False,
+        classifier_activation=None)
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.uniform(
+      -1, 1, (FLAGS.batch_size,) + shape).astype("float32"))
+  labels = tf.constant(rng.integers(0, 1000, FLAGS.batch_size))
+  step = bench_util.lean_train_step(model)
+  for _ in range(FLAGS.steps):
+    step(images, labels).numpy()
+
+
+def _peak_mib(command):
+  """Runs `command`; returns its peak RSS in MiB (raises if it failed)."""
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  stderr = process.stderr.read()
+  _, status, usage = os.wait4(process.pid, 0)
+  process.returncode = os.waitstatus_to_exitcode(status)
+  if process.returncode:
+    raise RuntimeError(f"{' '.join(command)} failed "
+                       f"({process.returncode}):\n{stderr[-3000:]}")
+  return usage.ru_maxrss / MIB
+
+
+def _stage_sizes():
+  if FLAGS.sizes:
+    return [int(s) for s in FLAGS.sizes]
+  train_size = registry.get_model_spec(FLAGS.model).train_size
+  config = config_lib.build_config(
+      model_name=FLAGS.model, dataset_cfg="digits", hparam_str=(
+          "progressive.num_stages=4,progressive.min_image_size=128,"
+          f"progressive.max_image_size={train_size}"))
+  stages = progressive.plan_stages(config, total_steps=4)
+  return [stage.image_size for stage in stages]
+
+
+def _main_py_command(size, model_dir):
+  hparams = ",".join([
+      f"train.steps={FLAGS.steps}", f"train.batch_size={FLAGS.batch_size}",
+      "progressive.num_stages=1", f"progressive.min_image_size={size}",
+      f"progressive.max_image_size={size}", "train.log_every=1000000"])
+  return [sys.executable, "main.py", f"--model={FLAGS.model}",
+          "--dataset_cfg=digits", "--mode=train", f"--model_dir={model_dir}",
+          f"--hparam_str={hparams}"]
+
+
+def main(argv):
+  del argv
+  if FLAGS.lean:
+    lean_child()
+    return
+  script = os.path.abspath(__file__)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for size in _stage_sizes():
+      lean = [sys.executable, script, f"--model={FLAGS.model}",
+              f"--batch_size={FLAGS.batch_size}", f"--steps={FLAGS.steps}",
+              f"--size={size}", "--json_out="]
+      row = {"size": size, "batch": FLAGS.batch_size}
+      row["applications_mib"] = _peak_mib(lean + ["--lean=applications"])
+      row["ours_mib"] = _peak_mib(lean + ["--lean=ours"])
+      row["main_py_mib"] = _peak_mib(
+          _main_py_command(size, os.path.join(tmp, str(size))))
+      row["ratio"] = row["ours_mib"] / row["applications_mib"]
+      print(f"{size} px: {row}", flush=True)
+      rows.append(row)
+  print(f"\n{FLAGS.model}, batch {FLAGS.batch_size}, peak RSS (MiB), "
+        f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}, float32\n")
+  print("| image size | keras.applications step | ours step | "
+        "ours / keras.applications | main.py training run |")
+  print("|---:|---:|---:|---:|---:|")
+  for r in rows:
+    print(f"| {r['size']} | {r['applications_mib']:.0f} | "
+          f"{r['ours_mib']:.0f} | {r['ratio']:.2f} | "
+          f"{r['main_py_mib']:.0f} |")
+  bench_util.write_results(FLAGS.json_out, {
+      "model": FLAGS.model, "batch_size": FLAGS.batch_size,
+      "steps": FLAGS.steps, "results": rows})
+
+
+if __name__ == "__main__":
+  app.run(main)
