@@ -3,9 +3,9 @@
   python -m effnetv2_tf.plot --model_dir=runs/digits
 
 writes `schedule.png` (image size and regularization per progressive stage,
-over the training steps) and `learning_curve.png` (training loss and
-learning rate per step, stages shaded and labelled with their image size,
-eval top-1 at stage ends when the run evaluated there) into --out_dir
+over the training steps) and `learning_curve.png` (training loss per step,
+stages shaded and labelled with their image size, eval top-1 at stage ends
+when the run evaluated there; the learning rate below) into --out_dir
 (default: --model_dir).
 """
 
@@ -52,7 +52,9 @@ def plot_schedule(summary):
   size_ax.set_ylabel("image size (px)")
   size_ax.set_title(f"Progressive learning: {summary['model']} on "
                     f"{summary['dataset']} ({summary['preset']} preset)")
-  magnitude_ax = reg_ax.twinx()
+  # RandAugment magnitude (0-30) gets its own axis, only when it is used.
+  magnitude_ax = (reg_ax.twinx() if any(
+      stage["randaug_magnitude"] for stage in summary["stages"]) else None)
   for key, label, color in REGULARIZATION:
     if not any(stage[key] for stage in summary["stages"]):
       continue  # e.g. no CutMix in this recipe
@@ -60,8 +62,9 @@ def plot_schedule(summary):
     ax.plot(*_steps(summary, key), label=label, color=color,
             linestyle="--" if ax is magnitude_ax else "-")
   reg_ax.set_ylabel("alpha / rate")
-  magnitude_ax.set_ylabel("RandAugment magnitude")
-  handles = [h for ax in (reg_ax, magnitude_ax)
+  if magnitude_ax is not None:
+    magnitude_ax.set_ylabel("RandAugment magnitude")
+  handles = [h for ax in fig.axes[1:]
              for h in ax.get_legend_handles_labels()[0]]
   if handles:
     reg_ax.legend(handles=handles, loc="upper left")
@@ -71,34 +74,37 @@ def plot_schedule(summary):
 
 
 def plot_learning_curve(summary):
-  """Figure: loss per step, stages shaded, eval top-1 at stage ends."""
-  fig, loss_ax = plt.subplots(figsize=(8, 4.5))
+  """Figure: loss per step, stages shaded, eval top-1 at stage ends (top);
+  learning rate (bottom)."""
+  fig, (loss_ax, lr_ax) = plt.subplots(
+      2, 1, sharex=True, figsize=(8, 5.5), height_ratios=(3, 1))
   history = summary["history"]
-  loss_ax.plot([h["step"] for h in history], [h["loss"] for h in history],
-               color="tab:blue", label="training loss")
-  loss_ax.set_xlabel("training step")
+  steps = [h["step"] for h in history]
+  loss_ax.plot(steps, [h["loss"] for h in history], color="tab:blue",
+               label="training loss")
   loss_ax.set_ylabel("loss")
-  lr_ax = loss_ax.twinx()
-  lr_ax.plot([h["step"] for h in history],
-             [h["learning_rate"] for h in history], color="tab:gray",
-             linewidth=0.8, label="learning rate")
+  lr_ax.plot(steps, [h["learning_rate"] for h in history], color="tab:gray",
+             label="learning rate")
   lr_ax.set_ylabel("learning rate")
+  lr_ax.set_xlabel("training step")
   for index, ((start, end), stage) in enumerate(
       zip(stage_bounds(summary), summary["stages"])):
-    loss_ax.axvspan(start, end, alpha=0.08 if index % 2 else 0.16,
-                    color="tab:orange")
+    for ax in (loss_ax, lr_ax):
+      ax.axvspan(start, end, alpha=0.08 if index % 2 else 0.16,
+                 color="tab:orange")
     loss_ax.text((start + end) / 2, 0.98, f"{stage['image_size']} px",
                  transform=loss_ax.get_xaxis_transform(), ha="center",
                  va="top", fontsize=8)
   evals = [(end, stage["top1"]) for (_, end), stage in
            zip(stage_bounds(summary), summary["stages"]) if "top1" in stage]
+  axes = [loss_ax]
   if evals:
     top1_ax = loss_ax.twinx()
-    top1_ax.spines["right"].set_position(("axes", 1.12))
     top1_ax.plot(*zip(*evals), "o-", color="tab:green", label="eval top-1")
     top1_ax.set_ylim(0, 1)
     top1_ax.set_ylabel("eval top-1 (EMA)")
-  handles = [h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]]
+    axes.append(top1_ax)
+  handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
   loss_ax.legend(handles=handles, loc="center right", fontsize=8)
   loss_ax.set_title(f"{summary['model']} on {summary['dataset']}: "
                     f"{len(summary['stages'])} stages")

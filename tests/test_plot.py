@@ -49,6 +49,16 @@ def test_schedule_draws_each_stage_value_over_its_steps():
   plt.close(fig)
 
 
+def test_schedule_has_no_randaugment_axis_when_magnitude_is_zero():
+  summary = _summary()
+  for stage in summary["stages"]:
+    stage["randaug_magnitude"] = 0.0
+  fig = plot.plot_schedule(summary)
+  assert len(fig.axes) == 2  # size and alpha/rate; no empty twin axis
+  assert "RandAugment magnitude" not in _lines(fig)
+  plt.close(fig)
+
+
 def test_learning_curve_has_the_loss_history_and_stage_end_evals():
   summary = _summary()
   fig = plot.plot_learning_curve(summary)
@@ -56,6 +66,7 @@ def test_learning_curve_has_the_loss_history_and_stage_end_evals():
   assert lines["training loss"] == [(h["step"], h["loss"])
                                     for h in summary["history"]]
   assert lines["eval top-1"] == [(10, 0.5), (30, 0.75)]
+  assert lines["learning rate"][-1] == (30, 0.03)
   labels = [t.get_text() for t in fig.axes[0].texts]
   assert labels == ["16 px", "24 px"]
   plt.close(fig)
