@@ -187,8 +187,12 @@ def bfloat16_policy():
 @pytest.mark.slow
 def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy):
   del bfloat16_policy
-  trainer = _trainer(tmp_path, "train.steps=24,runtime.steps_per_loop=6,"
-                     "progressive.num_stages=1,data.crop_area_min=1.0")
+  # The digits learning rate (0.004 at batch 64, scaled to batch 16) barely
+  # moves the loss in a few dozen steps (CI saw 3.634 -> 3.640 over 24);
+  # 10x that lowers it by about 0.8 in 48 steps (three runs: 0.74-0.87).
+  trainer = _trainer(tmp_path, "train.steps=48,runtime.steps_per_loop=12,"
+                     "train.lr_base=0.04,progressive.num_stages=1,"
+                     "data.crop_area_min=1.0")
   model = trainer.model
   assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
   assert model.get_layer("stem_conv").kernel.dtype == "float32"
@@ -197,4 +201,4 @@ def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy):
   trainer.train()
   losses = [h["loss"] for h in trainer.summary["history"]]
   assert len(losses) == 4 and all(np.isfinite(losses))
-  assert losses[-1] < losses[0]
+  assert losses[-1] < losses[0] - 0.3
