@@ -34,6 +34,8 @@ class ModelOptions:
   bn_synchronized: bool = False
   # TensorFlow's fused BN kernel (`fused_bn`), same numerics as Keras' layer.
   bn_fused: bool = True
+  # 1x1 convolutions as matmuls in training (`pointwise_conv`), same math.
+  pointwise_matmul: bool = True
   activation: str = "swish"
   width_coefficient: Optional[float] = None  # None: the registry's value
   depth_coefficient: Optional[float] = None
@@ -94,10 +96,19 @@ class _Builder:
 
   def conv(self, x, filters, kernel, strides, name, use_bias=False,
            activation=None):
-    return layers.Conv2D(
+    return self.conv_class(kernel, strides)(
         filters, kernel, strides=strides, padding="same", use_bias=use_bias,
         activation=activation, kernel_initializer=_conv_init(),
         name=name)(x)
+
+  def conv_class(self, kernel, strides):
+    """Keras' Conv2D, or for 1x1 its subclass that trains as a matmul."""
+    if (self.opt.pointwise_matmul and kernel == 1 and strides == 1 and
+        keras.backend.backend() == "tensorflow"):
+      # Imported here, as fused_bn below: a TensorFlow-only fast path.
+      from effnetv2_tf import pointwise_conv  # pylint: disable=g-import-not-at-top
+      return pointwise_conv.PointwiseConv2D
+    return layers.Conv2D
 
   def batch_norm_class(self):
     """Keras' BatchNormalization, or its TensorFlow fused-kernel subclass."""
@@ -285,7 +296,8 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
     weights: None, a keras.applications weights file (`.weights.h5` or legacy
       `.h5`), or a reference TF1 checkpoint prefix.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
-      bn_momentum, bn_epsilon, bn_synchronized, bn_fused, activation,
+      bn_momentum, bn_epsilon, bn_synchronized, bn_fused, pointwise_matmul,
+      activation,
       width_coefficient, depth_coefficient, blocks, feature_size).
 
   Returns:
