@@ -25,12 +25,35 @@ def lean_train_step(model):
   return step
 
 
+def cpu_description():
+  """'model, cores, cache, AVX-512 yes/no' from /proc/cpuinfo (elsewhere:
+  platform.processor()).
+
+  Ratios between TensorFlow kernels depend on the CPU: fused batch norm
+  gave our B0 step 1.03x keras.applications' on one 2-core machine and
+  1.34x on another of the same kind, so results name it.
+  """
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return platform.processor()
+  fields = dict(line.split(":", 1) for line in info.splitlines()
+                if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  avx512 = "avx512f" in fields.get("flags", "").split()
+  return (f"{fields.get('model name', '?')}, {os.cpu_count()} cores, "
+          f"cache {fields.get('cache size', '?')}, "
+          f"AVX-512 {'yes' if avx512 else 'no'}")
+
+
 def write_results(path, payload):
   """Writes `payload` plus the machine it ran on as JSON (skip if no path)."""
   if not path:
     return
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
+             "cpu": cpu_description(),
              "python": platform.python_version(),
              "tensorflow": tf.__version__}
   with open(path, "w") as f:

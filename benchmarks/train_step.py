@@ -1,9 +1,10 @@
 """Training throughput: our EfficientNetV2 against keras.applications'.
 
-For each model (keras.applications' EfficientNetV2B0/S and ours, with
-TensorFlow's fused batch norm and with Keras' plain BatchNormalization),
-times the same variant at the same size, batch and optimizer (SGD with
-momentum) in this process:
+For each model (keras.applications' EfficientNetV2B0/S and ours: with its
+default TensorFlow fast paths, fused batch norm (`fused_bn.py`) and 1x1
+convolutions as matmuls in training (`pointwise_conv.py`); with fused BN
+only; with Keras' plain layers), times the same variant at the same size,
+batch and optimizer (SGD with momentum) in this process:
 
 - `fit`: keras `Model.fit` on a repeated in-memory batch, how most users
   train keras.applications models;
@@ -17,6 +18,7 @@ It prints train images/s and the ratio to keras.applications with `fit`
       [--rounds=3]
 """
 
+import functools
 import os
 import time
 
@@ -50,10 +52,13 @@ def _models(variant):
   yield "keras.applications", lambda: getattr(keras.applications, app_name)(
       weights=None, input_shape=shape, include_preprocessing=False,
       classifier_activation=None)
-  yield "ours (fused BN)", lambda: effnetv2_tf.create_model(
-      ours, input_shape=shape, bn_fused=True)
-  yield "ours (Keras BN)", lambda: effnetv2_tf.create_model(
-      ours, input_shape=shape, bn_fused=False)
+  for name, options in (
+      ("ours", {}),  # the defaults: fused BN, 1x1 convolutions as matmuls
+      ("ours (fused BN only)", {"pointwise_matmul": False}),
+      ("ours (plain Keras layers)", {"bn_fused": False,
+                                     "pointwise_matmul": False})):
+    yield name, functools.partial(effnetv2_tf.create_model, ours,
+                                  input_shape=shape, **options)
 
 
 def _batch(size, batch):
