@@ -8,11 +8,11 @@ ratios. Accuracy should agree within run-to-run noise (a point or two on
 360 eval digits); the ratios say what Model.fit's loop costs.
 
   PYTHONPATH=. python benchmarks/drivers_digits.py [--hparam_str=...]
+      [--out_dir=runs/drivers]
 """
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,11 +21,17 @@ import time
 from absl import app
 from absl import flags
 
+import bench_util  # pylint: disable=g-bad-import-order
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ("main.py", "main_tf2.py")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "efficientnetv2-b0", "Model to train.")
 flags.DEFINE_string("hparam_str", "", "Extra config overrides for both.")
+flags.DEFINE_string("out_dir", None,
+                    "Keep the runs in OUT_DIR/main and OUT_DIR/main_tf2 "
+                    "(e.g. for effnetv2_tf.plot); default: a temporary "
+                    "folder, removed.")
 flags.DEFINE_string("json_out", "benchmarks/results/drivers_digits.json",
                     "Where to write the results ('' to skip).")
 
@@ -56,7 +62,9 @@ def main(argv):
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for driver in DRIVERS:
-      results.append(run_driver(driver, os.path.join(tmp, driver)))
+      name = os.path.splitext(driver)[0]  # main, main_tf2
+      results.append(run_driver(driver, os.path.join(FLAGS.out_dir or tmp,
+                                                     name)))
   base, fit = results
   print("\n| driver | top-1 | top-5 | wall (s) | images/s per stage |")
   print("|---|---:|---:|---:|---|")
@@ -74,14 +82,8 @@ def main(argv):
         f"wall time ratio {ratios['wall_ratio']:.2f}; images/s ratio per "
         "stage " + ", ".join(f"{r:.2f}" for r in
                              ratios["images_per_sec_ratio"]))
-  if FLAGS.json_out:
-    os.makedirs(os.path.dirname(FLAGS.json_out) or ".", exist_ok=True)
-    with open(FLAGS.json_out, "w") as f:
-      json.dump({"machine": {"platform": platform.platform(),
-                             "cpus": os.cpu_count(),
-                             "python": platform.python_version()},
-                 "hparam_str": FLAGS.hparam_str, "results": results,
-                 "ratios": ratios}, f, indent=2)
+  bench_util.write_results(FLAGS.json_out, {
+      "hparam_str": FLAGS.hparam_str, "results": results, "ratios": ratios})
 
 
 if __name__ == "__main__":
