@@ -6,7 +6,7 @@ that process's peak resident set size (`os.wait4`'s `ru_maxrss`):
 
 - main.py: a real training run at that size (one stage, `--steps` steps,
   digits resized to the size, EMA and checkpoints included);
-- the lean train step of ours (fused BN) and of keras.applications'
+- the lean train step of ours (default fast paths) and of keras.applications'
   EfficientNetV2 (the baseline), the same variant, size and batch, SGD.
 
 It prints peak RSS in MiB with ours / keras.applications, so that users can
