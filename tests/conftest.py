@@ -6,7 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import effnetv2_tf  # pylint: disable=g-import-not-at-top
 
@@ -22,3 +24,32 @@ def tiny_model(name="efficientnetv2-b0", **kwargs):
   kwargs.setdefault("depth_coefficient", 0.34)
   kwargs.setdefault("num_classes", 10)
   return effnetv2_tf.create_model(name, **kwargs)
+
+
+def assert_same_training_math(fast, plain, grad_rtol):
+  """`fast` (a model with a fast path) computes what `plain` (the same
+  network without it) computes: `plain` takes `fast`'s weights, then both
+  give the same training logits, loss gradients (each compared as a vector
+  within `grad_rtol` of its norm: some are 0 in exact arithmetic, a BN shift
+  followed by another BN, ~1e-6 of float32 rounding noise here) and BN
+  statistics, and the same inference logits. Build both without dropout
+  and stochastic depth: their random masks would differ."""
+  plain.set_weights(fast.get_weights())
+  images = tf.random.stateless_uniform([4, 32, 32, 3], [9, 9], -1.0, 1.0)
+  labels = tf.one_hot([1, 2, 3, 4], 10)
+  results = []
+  for model in (fast, plain):
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
+          labels, logits, from_logits=True))
+    results.append((logits, tape.gradient(loss, model.trainable_variables)))
+  (logits_f, grads_f), (logits_p, grads_p) = results
+  np.testing.assert_allclose(logits_f, logits_p, rtol=1e-4, atol=1e-4)
+  for a, b in zip(grads_f, grads_p):
+    assert np.linalg.norm(a - b) <= grad_rtol * np.linalg.norm(b) + 1e-5
+  for a, b in zip(fast.non_trainable_weights, plain.non_trainable_weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(fast(images, training=False),
+                             plain(images, training=False), rtol=1e-4,
+                             atol=1e-4)

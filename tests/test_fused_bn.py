@@ -91,31 +91,9 @@ def test_serialises_as_itself():
 def test_whole_model_matches_the_plain_keras_layers():
   """A tiny EfficientNetV2 with fused BN: same logits, loss gradients and
   BN statistics as the same network built with keras BatchNormalization."""
-  from conftest import tiny_model  # pylint: disable=g-import-not-at-top
-  # No dropout or stochastic depth: their random masks would differ.
+  from conftest import assert_same_training_math, tiny_model  # pylint: disable=g-import-not-at-top
   fused, plain = (tiny_model(bn_fused=f, dropout_rate=0.0, survival_prob=1.0)
                   for f in (True, False))
   assert any(type(l) is FusedBatchNormalization for l in fused.layers)
   assert not any(isinstance(l, FusedBatchNormalization) for l in plain.layers)
-  plain.set_weights(fused.get_weights())
-  images = tf.random.stateless_uniform([4, 32, 32, 3], [9, 9], -1.0, 1.0)
-  labels = tf.one_hot([1, 2, 3, 4], 10)
-  results = []
-  for model in (fused, plain):
-    with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
-          labels, logits, from_logits=True))
-    results.append((logits, tape.gradient(loss, model.trainable_variables)))
-  (logits_f, grads_f), (logits_p, grads_p) = results
-  np.testing.assert_allclose(logits_f, logits_p, rtol=1e-4, atol=1e-4)
-  # Float32 rounding differs between the kernels and grows through ~20
-  # batch-of-4 normalisations: compare each gradient as a vector (some are
-  # 0 in exact arithmetic, ~1e-6 of rounding noise here).
-  for a, b in zip(grads_f, grads_p):
-    assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b) + 1e-5
-  for a, b in zip(fused.non_trainable_weights, plain.non_trainable_weights):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(fused(images, training=False),
-                             plain(images, training=False), rtol=1e-4,
-                             atol=1e-4)
+  assert_same_training_math(fused, plain, grad_rtol=1e-3)

@@ -92,26 +92,11 @@ def test_serialises_as_itself():
 def test_whole_model_matches_the_plain_keras_layers():
   """A tiny EfficientNetV2 with 1x1 matmuls: same logits and gradients as
   the same network built with keras' Conv2D everywhere."""
-  from conftest import tiny_model  # pylint: disable=g-import-not-at-top
+  from conftest import assert_same_training_math, tiny_model  # pylint: disable=g-import-not-at-top
   fast, plain = (tiny_model(pointwise_matmul=m, dropout_rate=0.0,
                             survival_prob=1.0) for m in (True, False))
   pointwise = [l.name for l in fast.layers if type(l) is PointwiseConv2D]
   assert "top_conv" in pointwise and any("se_reduce" in n for n in pointwise)
   assert "stem_conv" not in pointwise  # 3x3, stride 2
   assert not any(isinstance(l, PointwiseConv2D) for l in plain.layers)
-  plain.set_weights(fast.get_weights())
-  images = tf.random.stateless_uniform([4, 32, 32, 3], [9, 9], -1.0, 1.0)
-  labels = tf.one_hot([1, 2, 3, 4], 10)
-  results = []
-  for model in (fast, plain):
-    with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
-          labels, logits, from_logits=True))
-    results.append((logits, tape.gradient(loss, model.trainable_variables)))
-  (logits_f, grads_f), (logits_p, grads_p) = results
-  np.testing.assert_allclose(logits_f, logits_p, rtol=1e-4, atol=1e-4)
-  # As in test_fused_bn: some gradients are 0 in exact arithmetic (a BN
-  # shift followed by another BN), ~1e-6 of float32 rounding noise here.
-  for a, b in zip(grads_f, grads_p):
-    assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b) + 1e-5
+  assert_same_training_math(fast, plain, grad_rtol=1e-4)
