@@ -297,8 +297,8 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
       `.h5`), or a reference TF1 checkpoint prefix.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
       bn_momentum, bn_epsilon, bn_synchronized, bn_fused, pointwise_matmul,
-      activation,
-      width_coefficient, depth_coefficient, blocks, feature_size).
+      activation, width_coefficient, depth_coefficient, blocks,
+      feature_size).
 
   Returns:
     A `keras.Model`.
