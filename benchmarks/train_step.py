@@ -15,7 +15,7 @@ It prints train images/s and the ratio to keras.applications with `fit`
 (the baseline) beside the parameter counts, which must be equal.
 
   PYTHONPATH=. python benchmarks/train_step.py [--models=b0,s] [--steps=4]
-      [--rounds=3]
+      [--rounds=3] [--ours=default,fused_bn_only,plain]
 """
 
 import functools
@@ -32,8 +32,20 @@ import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 
 FLAGS = flags.FLAGS
+OURS = {  # --ours key -> (row name, create_model overrides)
+    "default": ("ours", {}),  # fused BN, 1x1 convolutions as matmuls
+    "fused_bn_only": ("ours (fused BN only)", {"pointwise_matmul": False}),
+    "plain": ("ours (plain Keras layers)", {"bn_fused": False,
+                                            "pointwise_matmul": False}),
+}
 flags.DEFINE_list("models", ["b0", "s"], "Variants: b0 (224 px, batch 32), "
                   "s (128 px, batch 16), as measured in issue 7.")
+flags.DEFINE_list("ours", ["default", "fused_bn_only", "plain"],
+                  "Our builds to time beside keras.applications: default "
+                  "(fused BN, 1x1 as matmuls), fused_bn_only, plain.")
+flags.register_validator(
+    "ours", lambda keys: set(keys) <= set(OURS),
+    f"--ours takes a comma-separated list of {', '.join(OURS)}.")
 flags.DEFINE_integer("steps", 4, "Timed steps per round and model.")
 flags.DEFINE_integer("rounds", 3, "Rounds; each times every model in turn.")
 flags.DEFINE_string("json_out", "benchmarks/results/train_step.json",
@@ -52,11 +64,8 @@ def _models(variant):
   yield "keras.applications", lambda: getattr(keras.applications, app_name)(
       weights=None, input_shape=shape, include_preprocessing=False,
       classifier_activation=None)
-  for name, options in (
-      ("ours", {}),  # the defaults: fused BN, 1x1 convolutions as matmuls
-      ("ours (fused BN only)", {"pointwise_matmul": False}),
-      ("ours (plain Keras layers)", {"bn_fused": False,
-                                     "pointwise_matmul": False})):
+  for key in FLAGS.ours:
+    name, options = OURS[key]
     yield name, functools.partial(effnetv2_tf.create_model, ours,
                                   input_shape=shape, **options)
 
