@@ -5,7 +5,26 @@ import os
 import platform
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+
+def applications_model(name, input_shape):
+  """keras.applications' model of our variant `name` (efficientnetv2-b0 ->
+  EfficientNetV2B0): random weights, logits, no preprocessing layers, as
+  ours is built."""
+  class_name = "EfficientNetV2" + name.split("-", 1)[1].upper()
+  return getattr(keras.applications, class_name)(
+      weights=None, input_shape=input_shape, include_preprocessing=False,
+      classifier_activation=None)
+
+
+def random_batch(size, batch):
+  """Seeded float32 images in [-1, 1] and labels of 1000 classes (NumPy)."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
+  labels = rng.integers(0, 1000, batch)
+  return images, labels
 
 
 def lean_train_step(model):

@@ -25,7 +25,6 @@ import time
 
 from absl import app
 from absl import flags
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -44,18 +43,15 @@ flags.DEFINE_integer("images_per_round", 32,
 flags.DEFINE_string("json_out", "benchmarks/results/inference.json",
                     "Where to write the results ('' to skip).")
 
-APPLICATIONS = {"b0": ("EfficientNetV2B0", "efficientnetv2-b0"),
-                "s": ("EfficientNetV2S", "efficientnetv2-s")}
+OURS = {"b0": "efficientnetv2-b0", "s": "efficientnetv2-s"}
 
 
 def _exported(variant, tmp):
   """Yields (name, params, loaded, predict fn) of each reloaded SavedModel."""
-  app_name, ours = APPLICATIONS[variant]
+  ours = OURS[variant]
   spec = registry.get_model_spec(ours)
   size = spec.eval_size
-  reference = getattr(keras.applications, app_name)(
-      weights=None, input_shape=(size, size, 3), include_preprocessing=False,
-      classifier_activation=None)
+  reference = bench_util.applications_model(ours, (size, size, 3))
   path = os.path.join(tmp, f"{variant}_applications")
   reference.export(path, verbose=False)
   # A signature function keeps no reference to its loaded object, whose
@@ -73,8 +69,7 @@ def _exported(variant, tmp):
 
 def _runner(predict, size, batch):
   """Returns run() -> seconds per call on a fixed batch, warmed up."""
-  images = tf.constant(np.random.default_rng(0).uniform(
-      -1, 1, (batch, size, size, 3)).astype("float32"))
+  images = tf.constant(bench_util.random_batch(size, batch)[0])
   calls = max(1, FLAGS.images_per_round // batch)
 
   def run():
@@ -93,7 +88,7 @@ def main(argv):
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for variant in FLAGS.models:
-      size = registry.get_model_spec(APPLICATIONS[variant][1]).eval_size
+      size = registry.get_model_spec(OURS[variant]).eval_size
       models = list(_exported(variant, tmp))
       for batch in map(int, FLAGS.batch_sizes):
         runners = [(name, params, _runner(predict, size, batch))

@@ -24,8 +24,6 @@ import tempfile
 
 from absl import app
 from absl import flags
-import keras
-import numpy as np
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
@@ -52,24 +50,15 @@ MIB = 1024.0  # ru_maxrss is in KiB on Linux
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _applications_name(model):
-  suffix = model.split("-", 1)[1].upper()  # b0 -> B0, s -> S
-  return "EfficientNetV2" + suffix
-
-
 def lean_child():
   """Trains --steps lean steps of one model at --size (in a fresh process)."""
   shape = (FLAGS.size, FLAGS.size, 3)
   if FLAGS.lean == "ours":
     model = effnetv2_tf.create_model(FLAGS.model, input_shape=shape)
   else:
-    model = getattr(keras.applications, _applications_name(FLAGS.model))(
-        weights=None, input_shape=shape, include_preprocessing=False,
-        classifier_activation=None)
-  rng = np.random.default_rng(0)
-  images = tf.constant(rng.uniform(
-      -1, 1, (FLAGS.batch_size,) + shape).astype("float32"))
-  labels = tf.constant(rng.integers(0, 1000, FLAGS.batch_size))
+    model = bench_util.applications_model(FLAGS.model, shape)
+  images, labels = map(tf.constant,
+                       bench_util.random_batch(FLAGS.size, FLAGS.batch_size))
   step = bench_util.lean_train_step(model)
   for _ in range(FLAGS.steps):
     step(images, labels).numpy()

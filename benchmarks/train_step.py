@@ -51,30 +51,22 @@ flags.DEFINE_integer("rounds", 3, "Rounds; each times every model in turn.")
 flags.DEFINE_string("json_out", "benchmarks/results/train_step.json",
                     "Where to write the results ('' to skip).")
 
-SETTINGS = {  # variant -> (keras.applications class, ours, size, batch)
-    "b0": ("EfficientNetV2B0", "efficientnetv2-b0", 224, 32),
-    "s": ("EfficientNetV2S", "efficientnetv2-s", 128, 16),
+SETTINGS = {  # variant -> (ours, size, batch)
+    "b0": ("efficientnetv2-b0", 224, 32),
+    "s": ("efficientnetv2-s", 128, 16),
 }
 WARMUP = 2  # untimed steps that trace and warm up each model
 
 
 def _models(variant):
-  app_name, ours, size, _ = SETTINGS[variant]
+  ours, size, _ = SETTINGS[variant]
   shape = (size, size, 3)
-  yield "keras.applications", lambda: getattr(keras.applications, app_name)(
-      weights=None, input_shape=shape, include_preprocessing=False,
-      classifier_activation=None)
+  yield "keras.applications", functools.partial(
+      bench_util.applications_model, ours, shape)
   for key in FLAGS.ours:
     name, options = OURS[key]
     yield name, functools.partial(effnetv2_tf.create_model, ours,
                                   input_shape=shape, **options)
-
-
-def _batch(size, batch):
-  rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
-  labels = rng.integers(0, 1000, batch)
-  return images, labels
 
 
 def fit_runner(model, images, labels):
@@ -118,8 +110,8 @@ def main(argv):
   del argv
   rows = []
   for variant in FLAGS.models:
-    _, _, size, batch = SETTINGS[variant]
-    images, labels = _batch(size, batch)
+    _, size, batch = SETTINGS[variant]
+    images, labels = bench_util.random_batch(size, batch)
     runners = []
     for name, build in _models(variant):
       for loop, make_runner in (("fit", fit_runner), ("step", step_runner)):
