@@ -60,6 +60,7 @@ def get_config():
       rmsprop_rho=0.9,
       momentum=0.9,
       epsilon=1e-3,
+      fused_optimizer=True,    # TF's fused update kernels (fused_optim.py)
       lr_base=0.016,           # per 256 images, scaled with the batch
       lr_schedule="exponential",  # exponential | cosine | constant
       lr_decay_factor=0.97,

@@ -7,7 +7,8 @@ Both drivers use these definitions:
   the whole run so stages share one continuous schedule;
 - RMSProp (rho 0.9, momentum 0.9, epsilon 1e-3). Keras' RMSprop adds epsilon
   inside the square root like TF1's; it starts the mean square at 0 where
-  TF1 started it at 1 (irrelevant after warmup from lr 0);
+  TF1 started it at 1 (irrelevant after warmup from lr 0); by default it
+  updates through TF1's fused ApplyRMSProp kernel (`fused_optim.py`);
 - weight decay as a coupled L2 term wd * sum(w^2) / 2 over kernels only;
 - an exponential moving average of the weights with the warm-up
   min(decay, (1 + t) / (10 + t)) that also averages BN moving statistics
@@ -19,6 +20,8 @@ import math
 
 import keras
 import tensorflow as tf
+
+from effnetv2_tf import fused_optim
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
 BN_STAT_SUFFIXES = ("moving_mean", "moving_variance")
@@ -76,17 +79,22 @@ def build_schedule(train_config, global_batch_size, steps_per_epoch,
 def build_optimizer(train_config, learning_rate):
   """RMSProp as in the paper; 'sgd' (momentum) and 'adam' for experiments.
 
+  With `train_config.fused_optimizer` (default) RMSProp and SGD update
+  through TensorFlow's fused kernels (`fused_optim.py`, same math).
   Under a `mixed_float16` global policy the optimizer is wrapped in Keras'
   dynamic LossScaleOptimizer; train steps compute gradients of
   `optimizer.scale_loss(loss)` (the identity for the others).
   """
   name = train_config.optimizer.lower()
+  fused = train_config.get("fused_optimizer", True)
   if name == "rmsprop":
-    optimizer = keras.optimizers.RMSprop(
+    cls = fused_optim.FusedRMSprop if fused else keras.optimizers.RMSprop
+    optimizer = cls(
         learning_rate, rho=train_config.rmsprop_rho,
         momentum=train_config.momentum, epsilon=train_config.epsilon)
   elif name in ("sgd", "momentum"):
-    optimizer = keras.optimizers.SGD(
+    cls = fused_optim.FusedSGD if fused else keras.optimizers.SGD
+    optimizer = cls(
         learning_rate, momentum=train_config.momentum, nesterov=True)
   elif name == "adam":
     optimizer = keras.optimizers.Adam(learning_rate,

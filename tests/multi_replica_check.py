@@ -6,7 +6,8 @@ before TensorFlow initialises, hence a subprocess). Prints one JSON line:
   single vs mirrored, one train step of main.py's step function on the same
   global batch of 8 (4 different examples per replica): loss, weights and BN
   moving means after the step (synchronised BN must see all 8 examples);
-  then a short main.py and main_tf2.py run under the 2-replica strategy.
+  then a short main.py and main_tf2.py run under the 2-replica strategy;
+  then the fused optimizers (fused_optim.py) against Keras' under it.
 """
 
 import json
@@ -15,7 +16,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np
 import tensorflow as tf
 
 tf.config.set_logical_device_configuration(
@@ -24,6 +26,7 @@ tf.config.set_logical_device_configuration(
 
 from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from effnetv2_tf import fit_trainer
+from effnetv2_tf import fused_optim
 from effnetv2_tf import trainer as trainer_lib
 
 HPARAMS = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
@@ -95,9 +98,7 @@ def one_step_comparison(tmp):
   }
 
 
-def short_runs(tmp):
-  strategy = tf.distribute.MirroredStrategy(
-      [d.name for d in tf.config.list_logical_devices("CPU")])
+def short_runs(tmp, strategy):
   steps = {}
   for name, cls in (("main", trainer_lib.Trainer),
                     ("main_tf2", fit_trainer.FitTrainer)):
@@ -112,10 +113,50 @@ def short_runs(tmp):
   return steps
 
 
+def fused_optimizers(strategy):
+  """Three updates with replica-dependent gradients (their sum is applied):
+  {name: [max |fused - keras| over both replicas' copies, replicas equal]}.
+  The fused kernels write through each replica's own variable handle."""
+  result = {}
+  for fused, plain, options in (
+      (fused_optim.FusedRMSprop, keras.optimizers.RMSprop,
+       {"momentum": 0.9, "epsilon": 1e-3}),
+      (fused_optim.FusedSGD, keras.optimizers.SGD,
+       {"momentum": 0.9, "nesterov": True})):
+    copies = []
+    for cls in (fused, plain):
+      with strategy.scope():
+        variable = keras.Variable(np.linspace(-1, 1, 6, dtype=np.float32))
+        optimizer = cls(0.1, **options)
+        optimizer.build([variable])
+
+      def replica_update(variable=variable, optimizer=optimizer):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        grad = tf.range(6, dtype=tf.float32) * tf.cast(replica + 1, tf.float32)
+        optimizer.apply_gradients([(grad, variable)])
+
+      update = tf.function(lambda fn=replica_update: strategy.run(fn))
+      for _ in range(3):
+        update()
+      copies.append([c.numpy() for c in variable.value.values])
+    (fused_0, fused_1), (plain_0, plain_1) = copies
+    result[fused.__name__] = [
+        float(max(np.max(np.abs(fused_0 - plain_0)),
+                  np.max(np.abs(fused_1 - plain_1)))),
+        bool(np.array_equal(fused_0, fused_1)),
+        float(np.max(np.abs(plain_0 - np.linspace(-1, 1, 6))))]
+  return result
+
+
 def main():
   tmp = sys.argv[1]
   result = one_step_comparison(tmp)
-  result.update(short_runs(tmp))
+  # One strategy for the rest: a second one in the process can reuse the
+  # first's collective instance keys.
+  strategy = tf.distribute.MirroredStrategy(
+      [d.name for d in tf.config.list_logical_devices("CPU")])
+  result.update(short_runs(tmp, strategy))
+  result["fused_optimizers"] = fused_optimizers(strategy)
   print("RESULT " + json.dumps(result), flush=True)
 
 

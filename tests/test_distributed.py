@@ -59,3 +59,12 @@ def test_synchronized_bn_uses_the_global_batch(report):
 def test_both_drivers_train_under_mirrored_strategy(report):
   assert report["main"] == 4 and report["main_loss_finite"]
   assert report["main_tf2"] == 4 and report["main_tf2_loss_finite"]
+
+
+@pytest.mark.slow
+def test_fused_optimizers_update_every_replica_like_keras(report):
+  for name, (diff, replicas_equal, moved) in report[
+      "fused_optimizers"].items():
+    assert moved > 0.1, name  # the updates did something
+    assert diff < 1e-5 * max(1.0, moved), name
+    assert replicas_equal, name
