@@ -27,10 +27,11 @@ def random_batch(size, batch):
   return images, labels
 
 
-def lean_train_step(model):
-  """A tf.function (images, labels) -> loss: SGD with momentum, softmax
-  cross-entropy, no metrics; the same step for every model compared."""
-  optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+def lean_train_step(model, optimizer=None):
+  """A tf.function (images, labels) -> loss: `optimizer` (default SGD with
+  momentum), softmax cross-entropy, no metrics; the same step for every
+  model compared."""
+  optimizer = optimizer or keras.optimizers.SGD(0.01, momentum=0.9)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
   @tf.function

@@ -1,21 +1,25 @@
 """Training throughput: our EfficientNetV2 against keras.applications'.
 
-For each model (keras.applications' EfficientNetV2B0/S and ours: with its
-default TensorFlow fast paths, fused batch norm (`fused_bn.py`) and 1x1
-convolutions as matmuls in training (`pointwise_conv.py`); with fused BN
+For each model (keras.applications' EfficientNetV2B0/S and ours: with all
+its TensorFlow fast paths, fused batch norm (`fused_bn.py`), 1x1
+convolutions as matmuls in training (`pointwise_conv.py`) and the fused
+optimizer kernel (`fused_optim.py`); with Keras' optimizer; with fused BN
 only; with Keras' plain layers), times the same variant at the same size,
-batch and optimizer (SGD with momentum) in this process:
+batch and optimizer algorithm (--optimizer: the paper's RMSProp, or SGD
+with momentum) in this process. keras.applications trains with Keras'
+optimizer class, ours with our default one, as main.py does:
 
 - `fit`: keras `Model.fit` on a repeated in-memory batch, how most users
   train keras.applications models;
 - `step`: one lean `tf.function` train step (forward, cross-entropy,
-  gradients, SGD update) called in a Python loop.
+  gradients, optimizer update) called in a Python loop.
 
 It prints train images/s and the ratio to keras.applications with `fit`
 (the baseline) beside the parameter counts, which must be equal.
 
   PYTHONPATH=. python benchmarks/train_step.py [--models=b0,s] [--steps=4]
-      [--rounds=3] [--ours=default,fused_bn_only,plain]
+      [--rounds=3] [--optimizer=rmsprop|sgd]
+      [--ours=default,keras_optimizer,fused_bn_only,plain]
 """
 
 import functools
@@ -30,19 +34,33 @@ import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
+from effnetv2_tf import fused_optim
 
 FLAGS = flags.FLAGS
-OURS = {  # --ours key -> (row name, create_model overrides)
-    "default": ("ours", {}),  # fused BN, 1x1 convolutions as matmuls
-    "fused_bn_only": ("ours (fused BN only)", {"pointwise_matmul": False}),
+# --ours key -> (row name, create_model overrides, fused optimizer kernel)
+OURS = {
+    "default": ("ours", {}, True),  # every fast path
+    "keras_optimizer": ("ours (Keras optimizer)", {}, False),
+    "fused_bn_only": ("ours (fused BN only)", {"pointwise_matmul": False},
+                      False),
     "plain": ("ours (plain Keras layers)", {"bn_fused": False,
-                                            "pointwise_matmul": False}),
+                                            "pointwise_matmul": False}, False),
+}
+# --optimizer -> (Keras' class, our fused class, arguments)
+OPTIMIZERS = {
+    "rmsprop": (keras.optimizers.RMSprop, fused_optim.FusedRMSprop,
+                {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-3}),  # paper's
+    "sgd": (keras.optimizers.SGD, fused_optim.FusedSGD, {"momentum": 0.9}),
 }
 flags.DEFINE_list("models", ["b0", "s"], "Variants: b0 (224 px, batch 32), "
                   "s (128 px, batch 16), as measured in issue 7.")
-flags.DEFINE_list("ours", ["default", "fused_bn_only", "plain"],
+flags.DEFINE_list("ours", ["default", "keras_optimizer"],
                   "Our builds to time beside keras.applications: default "
-                  "(fused BN, 1x1 as matmuls), fused_bn_only, plain.")
+                  "(fused BN, 1x1 as matmuls, fused optimizer), "
+                  "keras_optimizer, fused_bn_only, plain.")
+flags.DEFINE_enum("optimizer", "rmsprop", sorted(OPTIMIZERS),
+                  "rmsprop: the paper's (rho 0.9, momentum 0.9, epsilon "
+                  "1e-3); sgd: momentum 0.9.")
 flags.register_validator(
     "ours", lambda keys: set(keys) <= set(OURS),
     f"--ours takes a comma-separated list of {', '.join(OURS)}.")
@@ -59,19 +77,24 @@ WARMUP = 2  # untimed steps that trace and warm up each model
 
 
 def _models(variant):
+  """(row name, model builder, optimizer builder) of each compared model."""
   ours, size, _ = SETTINGS[variant]
   shape = (size, size, 3)
-  yield "keras.applications", functools.partial(
-      bench_util.applications_model, ours, shape)
+  plain_cls, fused_cls, arguments = OPTIMIZERS[FLAGS.optimizer]
+  yield ("keras.applications",
+         functools.partial(bench_util.applications_model, ours, shape),
+         functools.partial(plain_cls, 0.01, **arguments))
   for key in FLAGS.ours:
-    name, options = OURS[key]
-    yield name, functools.partial(effnetv2_tf.create_model, ours,
-                                  input_shape=shape, **options)
+    name, options, fused = OURS[key]
+    yield (name, functools.partial(effnetv2_tf.create_model, ours,
+                                   input_shape=shape, **options),
+           functools.partial(fused_cls if fused else plain_cls, 0.01,
+                             **arguments))
 
 
-def fit_runner(model, images, labels):
+def fit_runner(model, optimizer, images, labels):
   """Returns run(steps) -> images/s of `fit`, traced and warmed up."""
-  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+  model.compile(optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True))
   data = tf.data.Dataset.from_tensors((images, labels)).repeat()
@@ -89,9 +112,9 @@ def fit_runner(model, images, labels):
   return run
 
 
-def step_runner(model, images, labels):
+def step_runner(model, optimizer, images, labels):
   """Returns run(steps) -> images/s of a lean tf.function train step."""
-  step = bench_util.lean_train_step(model)
+  step = bench_util.lean_train_step(model, optimizer)
   x, y = tf.constant(images), tf.constant(labels)
 
   def run(steps):
@@ -113,11 +136,12 @@ def main(argv):
     _, size, batch = SETTINGS[variant]
     images, labels = bench_util.random_batch(size, batch)
     runners = []
-    for name, build in _models(variant):
+    for name, build, build_optimizer in _models(variant):
       for loop, make_runner in (("fit", fit_runner), ("step", step_runner)):
         model = build()
         runners.append((name, loop, model.count_params(),
-                        make_runner(model, images, labels)))
+                        make_runner(model, build_optimizer(), images,
+                                    labels)))
     # Rounds interleave the models, so drift in the machine's speed hits
     # all of them alike; the median round is reported.
     rates = [[] for _ in runners]
@@ -132,7 +156,8 @@ def main(argv):
                    "images_per_sec": float(np.median(rate)),
                    "rounds": rate})
   print(f"\n{os.cpu_count()} CPUs, TensorFlow {tf.__version__}, float32, "
-        f"median of {FLAGS.rounds} rounds of {FLAGS.steps} steps\n")
+        f"{FLAGS.optimizer}, median of {FLAGS.rounds} rounds of "
+        f"{FLAGS.steps} steps\n")
   print("| variant | model | loop | params | train images/s | ratio |")
   print("|---|---|---|---:|---:|---:|")
   for row in rows:
@@ -143,7 +168,8 @@ def main(argv):
           f"{row['model']} | {row['loop']} | {row['params']:,} | "
           f"{row['images_per_sec']:.1f} | {row['ratio']:.2f} |")
   bench_util.write_results(FLAGS.json_out, {
-      "steps": FLAGS.steps, "rounds": FLAGS.rounds, "results": rows})
+      "steps": FLAGS.steps, "rounds": FLAGS.rounds,
+      "optimizer": FLAGS.optimizer, "results": rows})
 
 
 if __name__ == "__main__":
