@@ -30,7 +30,7 @@ def random_batch(size, batch):
 def lean_train_step(model, optimizer=None):
   """A tf.function (images, labels) -> loss: `optimizer` (default SGD with
   momentum), softmax cross-entropy, no metrics; the same step for every
-  model compared."""
+  model compared. A LossScaleOptimizer's loss scaling is applied."""
   optimizer = optimizer or keras.optimizers.SGD(0.01, momentum=0.9)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -38,7 +38,8 @@ def lean_train_step(model, optimizer=None):
   def step(images, labels):
     with tf.GradientTape() as tape:
       loss = loss_fn(labels, model(images, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
+      scaled = optimizer.scale_loss(loss)  # the identity unless scaling
+    grads = tape.gradient(scaled, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
 

@@ -20,6 +20,10 @@ It prints train images/s and the ratio to keras.applications with `fit`
   PYTHONPATH=. python benchmarks/train_step.py [--models=b0,s] [--steps=4]
       [--rounds=3] [--optimizer=rmsprop|sgd]
       [--ours=default,keras_optimizer,fused_bn_only,plain]
+      [--image_size=300 --batch_size=64 --dtype_policy=mixed_float16]
+
+The last line is issue 7's GPU comparison (V2-S at 300 px, mixed
+precision); on CPU, mixed_bfloat16 is the mixed policy to try.
 """
 
 import functools
@@ -64,6 +68,15 @@ flags.DEFINE_enum("optimizer", "rmsprop", sorted(OPTIMIZERS),
 flags.register_validator(
     "ours", lambda keys: set(keys) <= set(OURS),
     f"--ours takes a comma-separated list of {', '.join(OURS)}.")
+flags.DEFINE_integer("image_size", 0, "Image size for every variant (0: "
+                     "the variant's, 224 for b0, 128 for s).")
+flags.DEFINE_integer("batch_size", 0, "Batch size for every variant (0: the "
+                     "variant's, 32 for b0, 16 for s).")
+flags.DEFINE_enum("dtype_policy", "float32",
+                  ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras' global dtype policy for every model; under "
+                  "mixed_float16 both optimizers are wrapped in Keras' "
+                  "LossScaleOptimizer (as Model.compile does).")
 flags.DEFINE_integer("steps", 4, "Timed steps per round and model.")
 flags.DEFINE_integer("rounds", 3, "Rounds; each times every model in turn.")
 flags.DEFINE_string("json_out", "benchmarks/results/train_step.json",
@@ -78,18 +91,33 @@ WARMUP = 2  # untimed steps that trace and warm up each model
 
 def _models(variant):
   """(row name, model builder, optimizer builder) of each compared model."""
-  ours, size, _ = SETTINGS[variant]
+  ours, size, _ = _setting(variant)
   shape = (size, size, 3)
   plain_cls, fused_cls, arguments = OPTIMIZERS[FLAGS.optimizer]
+
+  def optimizer(cls):
+    def build():
+      built = cls(0.01, **arguments)
+      if FLAGS.dtype_policy == "mixed_float16":
+        built = keras.optimizers.LossScaleOptimizer(built)
+      return built
+    return build
+
   yield ("keras.applications",
          functools.partial(bench_util.applications_model, ours, shape),
-         functools.partial(plain_cls, 0.01, **arguments))
+         optimizer(plain_cls))
   for key in FLAGS.ours:
     name, options, fused = OURS[key]
     yield (name, functools.partial(effnetv2_tf.create_model, ours,
                                    input_shape=shape, **options),
-           functools.partial(fused_cls if fused else plain_cls, 0.01,
-                             **arguments))
+           optimizer(fused_cls if fused else plain_cls))
+
+
+def _setting(variant):
+  """(our model name, image size, batch size) after --image_size and
+  --batch_size."""
+  ours, size, batch = SETTINGS[variant]
+  return ours, FLAGS.image_size or size, FLAGS.batch_size or batch
 
 
 def fit_runner(model, optimizer, images, labels):
@@ -131,9 +159,10 @@ def step_runner(model, optimizer, images, labels):
 
 def main(argv):
   del argv
+  keras.mixed_precision.set_global_policy(FLAGS.dtype_policy)
   rows = []
   for variant in FLAGS.models:
-    _, size, batch = SETTINGS[variant]
+    _, size, batch = _setting(variant)
     images, labels = bench_util.random_batch(size, batch)
     runners = []
     for name, build, build_optimizer in _models(variant):
@@ -155,7 +184,8 @@ def main(argv):
                    "size": size, "batch": batch, "params": params,
                    "images_per_sec": float(np.median(rate)),
                    "rounds": rate})
-  print(f"\n{os.cpu_count()} CPUs, TensorFlow {tf.__version__}, float32, "
+  print(f"\n{os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
+        f"{FLAGS.dtype_policy}, "
         f"{FLAGS.optimizer}, median of {FLAGS.rounds} rounds of "
         f"{FLAGS.steps} steps\n")
   print("| variant | model | loop | params | train images/s | ratio |")
@@ -169,7 +199,9 @@ def main(argv):
           f"{row['images_per_sec']:.1f} | {row['ratio']:.2f} |")
   bench_util.write_results(FLAGS.json_out, {
       "steps": FLAGS.steps, "rounds": FLAGS.rounds,
-      "optimizer": FLAGS.optimizer, "results": rows})
+      "optimizer": FLAGS.optimizer, "dtype_policy": FLAGS.dtype_policy,
+      "devices": [d.name for d in tf.config.list_logical_devices()],
+      "results": rows})
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ class FusedRMSprop(keras.optimizers.RMSprop):
     tf.raw_ops.ResourceApplyRMSProp(
         var=_handle(variable), ms=_handle(self._velocities[index]),
         mom=_handle(self._momentums[index]),
-        lr=tf.cast(learning_rate, tf.float32), rho=tf.constant(self.rho, tf.float32),
+        lr=tf.cast(learning_rate, tf.float32),
+        rho=tf.constant(self.rho, tf.float32),
         momentum=tf.constant(self.momentum, tf.float32),
         epsilon=tf.constant(self.epsilon, tf.float32),
         grad=tf.cast(gradient, tf.float32))
