@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
+from configs import base
 import effnetv2_tf
 from effnetv2_tf import fused_optim
 
@@ -50,10 +51,12 @@ OURS = {
     "plain": ("ours (plain Keras layers)", {"bn_fused": False,
                                             "pointwise_matmul": False}, False),
 }
+_TRAIN = base.get_config().train  # the paper's RMSProp, as main.py trains
 # --optimizer -> (Keras' class, our fused class, arguments)
 OPTIMIZERS = {
     "rmsprop": (keras.optimizers.RMSprop, fused_optim.FusedRMSprop,
-                {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-3}),  # paper's
+                {"rho": _TRAIN.rmsprop_rho, "momentum": _TRAIN.momentum,
+                 "epsilon": _TRAIN.epsilon}),
     "sgd": (keras.optimizers.SGD, fused_optim.FusedSGD, {"momentum": 0.9}),
 }
 flags.DEFINE_list("models", ["b0", "s"], "Variants: b0 (224 px, batch 32), "
