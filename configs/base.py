@@ -95,5 +95,8 @@ def get_config():
       steps_per_loop=100,
       mixed_precision=False,
       deterministic=False,
+      # XLA-compiled train and eval steps; default (None): on under
+      # TPUStrategy (where XLA is implied), off on CPU and GPU.
+      jit_compile=placeholder(bool),
   )
   return config

@@ -1,5 +1,12 @@
 """effnetv2_tf: EfficientNetV2 (Tan and Le, 2021) on TensorFlow 2 and Keras 3."""
 
+# Before anything imports TensorFlow: the TPU build stays on the CPU where
+# there is no TPU (see tpu_env).
+from effnetv2_tf import tpu_env
+
+tpu_env.configure()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from effnetv2_tf.model import create_model
 from effnetv2_tf.registry import get_model_spec
 from effnetv2_tf.registry import list_models

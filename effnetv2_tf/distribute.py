@@ -1,9 +1,12 @@
 """Picks the tf.distribute strategy: TPU, mirrored GPUs, multi-worker or one device."""
 
+import os
 import socket
 
 from absl import logging
 import tensorflow as tf
+
+from effnetv2_tf import tpu_env
 
 STRATEGIES = ("default", "tpu", "mirrored", "multi_worker")
 
@@ -13,6 +16,8 @@ class StrategyError(RuntimeError):
 
 
 GRPC_PROBE_SECONDS = 10
+# Where TPUClusterResolver finds a TPU name without --tpu (GKE, TPU Nodes).
+TPU_NAME_VARIABLES = ("KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_NAME")
 
 
 def _probe_grpc(tpu):
@@ -25,17 +30,43 @@ def _probe_grpc(tpu):
         f"--use_tpu/--strategy=tpu: no TPU reachable at {tpu}: {err}.") from None
 
 
-def _tpu_strategy(tpu):
-  if tpu and tpu.startswith("grpc://"):
+def _resolve_tpu(tpu):
+  """The TPU to connect to; fails at once where there is none to find.
+
+  Without --tpu: 'local' on a TPU VM (TPU chips attached), else the
+  TPU_NAME environment variable (TPU Nodes, GKE). Neither: an error, never
+  a look-up on the cloud metadata server.
+  """
+  chips = tpu_env.tpu_chip_count()
+  if not tpu:
+    if chips:
+      return "local"
+    if any(os.environ.get(v) for v in TPU_NAME_VARIABLES):
+      return None  # TPUClusterResolver reads it
+    raise StrategyError(
+        "--use_tpu/--strategy=tpu: no TPU chip on this machine (no Google "
+        "PCI device under /sys/bus/pci/devices) and no --tpu or TPU_NAME; "
+        "pass --tpu=NAME_OR_GRPC_ADDRESS for a remote TPU.")
+  if tpu == "local" and not chips:
+    raise StrategyError(
+        "--tpu=local: no TPU chip on this machine (no Google PCI device "
+        "under /sys/bus/pci/devices); run on a Cloud TPU VM or pass "
+        "--tpu=NAME_OR_GRPC_ADDRESS.")
+  if tpu.startswith("grpc://"):
     _probe_grpc(tpu)
+  return tpu
+
+
+def _tpu_strategy(tpu):
+  tpu = _resolve_tpu(tpu)
   try:
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
   except (ValueError, RuntimeError, tf.errors.OpError) as err:
     raise StrategyError(
-        f"--use_tpu/--strategy=tpu: no TPU reachable (tpu={tpu or 'local'}): "
-        f"{err}. On a Cloud TPU VM run with --use_tpu (--tpu=local); "
+        "--use_tpu/--strategy=tpu: no TPU reachable "
+        f"(tpu={tpu or 'from TPU_NAME'}): {err}. On a Cloud TPU VM run with --use_tpu (--tpu=local); "
         "elsewhere pass --tpu=NAME_OR_GRPC_ADDRESS.") from None
   return tf.distribute.TPUStrategy(resolver)
 
@@ -87,6 +118,14 @@ def is_chief(strategy):
   task_type, task_id = resolver.task_type, resolver.task_id
   return task_type is None or task_type == "chief" or (
       task_type == "worker" and task_id == 0)
+
+
+def distributes_input(strategy):
+  """Whether datasets reach the replicas through a DistributedIterator
+  (every strategy but the default one-device strategy)."""
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.MirroredStrategy,
+                               tf.distribute.MultiWorkerMirroredStrategy))
 
 
 def mixed_precision_policy(strategy):

@@ -18,13 +18,14 @@ from effnetv2_tf import distribute
 from effnetv2_tf import export
 from effnetv2_tf import train_lib
 from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf import xla
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 
 # Errors a user can cause and fix: one line on stderr, exit code 1.
 USER_ERRORS = (config_lib.ConfigError, sources.DataNotFoundError,
                FileNotFoundError, distribute.StrategyError,
-               trainer_lib.TrainingError, ValueError)
+               trainer_lib.TrainingError, xla.XlaError, ValueError)
 
 
 def run(values, trainer_cls):
@@ -41,6 +42,7 @@ def run(values, trainer_cls):
     print(f"Mixed precision: {policy} (float32 variables, logits, loss and "
           "BN statistics)", flush=True)
   trainer = trainer_cls(config, model_dir, strategy)
+  print(f"Steps: {trainer.xla_choice}", flush=True)
   if trainer.chief:
     config_lib.save_config(config, model_dir)
     if trainer.source.class_names:  # for export from a checkpoint

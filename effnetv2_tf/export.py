@@ -37,6 +37,7 @@ import tensorflow as tf
 from effnetv2_tf import checkpoints
 from effnetv2_tf import cli
 from effnetv2_tf import registry
+from effnetv2_tf import xla
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import tfrecord_format
 
@@ -74,12 +75,17 @@ class ServingModule:
   """
 
   def __init__(self, model, image_size, input_scaling,
-               crop_padding=preprocess.CROP_PADDING, skip_crop_from_size=320):
+               crop_padding=preprocess.CROP_PADDING, skip_crop_from_size=320,
+               jit_compile=False):
     self.model = model
     self.image_size = int(image_size)
     self._input_scaling = input_scaling
     self._crop_padding = crop_padding
     self._skip_crop_from_size = skip_crop_from_size
+    # With jit_compile the model part is one XLA program; the raw-image
+    # crop and resize stay outside (any image size; a bicubic resize has no
+    # XLA kernel, tensorflow/tensorflow#108660).
+    self.predict = xla.compiled(self._predict, jit_compile)
     self.serve = tf.function(self._serve, input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
 
@@ -92,7 +98,7 @@ class ServingModule:
         ("serving_uint8", lambda images: self._serve(
             tf.cast(images, tf.float32)),
          tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")),
-        ("preprocessed", self._predict,
+        ("preprocessed", self.predict,
          tf.TensorSpec([None, size, size, 3], tf.float32, name="images")),
     ]
 
@@ -110,7 +116,7 @@ class ServingModule:
             "top5_probabilities": top.values}
 
   def _serve(self, images):
-    return self._predict(self.preprocess(images))
+    return self.predict(self.preprocess(images))
 
 
 def _write_archive(model, export_dir, endpoints):
@@ -130,13 +136,16 @@ def _write_archive(model, export_dir, endpoints):
 
 def export_saved_model(model, export_dir, image_size, input_scaling,
                        crop_padding=preprocess.CROP_PADDING,
-                       skip_crop_from_size=320, class_names=()):
+                       skip_crop_from_size=320, class_names=(),
+                       jit_compile=False):
   """Writes a SavedModel of `model` with the signatures above.
 
   `class_names` (label order) go to `export_dir/labels.txt` for infer.py.
+  `jit_compile` XLA-compiles the model part of every signature (the
+  SavedModel then needs XLA wherever it is served).
   """
   serving = ServingModule(model, image_size, input_scaling, crop_padding,
-                          skip_crop_from_size)
+                          skip_crop_from_size, jit_compile=jit_compile)
   _write_archive(model, export_dir, serving.endpoints())
   if class_names:
     tfrecord_format.write_class_names(export_dir, class_names)
@@ -181,7 +190,8 @@ def convert_tflite(saved_model_dir, quantize=False):
 
 
 def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
-               tflite_quantize=False, feature_vector_dir=None):
+               tflite_quantize=False, feature_vector_dir=None,
+               jit_compile=False):
   """Exports a run's checkpoint (EMA weights); returns the written paths."""
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint or model_dir, cli.model_from_run_config,
@@ -190,7 +200,8 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
   labels = tfrecord_format.read_labels(os.path.dirname(prefix)) or []
   written = [export_saved_model(
       model, export_dir, **options,
-      class_names=[readable for _, readable in labels])]
+      class_names=[readable for _, readable in labels],
+      jit_compile=jit_compile)]
   if tflite:
     written.append(convert_tflite(export_dir))
   if tflite_quantize:
@@ -213,6 +224,8 @@ def _define_flags():
                     "Also write a dynamic-range quantised model_quant.tflite.")
   flags.DEFINE_string("feature_vector_dir", None,
                       "Also write a feature-vector SavedModel here.")
+  flags.DEFINE_bool("jit_compile", False,
+                    "XLA-compile the model part of the serving signatures.")
   flags.mark_flags_as_required(["export_dir"])
 
 
@@ -225,7 +238,8 @@ def main(argv):
   try:
     written = export_run(values.model_dir, values.export_dir,
                          values.checkpoint, values.tflite,
-                         values.tflite_quantize, values.feature_vector_dir)
+                         values.tflite_quantize, values.feature_vector_dir,
+                         values.jit_compile)
   except (FileNotFoundError, ValueError) as err:
     print(f"export: error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -53,7 +53,7 @@ class FitModel(keras.Model):
   def __init__(self, net, step_fn, replicas, multi_worker=False):
     super().__init__(name="fit_model")
     self.net = net
-    self._step_fn = step_fn
+    self.step_fn = step_fn  # replaced per stage by FitTrainer
     self._replicas = replicas
     self._multi_worker = multi_worker
     self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -80,7 +80,7 @@ class FitModel(keras.Model):
 
   def train_step(self, data):
     self.traces += 1  # Python: runs only while tracing
-    loss, skipped = self._step_fn(data)
+    loss, skipped = self.step_fn(data)
     # `loss` is this replica's share of the global-batch mean.
     self.loss_tracker.update_state(loss * self._replicas)
     self.skipped.update_state(skipped)
@@ -183,13 +183,17 @@ class StageRecorder(_ExecutionCallback):
 class FitTrainer(trainer_lib.Trainer):
   """`Trainer` whose stages run through `keras.Model.fit`."""
 
+  checkpoints_input = False  # fit cannot save its iterator
+
   def __init__(self, config, model_dir, strategy):
     super().__init__(config, model_dir, strategy)
     with strategy.scope():
       self.fit_model = FitModel(
           self.model, self.make_step_fn(), self.replicas,
           multi_worker=distribute.num_workers(strategy) > 1)
-      self.fit_model.compile(optimizer=self.optimizer)
+      # XLA is runtime.jit_compile's choice, applied to the step itself
+      # (`make_compiled_step`); Keras' "auto" would turn it on for GPUs.
+      self.fit_model.compile(optimizer=self.optimizer, jit_compile=False)
     self.tensorboard = keras.callbacks.TensorBoard(
         log_dir=model_dir) if self.chief else None
     if config.runtime.deterministic:
@@ -225,7 +229,10 @@ class FitTrainer(trainer_lib.Trainer):
                       self.replicas)
       execution = 1
     self.fit_model.steps_per_execution = execution
-    self.fit_model.train_function = None  # retrace: new size and dropout
+    # A new step (new size and dropout, compiled again under XLA) in a
+    # new train function.
+    self.fit_model.step_fn = self.make_compiled_step()
+    self.fit_model.train_function = None
     recorder = StageRecorder(self, stage)
     # NanGuard first (no recording or saving of a NaN), the recorder before
     # the checkpoint (summary.json, saved with it, then has its step).
@@ -234,7 +241,7 @@ class FitTrainer(trainer_lib.Trainer):
                  StageCheckpoint(self, self.config.train.checkpoint_every)]
     if self.tensorboard:
       callbacks.append(self.tensorboard)
-    with self.strategy.scope():
+    with self.strategy.scope(), self.xla_errors("the train step"):
       self.fit_model.fit(
           self._train_dataset(stage),
           initial_epoch=self.step // epoch_steps,

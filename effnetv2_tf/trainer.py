@@ -7,6 +7,7 @@ progressive stages, each with its own input pipeline and a freshly traced
 stage); `evaluate` runs the padded eval pipeline with the EMA weights.
 """
 
+import contextlib
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from effnetv2_tf import faults
 from effnetv2_tf import optim
 from effnetv2_tf import progressive
 from effnetv2_tf import train_lib
+from effnetv2_tf import xla
 from effnetv2_tf.data import pipeline
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -35,12 +37,26 @@ class CheckpointError(TrainingError):
 class Trainer:
   """Owns the model, optimizer, EMA and checkpoints of one run."""
 
+  # --deterministic saves the input iterator in checkpoints (main.py only).
+  checkpoints_input = True
+
   def __init__(self, config, model_dir, strategy):
     self.config = config
     self.model_dir = model_dir
     self.strategy = strategy
     self.chief = distribute.is_chief(strategy)
     self.replicas = strategy.num_replicas_in_sync
+    if (config.runtime.deterministic and self.checkpoints_input
+        and distribute.distributes_input(strategy)):
+      raise TrainingError(
+          f"--deterministic: {type(strategy).__name__} feeds replicas "
+          "through a tf.distribute DistributedIterator, which checkpoints "
+          "cannot save (tensorflow/tensorflow#56372), so a resumed run "
+          "could not continue the input where it stopped. Use it with one "
+          "device (the default strategy), or main_tf2.py, whose resumed "
+          "stages restart their data order.")
+    self.jit_compile, self.xla_choice = xla.resolve(
+        config.runtime.jit_compile, strategy)
     self.global_batch = config.train.batch_size
     for key, batch in (("train.batch_size", self.global_batch),
                        ("eval.batch_size", config.eval.batch_size)):
@@ -78,6 +94,7 @@ class Trainer:
         self.checkpoint, self.ckpt_dir,
         max_to_keep=config.train.keep_checkpoints)
     self.traces = 0  # incremented when train_loop is traced
+    self.step_function = None  # the current stage's (compiled) step
     self.writer = tf.summary.create_file_writer(
         os.path.join(model_dir, "train")) if self.chief else None
     self.summary = train_lib.read_summary(model_dir) or {
@@ -159,7 +176,7 @@ class Trainer:
     config = self.config
 
     def dataset_fn(context):
-      return pipeline.build_train_dataset(
+      return self._checked_input(pipeline.build_train_dataset(
           self.source, context.get_per_replica_batch_size(self.global_batch),
           stage.image_size, train_lib.input_scaling(config),
           augname=config.data.augname,
@@ -171,9 +188,16 @@ class Trainer:
           random_flip=config.data.random_flip,
           seed=config.train.seed + 1000 * stage.index,
           input_context=context, shuffle_buffer=config.data.shuffle_buffer,
-          cache=config.data.cache)
+          cache=config.data.cache), "the training input")
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def _checked_input(self, dataset, what):
+    """`dataset`, after checking its shapes are static where XLA needs it."""
+    if self.jit_compile or isinstance(self.strategy,
+                                      tf.distribute.TPUStrategy):
+      xla.check_static_shapes(dataset.element_spec, what)
+    return dataset
 
   def _track_iterator(self, iterator, stage):
     """--deterministic: the stage's input position goes into checkpoints.
@@ -224,9 +248,18 @@ class Trainer:
 
     return step_fn
 
+  def make_compiled_step(self):
+    """`make_step_fn()`'s step, XLA-compiled when runtime.jit_compile is on.
+
+    A new function each call, so each stage traces (and compiles) its own
+    step with its image size and dropout rate; kept as `self.step_function`.
+    """
+    self.step_function = xla.compiled(self.make_step_fn(), self.jit_compile)
+    return self.step_function
+
   def _make_train_loop(self):
     """A new tf.function: `steps` optimizer steps per call, on device."""
-    step_fn = self.make_step_fn()
+    step_fn = self.make_compiled_step()
 
     @tf.function
     def train_loop(iterator, steps):
@@ -271,8 +304,9 @@ class Trainer:
       start_step = self.step
       steps = min(steps_per_loop, stage.end_step - start_step)
       started = time.time()
-      loss, skipped = train_loop(iterator, tf.constant(steps))
-      loss = float(loss)  # waits for the device
+      with self.xla_errors("the train step"):
+        loss, skipped = train_loop(iterator, tf.constant(steps))
+        loss = float(loss)  # waits for the device
       seconds = time.time() - started
       rate = None  # the first call traces: no rate
       if first_call is None:
@@ -287,6 +321,17 @@ class Trainer:
         self.save()
     self.save()
     return self._stage_record(stage, first_call, timed_seconds, timed_steps)
+
+  @contextlib.contextmanager
+  def xla_errors(self, what):
+    """An op XLA cannot compile becomes one XlaError line naming it."""
+    try:
+      yield
+    except tf.errors.InvalidArgumentError as err:
+      error = xla.compile_error(err, what) if self.jit_compile else None
+      if error is None:
+        raise
+      raise error from None
 
   def check_finite(self, loss, start_step, stage):
     """Raises TrainingError when `loss` (of steps start_step+1..) is NaN/inf."""
@@ -351,6 +396,17 @@ class Trainer:
       train_lib.write_summary(self.model_dir, self.summary)
 
   # ------------------------------------------------------------------ eval
+  def make_eval_step(self):
+    """Per-replica eval step: [top-1 hits, top-5 hits, examples] of a
+    padded batch; XLA-compiled when runtime.jit_compile is on."""
+    model = self.model
+
+    def eval_step(batch):
+      logits = model(batch["images"], training=False)
+      return train_lib.topk_hits(batch["labels"], logits, batch["mask"])
+
+    return xla.compiled(eval_step, self.jit_compile)
+
   def evaluate(self, image_size=None, use_ema=True):
     """Top-1/top-5 on the eval split with the EMA weights."""
     config = self.config
@@ -361,18 +417,15 @@ class Trainer:
     skip_from = config.data.skip_crop_from_size or None
 
     def dataset_fn(context):
-      return pipeline.build_eval_dataset(
+      dataset = pipeline.build_eval_dataset(
           self.source, context.get_per_replica_batch_size(eval_batch), size,
           train_lib.input_scaling(config), split=split,
           crop_padding=config.data.crop_padding,
           skip_crop_from_size=skip_from, input_context=context)
+      return self._checked_input(dataset, "the eval input")
 
     dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
-    model = self.model
-
-    def eval_step(batch):
-      logits = model(batch["images"], training=False)
-      return train_lib.topk_hits(batch["labels"], logits, batch["mask"])
+    eval_step = self.make_eval_step()
 
     @tf.function
     def eval_loop(iterator):
@@ -384,10 +437,8 @@ class Trainer:
       return counts
 
     started = time.time()
-    if use_ema:
-      with self.ema.swapped():
-        counts = eval_loop(iter(dataset)).numpy()
-    else:
+    with self.xla_errors("the eval step"), (
+        self.ema.swapped() if use_ema else contextlib.nullcontext()):
       counts = eval_loop(iter(dataset)).numpy()
     result = {"top1": float(counts[0] / counts[2]),
               "top5": float(counts[1] / counts[2]),

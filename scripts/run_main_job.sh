@@ -7,9 +7,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 if [[ $# -eq 0 ]]; then
-  .venv/bin/python main.py --model=efficientnetv2-b0 --dataset_cfg=digits \
+  "$VENV/bin/python" main.py --model=efficientnetv2-b0 --dataset_cfg=digits \
     --model_dir=runs/digits --export_dir=runs/digits/export
   # schedule.png and learning_curve.png from runs/digits/summary.json
-  exec .venv/bin/python -m effnetv2_tf.plot --model_dir=runs/digits
+  exec "$VENV/bin/python" -m effnetv2_tf.plot --model_dir=runs/digits
 fi
-exec .venv/bin/python main.py "$@"
+exec "$VENV/bin/python" main.py "$@"

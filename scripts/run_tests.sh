@@ -3,4 +3,4 @@
 # Extra arguments go to pytest, e.g. `bash scripts/run_tests.sh -m "not slow"`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-exec .venv/bin/python -m pytest "$@"
+exec "$VENV/bin/python" -m pytest "$@"

@@ -5,12 +5,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# First: with the TPU build and no TPU, it sets TPU_LOAD_LIBRARY=0 before
+# TensorFlow loads (effnetv2_tf.tpu_env); subprocesses inherit it.
+import effnetv2_tf  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-import effnetv2_tf  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(autouse=True)

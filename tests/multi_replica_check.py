@@ -28,6 +28,7 @@ from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-
 from effnetv2_tf import fit_trainer
 from effnetv2_tf import fused_optim
 from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf import xla
 
 HPARAMS = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
            "model.survival_prob=1.0,progressive.min_dropout=0,"
@@ -157,6 +158,11 @@ def main():
       [d.name for d in tf.config.list_logical_devices("CPU")])
   result.update(short_runs(tmp, strategy))
   result["fused_optimizers"] = fused_optimizers(strategy)
+  try:
+    xla.resolve(True, strategy)
+    result["xla_refused"] = ""
+  except xla.XlaError as err:
+    result["xla_refused"] = str(err)
   print("RESULT " + json.dumps(result), flush=True)
 
 

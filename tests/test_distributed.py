@@ -68,3 +68,11 @@ def test_fused_optimizers_update_every_replica_like_keras(report):
     assert moved > 0.1, name  # the updates did something
     assert diff < 1e-5 * max(1.0, moved), name
     assert replicas_equal, name
+
+
+@pytest.mark.slow
+def test_xla_is_refused_with_several_mirrored_replicas(report):
+  # One XLA program per replica cannot update the other devices' copies of
+  # the mirrored variables (measured: "Trying to access resource
+  # stem_conv/kernel/replica_1 located in device CPU:1 from device CPU:0").
+  assert "2 mirrored replicas" in report["xla_refused"]

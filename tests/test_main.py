@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_model
+from effnetv2_tf import tpu_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
@@ -48,6 +49,12 @@ def test_rejects_unknown_model_in_one_line(driver):
     (["--dataset_cfg=folder"], "--data_dir (data.data_dir) is required"),
     (["--dataset_cfg=digits", "--use_tpu", "--tpu=grpc://127.0.0.1:1"],
      "no TPU reachable"),
+    pytest.param(["--dataset_cfg=digits", "--use_tpu"],
+                 "no TPU chip on this machine",
+                 marks=pytest.mark.skipif(
+                     tpu_env.tpu_chip_count() > 0, reason="a TPU is here")),
+    (["--dataset_cfg=digits", "--strategy=mirrored", "--deterministic"],
+     "checkpoints cannot save"),
     pytest.param(
         ["--dataset_cfg=digits", "--hparam_str=progressive.min_image_size=0"],
         "Bad value for progressive.min_image_size: 0",

@@ -1,0 +1,82 @@
+"""XLA compilation of the train and eval steps (`runtime.jit_compile`).
+
+A TPU runs every step as one XLA program; on CPUs and GPUs
+`tf.function(jit_compile=True)` does the same for the per-replica step.
+Both drivers compile the step of `Trainer.make_step_fn` (forward, backward,
+fused BN, 1x1 matmuls, fused optimizer updates, weight decay, EMA) this way
+when the setting is on; input pipelines, the on-device step loop and the
+raw-image resize of the serving signatures stay outside (tf.data and the
+bicubic resize have no XLA kernels).
+
+Default: on under TPUStrategy, where XLA is implied, off on CPU and GPU
+(`benchmarks/train_step.py --jit_compile` measures it: on 2 CPU cores the
+XLA step of B0 is slower than oneDNN's kernels, see benchmarks/README.md).
+"""
+
+import re
+
+from absl import logging
+import tensorflow as tf
+
+# TensorFlow's message for an op without an XLA kernel: "... on
+# XLA_CPU_JIT: PyFunc (No registered 'PyFunc' OpKernel ...".
+_UNSUPPORTED_OP = re.compile(r"on (XLA_\w+_JIT): (\w+) \(")
+
+
+class XlaError(RuntimeError):
+  """A step cannot be compiled with XLA; the message names the op."""
+
+
+def resolve(setting, strategy):
+  """Whether steps are XLA-compiled, and why (logged)."""
+  tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+  if setting is None:
+    on = tpu
+    why = ("TPUStrategy compiles with XLA" if tpu else
+           "default off on CPU/GPU; runtime.jit_compile=true turns it on")
+  else:
+    on = bool(setting)
+    why = "runtime.jit_compile=" + str(on).lower()
+    if tpu and not on:
+      why += " (the TPU still compiles the step with XLA)"
+  replicas = strategy.num_replicas_in_sync
+  if on and not tpu and replicas > 1:
+    # Measured on 2 CPU replicas: "Trying to access resource
+    # stem_conv/kernel/replica_1 located in device CPU:1 from device CPU:0".
+    raise XlaError(
+        f"runtime.jit_compile=true with {replicas} mirrored replicas: each "
+        "replica's XLA step would update the other devices' copies of the "
+        "mirrored variables, which XLA cannot do; leave it off (the "
+        "default) or train on one device.")
+  logging.info("XLA-compiled steps: %s (%s).", "on" if on else "off", why)
+  return on, f"XLA {'on' if on else 'off'} ({why})"
+
+
+def compiled(fn, jit_compile):
+  """`fn` as an XLA-compiled tf.function when `jit_compile`, else as is."""
+  return tf.function(fn, jit_compile=True) if jit_compile else fn
+
+
+def compile_error(err, what):
+  """An XlaError naming the op of `err`, or None if XLA did not cause it."""
+  match = _UNSUPPORTED_OP.search(str(err))
+  if not match:
+    return None
+  device, op = match.groups()
+  return XlaError(
+      f"{what} cannot be XLA-compiled: op {op} has no {device} kernel "
+      "(runtime.jit_compile is on; --hparam_str=runtime.jit_compile=false "
+      "runs it without XLA).")
+
+
+def check_static_shapes(element_spec, what):
+  """Raises XlaError unless every input tensor has a fully defined shape.
+
+  TPUs (and XLA without recompiling per batch) need static shapes: the
+  training batches come with drop_remainder, the eval ones padded.
+  """
+  for key, spec in element_spec.items():
+    if not spec.shape.is_fully_defined():
+      raise XlaError(
+          f"{what}: {key!r} has shape {spec.shape}, not static; XLA and "
+          "TPU steps need fixed batch and image sizes.")

@@ -1,0 +1,230 @@
+"""XLA: the drivers' own train and eval steps and the serving function compile
+with jit_compile=True and compute what the plain (TensorFlow-executor) steps
+compute. What a TPU compiles is this same per-replica step.
+
+The steps run a tiny B0 (6 blocks) on digits batches at 16 px with mixup and
+CutMix (soft targets), weight decay, fused BN, 1x1-as-matmul, the fused
+optimizer and the EMA update. Dropout and stochastic depth are off where
+two steps are compared (their masks would differ); the fit test runs them
+on and only has to compile.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import export
+from effnetv2_tf import fit_trainer
+from effnetv2_tf import train_lib
+from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf import xla
+from effnetv2_tf.data import pipeline
+
+TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.1,"
+        "train.batch_size=16,eval.batch_size=60,progressive.num_stages=1,"
+        "progressive.max_image_size=16,model.eval_size=16,"
+        "data.shuffle_buffer=64,train.warmup_epochs=0,train.steps=2,"
+        "runtime.jit_compile=true,runtime.steps_per_loop=2")
+# Nothing random inside the step; soft targets from both mixing methods;
+# weight decay large enough to show in the update; momentum for its slot.
+COMPARED = ("model.survival_prob=1.0,progressive.min_dropout=0,"
+            "progressive.max_dropout=0,progressive.min_mixup=0.5,"
+            "progressive.max_mixup=0.5,data.cutmix_alpha=1.0,"
+            "train.weight_decay=0.01,train.momentum=0.9")
+
+
+def _trainer(model_dir, hparams, cls=trainer_lib.Trainer):
+  config = config_lib.build_config("efficientnetv2-b0", "digits",
+                                   ",".join([TINY, hparams]))
+  return cls(config, str(model_dir), tf.distribute.get_strategy())
+
+
+def _state(trainer):
+  """Every variable one step writes: weights, BN statistics, optimizer
+  slots and step counter, EMA shadows."""
+  return (trainer.model.variables + trainer.optimizer.variables +
+          trainer.ema.shadows)
+
+
+def _run_step(trainer, step, batch, start):
+  """Runs `step` from the state `start`; returns (loss, state deltas)."""
+  for variable, value in zip(_state(trainer), start):
+    variable.assign(value)
+  loss, _ = step(batch)
+  return float(loss), [v.numpy() - s for v, s in zip(_state(trainer), start)]
+
+
+def _first_batch(trainer):
+  return next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
+
+
+def _relative_distance(deltas, reference):
+  """|deltas - reference| / |reference| over all float variables at once:
+  one norm over the whole update, so that gradients that are zero in exact
+  arithmetic (a BN shift before another BN), where both steps give only
+  ~1e-7 of rounding noise, weigh as little as they move."""
+  pairs = [(d, r) for d, r in zip(deltas, reference) if r.dtype.kind == "f"]
+  diff = np.sqrt(sum(np.sum((d - r) ** 2) for d, r in pairs))
+  return diff / np.sqrt(sum(np.sum(r ** 2) for _, r in pairs))
+
+
+def _compare(trainer):
+  """(plain loss, XLA loss, plain deltas, XLA deltas, batch, HLO text)."""
+  batch = _first_batch(trainer)
+  start = [v.numpy() for v in _state(trainer)]
+  plain = _run_step(trainer, tf.function(trainer.make_step_fn()), batch,
+                    start)
+  compiled = trainer.make_compiled_step()
+  fast = _run_step(trainer, compiled, batch, start)
+  hlo = compiled.experimental_get_compiler_ir(batch)(stage="hlo")
+  return plain, fast, batch, hlo
+
+
+@pytest.fixture(scope="module")
+def float32_steps(tmp_path_factory):
+  trainer = _trainer(tmp_path_factory.mktemp("xla32"), COMPARED)
+  return trainer, _compare(trainer)
+
+
+def test_train_step_is_the_xla_compiled_one(float32_steps):
+  trainer, (_, _, batch, hlo) = float32_steps
+  assert trainer.jit_compile
+  assert hlo.startswith("HloModule")
+  # The fused BN kernel and the fused optimizer are inside the program.
+  assert "batch-norm-training" in hlo
+  # Mixup/CutMix soft targets reached the step.
+  assert float(tf.reduce_max(batch["labels"])) < 1.0
+
+
+def test_xla_step_matches_the_plain_step_in_float32(float32_steps):
+  trainer, ((plain_loss, plain), (xla_loss, fast), _, _) = float32_steps
+  # XLA fuses and reorders float32 sums (convolution gradients, BN
+  # moments): ~1e-7 on the loss, ~1e-4 of the update norm measured;
+  # RMSProp scales each gradient by 1/sqrt(ms + eps), so an update differs
+  # as much as its gradient does. 1e-3 leaves a 10x margin; a step that
+  # skipped weight decay, the EMA or the BN statistics would miss by more.
+  assert xla_loss == pytest.approx(plain_loss, rel=1e-5)
+  assert _relative_distance(fast, plain) < 1e-3
+  # Integer state (step counter, RNG seeds) moves identically.
+  for a, b in zip(fast, plain):
+    if a.dtype.kind != "f":
+      np.testing.assert_array_equal(a, b)
+  assert int(trainer.optimizer.iterations) == 1  # from 0, after the XLA step
+
+
+@pytest.mark.slow
+def test_xla_step_in_bfloat16_is_as_close_to_float32_as_the_plain_one(
+    tmp_path):
+  # SGD here: its update is linear in the gradient. RMSProp's first step is
+  # about lr * sign(g) * sqrt(10), which turns bfloat16's rounding of
+  # near-zero gradients into full-size sign flips in both steps alike.
+  hparams = COMPARED + ",train.optimizer=sgd"
+  reference = _trainer(tmp_path / "f32", hparams)
+  batch = _first_batch(reference)
+  start = [v.numpy() for v in _state(reference)]
+  ref_loss, ref = _run_step(reference, tf.function(reference.make_step_fn()),
+                            batch, start)
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    trainer = _trainer(tmp_path / "bf16", hparams)
+    plain_loss, plain = _run_step(
+        trainer, tf.function(trainer.make_step_fn()), batch, start)
+    compiled = trainer.make_compiled_step()
+    xla_loss, fast = _run_step(trainer, compiled, batch, start)
+    hlo = compiled.experimental_get_compiler_ir(batch)(stage="hlo")
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert "bf16" in hlo
+  # bfloat16 keeps 8 significant bits (2^-8 = 0.4% per rounding); the loss
+  # passes ~20 rounded layers: measured 1.1% apart, 3% allowed.
+  assert xla_loss == pytest.approx(plain_loss, rel=0.03)
+  assert plain_loss == pytest.approx(ref_loss, rel=0.03)
+  # Each bfloat16 step is its own rounding of the float32 step (measured:
+  # both ~3% of the update away from it); XLA must be no worse than twice
+  # the plain step's distance.
+  plain_error = _relative_distance(plain, ref)
+  assert 0 < plain_error < 0.2
+  assert _relative_distance(fast, ref) < 2 * plain_error
+
+
+@pytest.mark.slow
+def test_fit_driver_trains_with_the_compiled_step(tmp_path):
+  # Dropout and stochastic depth on: this run only has to compile and train.
+  trainer = _trainer(tmp_path, "model.survival_prob=0.8,"
+                     "progressive.max_dropout=0.3",
+                     cls=fit_trainer.FitTrainer)
+  trainer.train()
+  assert trainer.step == 2
+  step = trainer.fit_model.step_fn
+  assert step is trainer.step_function
+  assert step.experimental_get_tracing_count() >= 1  # fit called it
+  hlo = step.experimental_get_compiler_ir(_first_batch(trainer))(stage="hlo")
+  assert hlo.startswith("HloModule")
+  assert all(np.isfinite(h["loss"]) for h in trainer.summary["history"])
+
+
+def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
+  trainer = float32_steps[0]
+  batch = next(iter(pipeline.build_eval_dataset(
+      trainer.source, 60, 16, train_lib.input_scaling(trainer.config),
+      split=trainer.config.data.eval_split)))
+  compiled = trainer.make_eval_step()
+  plain = tf.function(compiled.python_function)
+  assert compiled.experimental_get_compiler_ir(batch)(
+      stage="hlo").startswith("HloModule")
+  np.testing.assert_array_equal(compiled(batch).numpy(),
+                                plain(batch).numpy())
+
+
+def test_serving_model_part_compiles_and_matches(float32_steps):
+  trainer = float32_steps[0]
+  scaling = train_lib.input_scaling(trainer.config)
+  images = tf.random.stateless_uniform([2, 40, 30, 3], [3, 4], 0, 255)
+  fast = export.ServingModule(trainer.model, 16, scaling, jit_compile=True)
+  plain = export.ServingModule(trainer.model, 16, scaling)
+  hlo = fast.predict.experimental_get_compiler_ir(
+      fast.preprocess(images))(stage="hlo")
+  assert hlo.startswith("HloModule")
+  np.testing.assert_allclose(fast.serve(images)["probabilities"],
+                             plain.serve(images)["probabilities"],
+                             rtol=1e-5, atol=1e-6)
+
+
+class _HostOpTrainer(trainer_lib.Trainer):
+  """A step with a host-side op (a Python function), which XLA refuses."""
+
+  def make_step_fn(self):
+    step_fn = super().make_step_fn()
+
+    def with_host_op(batch):
+      total, skipped = step_fn(batch)
+      total += tf.reshape(
+          tf.numpy_function(lambda: np.float32(0), [], tf.float32), [])
+      return total, skipped
+
+    return with_host_op
+
+
+def test_an_op_xla_cannot_compile_is_one_error_naming_it(tmp_path):
+  trainer = _trainer(tmp_path, "", cls=_HostOpTrainer)
+  with pytest.raises(xla.XlaError,
+                     match=r"train step cannot be XLA-compiled: op PyFunc .*"
+                     r"runtime.jit_compile=false"):
+    trainer.train()
+
+
+def test_default_is_off_on_cpu_and_explicit_wins():
+  default = tf.distribute.get_strategy()
+  assert xla.resolve(None, default)[0] is False
+  assert xla.resolve(True, default) == (True, "XLA on (runtime.jit_compile="
+                                        "true)")
+
+
+def test_inputs_with_unknown_shapes_are_refused_for_xla():
+  spec = {"images": tf.TensorSpec([None, 16, 16, 3]),
+          "labels": tf.TensorSpec([8, 10])}
+  with pytest.raises(xla.XlaError, match="'images' has shape"):
+    xla.check_static_shapes(spec, "the training input")
+  xla.check_static_shapes({"labels": tf.TensorSpec([8, 10])}, "x")
