@@ -240,8 +240,10 @@ class Trainer:
             global_batch_size=self.global_batch)
         decay = optim.weight_decay_loss(self.decay_variables, weight_decay)
         total = loss + decay / self.replicas
-      grads = tape.gradient(optimizer.scale_loss(total),
-                            model.trainable_variables)
+        # Inside the tape: the loss scale's product must be recorded, or
+        # mixed_float16's gradients are all None.
+        scaled = optimizer.scale_loss(total)
+      grads = tape.gradient(scaled, model.trainable_variables)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       ema.update(optimizer.iterations)
       return total, batch["skipped"]

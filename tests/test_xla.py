@@ -42,10 +42,15 @@ def _trainer(model_dir, hparams, cls=trainer_lib.Trainer):
 
 
 def _state(trainer):
-  """Every variable one step writes: weights, BN statistics, optimizer
-  slots and step counter, EMA shadows."""
-  return (trainer.model.variables + trainer.optimizer.variables +
-          trainer.ema.shadows)
+  """Every variable one step writes: weights, BN statistics, EMA shadows,
+  then the optimizer's (slots, step counter; loss scale under float16)."""
+  return (trainer.model.variables + trainer.ema.shadows +
+          trainer.optimizer.variables)
+
+
+def _shared(trainer):
+  """How many of `_state` every policy has alike (all but the optimizer's)."""
+  return len(trainer.model.variables) + len(trainer.ema.shadows)
 
 
 def _run_step(trainer, step, batch, start):
@@ -115,8 +120,12 @@ def test_xla_step_matches_the_plain_step_in_float32(float32_steps):
 
 
 @pytest.mark.slow
-def test_xla_step_in_bfloat16_is_as_close_to_float32_as_the_plain_one(
-    tmp_path):
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_xla_step_is_as_close_to_float32_as_the_plain_one(
+    tmp_path, policy):
+  # mixed_float16 wraps the optimizer in Keras' LossScaleOptimizer (the GPU
+  # path): the scaled loss, the finite check and the unscaled update are
+  # inside the compiled step too.
   # SGD here: its update is linear in the gradient. RMSProp's first step is
   # about lr * sign(g) * sqrt(10), which turns bfloat16's rounding of
   # near-zero gradients into full-size sign flips in both steps alike.
@@ -126,9 +135,11 @@ def test_xla_step_in_bfloat16_is_as_close_to_float32_as_the_plain_one(
   start = [v.numpy() for v in _state(reference)]
   ref_loss, ref = _run_step(reference, tf.function(reference.make_step_fn()),
                             batch, start)
-  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  keras.mixed_precision.set_global_policy(policy)
   try:
-    trainer = _trainer(tmp_path / "bf16", hparams)
+    trainer = _trainer(tmp_path / "mixed", hparams)
+    n = _shared(trainer)
+    start = start[:n] + [v.numpy() for v in _state(trainer)[n:]]
     plain_loss, plain = _run_step(
         trainer, tf.function(trainer.make_step_fn()), batch, start)
     compiled = trainer.make_compiled_step()
@@ -136,17 +147,18 @@ def test_xla_step_in_bfloat16_is_as_close_to_float32_as_the_plain_one(
     hlo = compiled.experimental_get_compiler_ir(batch)(stage="hlo")
   finally:
     keras.mixed_precision.set_global_policy("float32")
-  assert "bf16" in hlo
-  # bfloat16 keeps 8 significant bits (2^-8 = 0.4% per rounding); the loss
-  # passes ~20 rounded layers: measured 1.1% apart, 3% allowed.
+  assert ("bf16" if policy == "mixed_bfloat16" else "f16") in hlo
+  # bfloat16 keeps 8 significant bits (2^-8 = 0.4% per rounding), float16
+  # 11; the loss passes ~20 rounded layers: bfloat16 measured 1.1% apart,
+  # 3% allowed.
   assert xla_loss == pytest.approx(plain_loss, rel=0.03)
   assert plain_loss == pytest.approx(ref_loss, rel=0.03)
-  # Each bfloat16 step is its own rounding of the float32 step (measured:
-  # both ~3% of the update away from it); XLA must be no worse than twice
-  # the plain step's distance.
-  plain_error = _relative_distance(plain, ref)
+  # Each mixed step is its own rounding of the float32 step (measured for
+  # bfloat16: both ~3% of the update away from it); XLA must be no worse
+  # than twice the plain step's distance.
+  plain_error = _relative_distance(plain[:n], ref[:n])
   assert 0 < plain_error < 0.2
-  assert _relative_distance(fast, ref) < 2 * plain_error
+  assert _relative_distance(fast[:n], ref[:n]) < 2 * plain_error
 
 
 @pytest.mark.slow
