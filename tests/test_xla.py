@@ -119,22 +119,31 @@ def test_xla_step_matches_the_plain_step_in_float32(float32_steps):
   assert int(trainer.optimizer.iterations) == 1  # from 0, after the XLA step
 
 
+@pytest.fixture(scope="module")
+def sgd_float32_step(tmp_path_factory):
+  """The float32 plain step with SGD: (hparams, batch, start, loss, deltas).
+
+  SGD because its update is linear in the gradient. RMSProp's first step is
+  about lr * sign(g) * sqrt(10), which turns the mixed policies' rounding of
+  near-zero gradients into full-size sign flips in plain and XLA steps alike.
+  """
+  hparams = COMPARED + ",train.optimizer=sgd"
+  reference = _trainer(tmp_path_factory.mktemp("sgd32"), hparams)
+  batch = _first_batch(reference)
+  start = [v.numpy() for v in _state(reference)]
+  loss, deltas = _run_step(reference, tf.function(reference.make_step_fn()),
+                           batch, start)
+  return hparams, batch, start, loss, deltas
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_xla_step_is_as_close_to_float32_as_the_plain_one(
-    tmp_path, policy):
+    sgd_float32_step, tmp_path, policy):
   # mixed_float16 wraps the optimizer in Keras' LossScaleOptimizer (the GPU
   # path): the scaled loss, the finite check and the unscaled update are
   # inside the compiled step too.
-  # SGD here: its update is linear in the gradient. RMSProp's first step is
-  # about lr * sign(g) * sqrt(10), which turns bfloat16's rounding of
-  # near-zero gradients into full-size sign flips in both steps alike.
-  hparams = COMPARED + ",train.optimizer=sgd"
-  reference = _trainer(tmp_path / "f32", hparams)
-  batch = _first_batch(reference)
-  start = [v.numpy() for v in _state(reference)]
-  ref_loss, ref = _run_step(reference, tf.function(reference.make_step_fn()),
-                            batch, start)
+  hparams, batch, start, ref_loss, ref = sgd_float32_step
   keras.mixed_precision.set_global_policy(policy)
   try:
     trainer = _trainer(tmp_path / "mixed", hparams)
@@ -200,6 +209,24 @@ def test_serving_model_part_compiles_and_matches(float32_steps):
       fast.preprocess(images))(stage="hlo")
   assert hlo.startswith("HloModule")
   np.testing.assert_allclose(fast.serve(images)["probabilities"],
+                             plain.serve(images)["probabilities"],
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
+                                                        tmp_path):
+  trainer = float32_steps[0]
+  scaling = train_lib.input_scaling(trainer.config)
+  export.export_saved_model(trainer.model, str(tmp_path), 16, scaling,
+                            jit_compile=True)
+  signature = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+  library = signature.graph.as_graph_def().library.function
+  assert any(f.attr["_XlaMustCompile"].b for f in library
+             if "_XlaMustCompile" in f.attr)
+  images = tf.random.stateless_uniform([2, 40, 30, 3], [5, 6], 0, 255)
+  plain = export.ServingModule(trainer.model, 16, scaling)
+  np.testing.assert_allclose(signature(images=images)["probabilities"],
                              plain.serve(images)["probabilities"],
                              rtol=1e-5, atol=1e-6)
 
