@@ -66,8 +66,9 @@ def _tpu_strategy(tpu):
   except (ValueError, RuntimeError, tf.errors.OpError) as err:
     raise StrategyError(
         "--use_tpu/--strategy=tpu: no TPU reachable "
-        f"(tpu={tpu or 'from TPU_NAME'}): {err}. On a Cloud TPU VM run with --use_tpu (--tpu=local); "
-        "elsewhere pass --tpu=NAME_OR_GRPC_ADDRESS.") from None
+        f"(tpu={tpu or 'from TPU_NAME'}): {err}. On a Cloud TPU VM run "
+        "with --use_tpu (--tpu=local); elsewhere pass "
+        "--tpu=NAME_OR_GRPC_ADDRESS.") from None
   return tf.distribute.TPUStrategy(resolver)
 
 
