@@ -329,7 +329,7 @@ class Trainer:
     """An op XLA cannot compile becomes one XlaError line naming it."""
     try:
       yield
-    except tf.errors.InvalidArgumentError as err:
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
       error = xla.compile_error(err, what) if self.jit_compile else None
       if error is None:
         raise

@@ -22,6 +22,9 @@ import tensorflow as tf
 # TensorFlow's message for an op without an XLA kernel: "... on
 # XLA_CPU_JIT: PyFunc (No registered 'PyFunc' OpKernel ...".
 _UNSUPPORTED_OP = re.compile(r"on (XLA_\w+_JIT): (\w+) \(")
+# tensorflow-tpu 2.20 on a machine without TPU (measured): its XLA has no
+# CPU backend, and every jit_compile function fails with this NotFoundError.
+_NO_BACKEND = "could not find registered transfer manager for platform Host"
 
 
 class XlaError(RuntimeError):
@@ -60,6 +63,11 @@ def compiled(fn, jit_compile):
 
 def compile_error(err, what):
   """An XlaError naming the op of `err`, or None if XLA did not cause it."""
+  if _NO_BACKEND in str(err):
+    return XlaError(
+        f"{what} cannot be XLA-compiled: this TensorFlow build has no XLA "
+        "backend for the CPU (tensorflow-tpu's has only the TPU's); "
+        "runtime.jit_compile=true needs a TPU there, or the cpu/gpu build.")
   match = _UNSUPPORTED_OP.search(str(err))
   if not match:
     return None

@@ -27,6 +27,22 @@ TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.1,"
         "progressive.max_image_size=16,model.eval_size=16,"
         "data.shuffle_buffer=64,train.warmup_epochs=0,train.steps=2,"
         "runtime.jit_compile=true,runtime.steps_per_loop=2")
+
+
+def _xla_cpu_error():
+  """None where XLA compiles for the CPU, else TensorFlow's reason why not."""
+  try:
+    tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
+  except tf.errors.NotFoundError as err:
+    return err.message.split(" [Op:")[0]
+  return None
+
+
+NO_XLA_CPU = _xla_cpu_error()
+# tensorflow-tpu 2.20 (CI's second build) has no XLA CPU backend.
+needs_xla_cpu = pytest.mark.skipif(
+    NO_XLA_CPU is not None,
+    reason=f"this TensorFlow build has no XLA CPU backend ({NO_XLA_CPU})")
 # Nothing random inside the step; soft targets from both mixing methods;
 # weight decay large enough to show in the update; momentum for its slot.
 COMPARED = ("model.survival_prob=1.0,progressive.min_dropout=0,"
@@ -65,14 +81,35 @@ def _first_batch(trainer):
   return next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
 
 
-def _relative_distance(deltas, reference):
-  """|deltas - reference| / |reference| over all float variables at once:
-  one norm over the whole update, so that gradients that are zero in exact
+def _groups(trainer):
+  """Positions in `_state` by what they hold; each group is compared on its
+  own, since their updates differ in scale by up to 1e4 (a BN variance
+  moves by ~0.3, a weight by ~1e-3 at this learning rate)."""
+  model = trainer.model
+  trainable = {id(v) for v in model.trainable_variables}
+  groups = {"weights": [], "bn_statistics": []}
+  for i, variable in enumerate(model.variables):
+    if id(variable) in trainable:
+      groups["weights"].append(i)
+    elif variable.path.endswith(("moving_mean", "moving_variance")):
+      groups["bn_statistics"].append(i)
+  start = len(model.variables)
+  groups["ema"] = list(range(start, _shared(trainer)))
+  groups["optimizer"] = [
+      i for i in range(_shared(trainer), len(_state(trainer)))
+      if _state(trainer)[i].dtype in ("float32", "float16")]
+  assert all(groups.values()), groups
+  return groups
+
+
+def _relative_distance(deltas, reference, positions):
+  """|deltas - reference| / |reference| over the variables at `positions`
+  at once: one norm over the group, so that gradients that are zero in exact
   arithmetic (a BN shift before another BN), where both steps give only
   ~1e-7 of rounding noise, weigh as little as they move."""
-  pairs = [(d, r) for d, r in zip(deltas, reference) if r.dtype.kind == "f"]
-  diff = np.sqrt(sum(np.sum((d - r) ** 2) for d, r in pairs))
-  return diff / np.sqrt(sum(np.sum(r ** 2) for _, r in pairs))
+  diff = np.sqrt(sum(np.sum((deltas[i] - reference[i]) ** 2)
+                     for i in positions))
+  return diff / np.sqrt(sum(np.sum(reference[i] ** 2) for i in positions))
 
 
 def _compare(trainer):
@@ -93,6 +130,7 @@ def float32_steps(tmp_path_factory):
   return trainer, _compare(trainer)
 
 
+@needs_xla_cpu
 def test_train_step_is_the_xla_compiled_one(float32_steps):
   trainer, (_, _, batch, hlo) = float32_steps
   assert trainer.jit_compile
@@ -103,6 +141,7 @@ def test_train_step_is_the_xla_compiled_one(float32_steps):
   assert float(tf.reduce_max(batch["labels"])) < 1.0
 
 
+@needs_xla_cpu
 def test_xla_step_matches_the_plain_step_in_float32(float32_steps):
   trainer, ((plain_loss, plain), (xla_loss, fast), _, _) = float32_steps
   # XLA fuses and reorders float32 sums (convolution gradients, BN
@@ -111,7 +150,10 @@ def test_xla_step_matches_the_plain_step_in_float32(float32_steps):
   # as much as its gradient does. 1e-3 leaves a 10x margin; a step that
   # skipped weight decay, the EMA or the BN statistics would miss by more.
   assert xla_loss == pytest.approx(plain_loss, rel=1e-5)
-  assert _relative_distance(fast, plain) < 1e-3
+  groups = _groups(trainer)
+  assert set(groups) == {"weights", "bn_statistics", "ema", "optimizer"}
+  for name, positions in groups.items():
+    assert _relative_distance(fast, plain, positions) < 1e-3, name
   # Integer state (step counter, RNG seeds) moves identically.
   for a, b in zip(fast, plain):
     if a.dtype.kind != "f":
@@ -136,6 +178,7 @@ def sgd_float32_step(tmp_path_factory):
   return hparams, batch, start, loss, deltas
 
 
+@needs_xla_cpu
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_xla_step_is_as_close_to_float32_as_the_plain_one(
@@ -147,6 +190,11 @@ def test_mixed_precision_xla_step_is_as_close_to_float32_as_the_plain_one(
   keras.mixed_precision.set_global_policy(policy)
   try:
     trainer = _trainer(tmp_path / "mixed", hparams)
+    if policy == "mixed_float16":
+      # Keras starts the loss scale at 2^15 and skips (and halves the
+      # scale after) a step whose float16 gradients overflow, as this
+      # model's first one does (measured): start both steps at 2^7.
+      trainer.optimizer.dynamic_scale.assign(2.0 ** 7)
     n = _shared(trainer)
     start = start[:n] + [v.numpy() for v in _state(trainer)[n:]]
     plain_loss, plain = _run_step(
@@ -162,14 +210,19 @@ def test_mixed_precision_xla_step_is_as_close_to_float32_as_the_plain_one(
   # 3% allowed.
   assert xla_loss == pytest.approx(plain_loss, rel=0.03)
   assert plain_loss == pytest.approx(ref_loss, rel=0.03)
-  # Each mixed step is its own rounding of the float32 step (measured for
-  # bfloat16: both ~3% of the update away from it); XLA must be no worse
-  # than twice the plain step's distance.
-  plain_error = _relative_distance(plain[:n], ref[:n])
-  assert 0 < plain_error < 0.2
-  assert _relative_distance(fast[:n], ref[:n]) < 2 * plain_error
+  # Each mixed step is its own rounding of the float32 step; XLA must be
+  # no further from it than twice the plain step. Measured (plain, XLA):
+  # bfloat16 weights 10.2%, 7.7%, BN statistics 0.89%, 0.68%; float16
+  # weights 0.91%, 1.10%, BN statistics 0.090%, 0.109%.
+  for name, positions in _groups(trainer).items():
+    if name == "optimizer":  # LossScaleOptimizer has other variables
+      continue
+    plain_error = _relative_distance(plain, ref, positions)
+    assert 0 < plain_error < 0.2, name
+    assert _relative_distance(fast, ref, positions) < 2 * plain_error, name
 
 
+@needs_xla_cpu
 @pytest.mark.slow
 def test_fit_driver_trains_with_the_compiled_step(tmp_path):
   # Dropout and stochastic depth on: this run only has to compile and train.
@@ -186,6 +239,7 @@ def test_fit_driver_trains_with_the_compiled_step(tmp_path):
   assert all(np.isfinite(h["loss"]) for h in trainer.summary["history"])
 
 
+@needs_xla_cpu
 def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
   trainer = float32_steps[0]
   batch = next(iter(pipeline.build_eval_dataset(
@@ -199,6 +253,7 @@ def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
                                 plain(batch).numpy())
 
 
+@needs_xla_cpu
 def test_serving_model_part_compiles_and_matches(float32_steps):
   trainer = float32_steps[0]
   scaling = train_lib.input_scaling(trainer.config)
@@ -213,6 +268,7 @@ def test_serving_model_part_compiles_and_matches(float32_steps):
                              rtol=1e-5, atol=1e-6)
 
 
+@needs_xla_cpu
 @pytest.mark.slow
 def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
                                                         tmp_path):
@@ -246,11 +302,21 @@ class _HostOpTrainer(trainer_lib.Trainer):
     return with_host_op
 
 
+@needs_xla_cpu
 def test_an_op_xla_cannot_compile_is_one_error_naming_it(tmp_path):
   trainer = _trainer(tmp_path, "", cls=_HostOpTrainer)
   with pytest.raises(xla.XlaError,
                      match=r"train step cannot be XLA-compiled: op PyFunc .*"
                      r"runtime.jit_compile=false"):
+    trainer.train()
+
+
+@pytest.mark.skipif(NO_XLA_CPU is None, reason="XLA compiles for the CPU "
+                    "here: only a build without its CPU backend fails so")
+def test_a_build_without_xla_for_the_cpu_is_one_error_line(tmp_path):
+  trainer = _trainer(tmp_path, "")
+  with pytest.raises(xla.XlaError, match="this TensorFlow build has no XLA "
+                     "backend for the CPU"):
     trainer.train()
 
 
