@@ -25,7 +25,7 @@ tests=(tests/test_xla.py tests/test_trainer.py tests/test_distributed.py
        tests/test_fused_bn.py tests/test_fused_optim.py)
 status=0
 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}" \
-  -k "xla or bfloat16 or float16 or mirrored or replica" \
+  -k "xla or bfloat16 or float16 or loss_scale or mirrored or replica" \
   --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log" || status=1
 
 if [[ "$gpus" == "0" ]]; then
