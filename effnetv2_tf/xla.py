@@ -4,9 +4,9 @@ A TPU runs every step as one XLA program; on CPUs and GPUs
 `tf.function(jit_compile=True)` does the same for the per-replica step.
 Both drivers compile the step of `Trainer.make_step_fn` (forward, backward,
 fused BN, 1x1 matmuls, fused optimizer updates, weight decay, EMA) this way
-when the setting is on; input pipelines, the on-device step loop and the
-raw-image resize of the serving signatures stay outside (tf.data and the
-bicubic resize have no XLA kernels).
+when the setting is on; the input pipeline (tf.data has no XLA kernels),
+the on-device step loop and the serving signatures' raw-image crop and
+resize (any image size; a bicubic resize has no XLA kernel) stay outside.
 
 Default: on under TPUStrategy, where XLA is implied, off on CPU and GPU:
 `benchmarks/xla_step.py` measured the XLA step of B0 (128 px, batch 16)
