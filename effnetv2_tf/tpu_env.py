@@ -54,8 +54,9 @@ def skips_libtpu(environ, tensorflow_imported, tpu_build, chips):
 def configure():
   """Sets TPU_LOAD_LIBRARY=0 for the TPU build on a machine without TPUs;
   returns whether it did."""
-  skip = skips_libtpu(os.environ, "tensorflow" in sys.modules,
-                      tpu_build_installed(), tpu_chip_count())
+  # The CPU and GPU builds stop at the package look-up: no walk over /sys.
+  skip = tpu_build_installed() and skips_libtpu(
+      os.environ, "tensorflow" in sys.modules, True, tpu_chip_count())
   if skip:
     os.environ[LOAD_VARIABLE] = "0"
   return skip
