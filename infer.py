@@ -25,6 +25,7 @@ from effnetv2_tf import checkpoints
 from effnetv2_tf import cli
 from effnetv2_tf import export
 from effnetv2_tf import registry
+from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.model import create_model
 
@@ -79,7 +80,9 @@ def load_predictor(saved_model=None, checkpoint=None, model_name=None,
     spec = registry.get_model_spec(model_name)
     model = create_model(model_name, num_classes=num_classes,
                          weights=checkpoint)
-    module = export.ServingModule(model, spec.eval_size, spec.input_scaling)
+    # A weights file has no run config: the model's own preprocessing row.
+    module = export.ServingModule(model, spec.eval_size,
+                                  recipes.get_row(spec.preprocessing))
     return module.serve, os.path.dirname(checkpoint)
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint, cli.model_from_run_config, what="--checkpoint")

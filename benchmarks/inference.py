@@ -32,6 +32,7 @@ import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 from effnetv2_tf import export
 from effnetv2_tf import registry
+from effnetv2_tf.data import recipes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["b0", "s"], "Variants: b0, s (at eval size).")
@@ -62,7 +63,8 @@ def _exported(variant, tmp):
     model = effnetv2_tf.create_model(ours, input_shape=(size, size, 3),
                                      bn_fused=fused)
     path = os.path.join(tmp, f"{variant}_{fused}")
-    export.export_saved_model(model, path, size, spec.input_scaling)
+    export.export_saved_model(model, path, size,
+                              recipes.get_row(spec.preprocessing))
     loaded = tf.saved_model.load(path)
     yield name, model.count_params(), loaded, loaded.preprocessed
 

@@ -28,9 +28,9 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from effnetv2_tf import registry
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.tools import make_tfrecords
@@ -98,7 +98,7 @@ def decode_only(source, batch_size):
 
 def train_pipeline(source, batch_size, size, augname, magnitude, mixup_alpha):
   return pipeline.build_train_dataset(
-      source, batch_size, size, registry.SCALE_MINUS_ONE_ONE,
+      source, batch_size, size, recipes.ROWS["v2"],
       augname=augname, randaug_magnitude=magnitude, mixup_alpha=mixup_alpha,
       seed=0)
 

@@ -10,8 +10,12 @@ registry entry or the progressive-learning preset; `effnetv2_tf.config`
 fills them and locks the config.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from effnetv2_tf.data import recipes
 
 
 def get_config():
@@ -23,8 +27,11 @@ def get_config():
       survival_prob=0.8,
       bn_momentum=0.9,   # Keras sense (reference code); the paper says 0.99
       bn_epsilon=1e-3,
-      train_size=placeholder(int),  # default: registry train size
+      train_size=placeholder(int),  # default: registry train size, or
       eval_size=placeholder(int),   # default: registry eval size
+      # int(eval_size * ratio) // 16 * 16 when set (reference main.py;
+      # the finetune configs: 1.0).
+      train_size_ratio=placeholder(float),
       # Architecture scaling overrides (tests and smoke runs use tiny ones).
       width_coefficient=placeholder(float),
       depth_coefficient=placeholder(float),
@@ -33,21 +40,27 @@ def get_config():
       name="imagenet",
       source="tfrecord",   # tfrecord | tfds | folder | digits
       tfds_name="",
+      tfds_train_split="train",
       data_dir=placeholder(str),
       multi_label=False,
-      minival=False,       # hold out the first training files for tuning
-      minival_files=20,    # reference: 20 of 1024 files, about 25k images
-      eval_files=16,       # 21k without validation files: first 16 files
+      # Reference datasets.py: ImageNet trains on train files 20 onward
+      # (1,256,144 images), 0-19 are 'minival'; 0 trains on all files (its
+      # 'trainval'). 21k without validation files: files 0-15 are the eval
+      # split (eval_files), then minival_files more are 'minival'.
+      minival_files=20,
+      eval_files=16,
       eval_split="validation",
       train_examples=placeholder(int),  # override the counted split sizes
       eval_examples=placeholder(int),
       augname=placeholder(str),         # default: registry augname
       num_layers=2,
-      cutmix_alpha=0.0,
-      crop_area_min=0.05,
-      random_flip=True,
-      crop_padding=32,
-      skip_crop_from_size=320,          # reference; 0 always crops
+      # Pixel preprocessing (effnetv2_tf.data.recipes): a row name
+      # (v2 | legacy | finetune; default: the model's) and every field of
+      # a row (input_scaling, crops, resize_method, random_flip, cutout,
+      # eval crop), each filled from the row where unset.
+      preprocessing=placeholder(str),
+      **{field.name: placeholder(field.type)
+         for field in dataclasses.fields(recipes.Preprocessing)},
       cache=False,
       shuffle_buffer=10_000,
   )
@@ -76,7 +89,7 @@ def get_config():
   )
   config.progressive = dict(
       preset="paper",          # paper (Table 6) | reference (released code)
-      num_stages=4,
+      num_stages=placeholder(int),  # default: the registry's (V1: 1)
       random_resize=False,     # paper Table 13: random size every K epochs
       random_resize_epochs=8.0,
       min_image_size=placeholder(int),
@@ -85,6 +98,8 @@ def get_config():
       max_randaug=placeholder(float),
       min_mixup=placeholder(float),
       max_mixup=placeholder(float),
+      min_cutmix=placeholder(float),
+      max_cutmix=placeholder(float),
       min_dropout=placeholder(float),
       max_dropout=placeholder(float),
   )

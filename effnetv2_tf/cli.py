@@ -25,7 +25,7 @@ def define_flags():
                       "flowersft, carsft, folder, digits.")
   flags.DEFINE_string("hparam_str", "",
                       "Config overrides, e.g. 'train.batch_size=64,"
-                      "data.cutmix_alpha=0.1'.")
+                      "progressive.max_cutmix=0.1'.")
   flags.DEFINE_string("config_file", None, "YAML/JSON file of overrides.")
   flags.DEFINE_string("model_dir", None,
                       "Checkpoints, config.json, summary.json, TensorBoard. "

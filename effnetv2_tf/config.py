@@ -17,13 +17,23 @@ import yaml
 from configs import base
 from configs import datasets
 from effnetv2_tf import fileio
+from effnetv2_tf import optim
+from effnetv2_tf import progressive
 from effnetv2_tf import registry
+from effnetv2_tf.data import augment
+from effnetv2_tf.data import recipes
 
 CONFIG_FILENAME = "config.json"
-LR_SCHEDULES = ("exponential", "cosine", "constant")
-PRESETS = ("paper", "reference")
 SOURCES = ("tfrecord", "tfds", "folder", "digits")
-AUGNAMES = ("", "randaug", "autoaug")
+# Valid names, from the tables that implement them.
+CHOICES = {
+    "train.lr_schedule": optim.SCHEDULES,
+    "progressive.preset": progressive.PRESETS,
+    "data.source": SOURCES,
+    "data.augname": ("",) + augment.AUGNAMES,
+    "data.preprocessing": tuple(recipes.ROWS),
+    **{f"data.{k}": v for k, v in recipes.CHOICES.items()},
+}
 
 
 class ConfigError(ValueError):
@@ -108,23 +118,54 @@ def load_config_file(path):
   return tree
 
 
-def _fill_registry_defaults(config):
+def _fill_defaults(config):
+  """Fills every placeholder the model, preprocessing row and preset set.
+
+  Afterwards config.json holds each value the run uses: sizes, stages,
+  every preprocessing field and the preset's min/max stage values.
+  """
   spec = registry.get_model_spec(config.model.name)
-  config.model.name = spec.name
-  if config.model.train_size is None:
-    config.model.train_size = spec.train_size
-  if config.model.eval_size is None:
-    config.model.eval_size = spec.eval_size
+  model = config.model
+  model.name = spec.name
+  if model.eval_size is None:
+    model.eval_size = spec.eval_size
+  if model.train_size is None:
+    model.train_size = (
+        registry.train_size_from_eval(model.eval_size,
+                                      model.train_size_ratio)
+        if model.train_size_ratio else spec.train_size)
   if config.data.augname is None:
     config.data.augname = spec.augname
+  if config.progressive.num_stages is None:
+    config.progressive.num_stages = spec.num_stages
+  recipes.resolve(config.data, spec.preprocessing)
+
+
+def _fill_stage_ranges(config):
+  """progressive.min_*/max_*: the preset's values where not set."""
+  lo, hi = progressive.preset_ranges(config)
+  cast = lambda key: int if key == "image_size" else float
+  for key in progressive.KEYS:
+    config.progressive[f"min_{key}"] = cast(key)(lo[key])
+    config.progressive[f"max_{key}"] = cast(key)(hi[key])
+
+
+def _value(config, key):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  return value
 
 
 def validate(config):
   """Checks values before any heavy work; raises ConfigError naming the key."""
+  data = config.data
   checks = [
       ("model.num_classes", config.model.num_classes >= 1),
       ("model.train_size", config.model.train_size >= 8),
       ("model.eval_size", config.model.eval_size >= 8),
+      ("model.train_size_ratio", config.model.train_size_ratio is None
+       or config.model.train_size_ratio > 0),
       ("model.survival_prob", 0.0 < config.model.survival_prob <= 1.0),
       ("train.batch_size", config.train.batch_size >= 1),
       ("eval.batch_size", config.eval.batch_size >= 1),
@@ -133,24 +174,25 @@ def validate(config):
       ("train.lr_base", config.train.lr_base >= 0),
       ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0),
       ("train.label_smoothing", 0.0 <= config.train.label_smoothing < 1.0),
-      ("train.lr_schedule", config.train.lr_schedule in LR_SCHEDULES),
-      ("progressive.preset", config.progressive.preset in PRESETS),
       ("progressive.num_stages", config.progressive.num_stages >= 1),
-      ("data.source", config.data.source in SOURCES),
-      ("data.augname", config.data.augname in AUGNAMES),
-      ("data.crop_area_min", 0.0 < config.data.crop_area_min <= 1.0),
+      ("data.crop_area_min", 0.0 < data.crop_area_min <= 1.0),
+      ("data.crop_aspect_min", 0.0 < data.crop_aspect_min
+       <= data.crop_aspect_max),
+      ("data.crop_min_object_covered",
+       0.0 <= data.crop_min_object_covered <= 1.0),
+      ("data.crop_max_attempts", data.crop_max_attempts >= 1),
+      ("data.crop_padding", data.crop_padding >= 0),
+      ("data.skip_crop_from_size", data.skip_crop_from_size >= 0),
+      ("data.minival_files", data.minival_files >= 0),
       ("runtime.steps_per_loop", config.runtime.steps_per_loop >= 1),
-  ]
+  ] + [(key, _value(config, key) in allowed)
+       for key, allowed in CHOICES.items()]
   for key, ok in checks:
     if not ok:
-      value = config
-      for part in key.split("."):
-        value = value[part]
-      allowed = {"train.lr_schedule": LR_SCHEDULES,
-                 "progressive.preset": PRESETS, "data.source": SOURCES,
-                 "data.augname": AUGNAMES}.get(key)
+      allowed = CHOICES.get(key)
       hint = f"; valid: {', '.join(map(repr, allowed))}" if allowed else ""
-      raise ConfigError(f"Bad value for {key}: {value!r}{hint}.")
+      raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}"
+                        f"{hint}.")
   for key, value in _flatten(config.progressive.to_dict()):
     if key.startswith(("min_", "max_")) and value is not None and value < 0:
       raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")
@@ -188,10 +230,11 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
   for key, value in parse_hparam_str(hparam_str).items():
     set_value(config, key, value)
   try:
-    _fill_registry_defaults(config)
+    _fill_defaults(config)
   except ValueError as err:
     raise ConfigError(str(err)) from None
   validate(config)
+  _fill_stage_ranges(config)
   return ml_collections.FrozenConfigDict(config)
 
 

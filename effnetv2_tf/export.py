@@ -9,9 +9,9 @@ Classifier SavedModel signatures:
   serving_uint8:   the same for uint8 images;
   preprocessed:    already scaled [B, S, S, 3] images at the eval size.
 Each returns `probabilities`, `top5_classes` and `top5_probabilities`.
-Preprocessing is the evaluation one (center crop of size / (size + 32),
-bilinear resize, the model's input scaling), so served predictions match
-`main.py --mode=eval`. Export the EMA weights (`Trainer.ema.swapped()`;
+Preprocessing is the run's evaluation one, read from its config.json
+(`recipes.Preprocessing`: the eval crop, resize method and input scaling),
+so served predictions match `main.py --mode=eval`. Export the EMA weights (`Trainer.ema.swapped()`;
 from a checkpoint they are loaded by `checkpoints.load_run_model`).
 
 `--tflite` converts the `preprocessed` signature of the written SavedModel
@@ -39,19 +39,11 @@ from effnetv2_tf import cli
 from effnetv2_tf import registry
 from effnetv2_tf import xla
 from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
 
 TFLITE_FILENAME = "model.tflite"
 TFLITE_QUANT_FILENAME = "model_quant.tflite"
-
-
-def center_crop_batch(images, image_size, crop_padding=preprocess.CROP_PADDING,
-                      skip_crop_from_size=320):
-  """Center crop of a batch of equally sized images, as for one image."""
-  offset, size = preprocess.center_crop_window(
-      tf.shape(images)[1:3], image_size, crop_padding, skip_crop_from_size)
-  return images[:, offset[0]:offset[0] + size[0],
-                offset[1]:offset[1] + size[1]]
 
 
 def serving_options(run_config):
@@ -59,12 +51,11 @@ def serving_options(run_config):
 
   `run_config`: the ConfigDict of a run or its config.json dict.
   """
-  model, data = run_config["model"], run_config["data"]
+  model = run_config["model"]
   return dict(image_size=model["eval_size"],
-              input_scaling=registry.get_model_spec(
-                  model["name"]).input_scaling,
-              crop_padding=data["crop_padding"],
-              skip_crop_from_size=data["skip_crop_from_size"] or None)
+              preprocessing=recipes.from_config(
+                  run_config["data"],
+                  registry.get_model_spec(model["name"]).preprocessing))
 
 
 class ServingModule:
@@ -74,14 +65,10 @@ class ServingModule:
   float one as a tf.function for in-process use (infer.py on a checkpoint).
   """
 
-  def __init__(self, model, image_size, input_scaling,
-               crop_padding=preprocess.CROP_PADDING, skip_crop_from_size=320,
-               jit_compile=False):
+  def __init__(self, model, image_size, preprocessing, jit_compile=False):
     self.model = model
     self.image_size = int(image_size)
-    self._input_scaling = input_scaling
-    self._crop_padding = crop_padding
-    self._skip_crop_from_size = skip_crop_from_size
+    self._prep = preprocessing
     # With jit_compile the model part is one XLA program; the raw-image
     # crop and resize stay outside (any image size; a bicubic resize has no
     # XLA kernel, tensorflow/tensorflow#108660).
@@ -103,10 +90,14 @@ class ServingModule:
     ]
 
   def preprocess(self, images):
-    images = center_crop_batch(images, self.image_size, self._crop_padding,
-                               self._skip_crop_from_size)
-    images = tf.image.resize(images, [self.image_size, self.image_size])
-    return preprocess.normalize(images, self._input_scaling)
+    """The eval preprocessing of a batch of equally sized images."""
+    offset, size = preprocess.eval_crop_window(
+        tf.shape(images)[1:3], self.image_size, self._prep)
+    images = images[:, offset[0]:offset[0] + size[0],
+                    offset[1]:offset[1] + size[1]]
+    images = preprocess.resize(images, self.image_size,
+                               self._prep.resize_method)
+    return preprocess.normalize(images, self._prep.input_scaling)
 
   def _predict(self, images):
     logits = tf.cast(self.model(images, training=False), tf.float32)
@@ -134,32 +125,35 @@ def _write_archive(model, export_dir, endpoints):
   return export_dir
 
 
-def export_saved_model(model, export_dir, image_size, input_scaling,
-                       crop_padding=preprocess.CROP_PADDING,
-                       skip_crop_from_size=320, class_names=(),
-                       jit_compile=False):
+def export_saved_model(model, export_dir, image_size, preprocessing,
+                       class_names=(), jit_compile=False):
   """Writes a SavedModel of `model` with the signatures above.
 
   `class_names` (label order) go to `export_dir/labels.txt` for infer.py.
   `jit_compile` XLA-compiles the model part of every signature (the
   SavedModel then needs XLA wherever it is served).
   """
-  serving = ServingModule(model, image_size, input_scaling, crop_padding,
-                          skip_crop_from_size, jit_compile=jit_compile)
+  serving = ServingModule(model, image_size, preprocessing,
+                          jit_compile=jit_compile)
   _write_archive(model, export_dir, serving.endpoints())
   if class_names:
     tfrecord_format.write_class_names(export_dir, class_names)
   return export_dir
 
 
-def export_feature_vector(model, export_dir, image_size, input_scaling):
-  """Writes the headless feature-vector SavedModel of `model`."""
+def export_feature_vector(model, export_dir, image_size, preprocessing):
+  """Writes the headless feature-vector SavedModel of `model`.
+
+  It resizes the whole image (no crop) with the run's resize method and
+  input scaling.
+  """
   backbone = keras.Model(model.inputs, model.get_layer("avg_pool").output)
   size = int(image_size)
 
   def features(images):
-    images = tf.image.resize(images * 255.0, [size, size])
-    images = preprocess.normalize(images, input_scaling)
+    images = preprocess.resize(images * 255.0, size,
+                               preprocessing.resize_method)
+    images = preprocess.normalize(images, preprocessing.input_scaling)
     return tf.cast(backbone(images, training=False), tf.float32)
 
   spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
@@ -209,7 +203,7 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
   if feature_vector_dir:
     written.append(export_feature_vector(
         model, feature_vector_dir, options["image_size"],
-        options["input_scaling"]))
+        options["preprocessing"]))
   return written
 
 

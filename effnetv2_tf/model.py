@@ -18,6 +18,7 @@ from keras import layers
 
 from effnetv2_tf import block_strings
 from effnetv2_tf import registry
+from effnetv2_tf.data import recipes
 from effnetv2_tf.layers import StochasticDepth
 
 
@@ -208,19 +209,21 @@ def scaled_block_args(spec, options: ModelOptions):
   return result
 
 
-def _input_scaling(spec, x):
-  if spec.input_scaling == registry.SCALE_MINUS_ONE_ONE:
-    return layers.Rescaling(1.0 / 128.0, offset=-1.0, name="rescaling")(x)
-  # (x / 255 - mean) / std as one affine map, with no extra weights.
-  scale = [1.0 / (255.0 * s) for s in registry.IMAGENET_STDDEV_RGB]
-  offset = [-m / s for m, s in zip(registry.IMAGENET_MEAN_RGB,
-                                   registry.IMAGENET_STDDEV_RGB)]
+def _input_scaling(input_scaling, x):
+  """The `recipes.SCALINGS` affine map as one layer, with no weights."""
+  if input_scaling not in recipes.SCALINGS:
+    raise ValueError(f"Unknown input scaling {input_scaling!r}; valid: "
+                     f"{', '.join(recipes.SCALINGS)}.")
+  scale, offset = recipes.SCALINGS[input_scaling]
+  if len(set(scale)) == 1 and len(set(offset)) == 1:
+    scale, offset = scale[0], offset[0]
   return layers.Rescaling(scale, offset=offset, name="rescaling")(x)
 
 
 def build_model(spec: registry.ModelSpec, options: ModelOptions,
                 num_classes=1000, include_top=True, input_shape=None,
-                include_preprocessing=False, classifier_activation=None):
+                include_preprocessing=False, classifier_activation=None,
+                input_scaling=None):
   """Builds the functional model of one registry entry.
 
   Args:
@@ -230,9 +233,11 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
     include_top: with the head, returns logits (or `classifier_activation`
       applied to them); without it, the pooled features.
     input_shape: (height, width, 3); None allows any size.
-    include_preprocessing: put the model's input scaling in the graph so it
+    include_preprocessing: put the input scaling in the graph so the model
       takes 0..255 pixels.
     classifier_activation: e.g. 'softmax'; None returns logits.
+    input_scaling: a `recipes.SCALINGS` name for `include_preprocessing`;
+      None: that of the model's preprocessing row.
 
   Returns:
     A `keras.Model` named after the variant.
@@ -250,7 +255,12 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
 
   inputs = keras.Input(shape=tuple(input_shape or (None, None, 3)),
                        name="image")
-  x = _input_scaling(spec, inputs) if include_preprocessing else inputs
+  if include_preprocessing:
+    x = _input_scaling(input_scaling or
+                       recipes.get_row(spec.preprocessing).input_scaling,
+                       inputs)
+  else:
+    x = inputs
   x = builder.conv(x, blocks[0][2].input_filters, 3, 2, "stem_conv")
   x = builder.bn_act(x, "stem_bn", "stem_activation")
 
@@ -286,13 +296,14 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
 
 def create_model(name, num_classes=1000, include_top=True, weights=None,
                  input_shape=None, include_preprocessing=False,
-                 classifier_activation=None, **overrides):
+                 classifier_activation=None, input_scaling=None,
+                 **overrides):
   """Creates a registered variant, optionally loading weights.
 
   Args:
     name: a name from `list_models()`.
     num_classes, include_top, input_shape, include_preprocessing,
-      classifier_activation: see `build_model`.
+      classifier_activation, input_scaling: see `build_model`.
     weights: None, a keras.applications weights file (`.weights.h5` or legacy
       `.h5`), or a reference TF1 checkpoint prefix.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
@@ -315,7 +326,7 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
   options = ModelOptions(**overrides)
   model = build_model(spec, options, int(num_classes), include_top,
                       input_shape, include_preprocessing,
-                      classifier_activation)
+                      classifier_activation, input_scaling)
   if weights is not None:
     from effnetv2_tf import weights as weights_lib  # pylint: disable=g-import-not-at-top
     weights_lib.load_weights(model, weights)

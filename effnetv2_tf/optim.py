@@ -25,6 +25,7 @@ from effnetv2_tf import fused_optim
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
 BN_STAT_SUFFIXES = ("moving_mean", "moving_variance")
+SCHEDULES = ("exponential", "cosine", "constant")
 
 
 @keras.saving.register_keras_serializable(package="effnetv2_tf")
@@ -34,8 +35,9 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
   def __init__(self, base_lr, total_steps, warmup_steps=0,
                schedule="exponential", decay_steps=1, decay_factor=0.97):
     super().__init__()
-    if schedule not in ("exponential", "cosine", "constant"):
-      raise ValueError(f"Unknown learning-rate schedule {schedule!r}.")
+    if schedule not in SCHEDULES:
+      raise ValueError(f"Unknown learning-rate schedule {schedule!r}; "
+                       f"valid: {', '.join(SCHEDULES)}.")
     self.base_lr = float(base_lr)
     self.total_steps = int(total_steps)
     self.warmup_steps = int(warmup_steps)

@@ -1,19 +1,24 @@
 """Progressive learning with adaptive regularization (paper Algorithm 1).
 
 Training is split into M stages. Stage i (0..M-1) trains N/M steps (the
-remainder goes to the last stage) at image size
-  S_i = int(S_0 + (S_e - S_0) * i / (M - 1))
-with every regularization value phi (RandAugment magnitude, mixup alpha,
-dropout rate) interpolated the same way. Weights, optimizer slots, EMA and
-the step counter carry over; only the input pipeline and the traced train
-step change.
+remainder goes to the last stage); its image size and regularization
+(RandAugment magnitude, mixup and CutMix alpha, dropout rate) are
+interpolated between a preset's (min, max) values. Weights, optimizer
+slots, EMA and the step counter carry over; only the input pipeline and the
+traced train step change.
 
-Two presets give (S_0, S_e, phi_0, phi_e):
-  paper:     Table 6 of the paper.
-  reference: what the released code does: stage i uses ratio (i + 1) / M
-             from 128 to the registry train size, RandAugment from 5 to the
-             registry magnitude, mixup/CutMix from 0 to the registry alpha,
-             and a fixed dropout.
+Two presets:
+  paper:     Algorithm 1 with Table 6: every value at i / (M - 1) from its
+             min to its max (size 128 to the Table 6 size, RandAugment 5 to
+             15/20/25, mixup 0 to 0/0.2/0.4, dropout 0.1 to 0.3/0.4/0.5).
+             The paper uses no CutMix.
+  reference: the released code (main.py and main_tf2.py, the stage loop):
+             size int(128 + (train size - 128) * (i + 1) / M), and
+             np.linspace(5, RandAugment, M)[i], np.linspace(0, mixup, M)[i],
+             np.linspace(0, CutMix, M)[i] (that is i / (M - 1)), the
+             model's fixed dropout.
+One stage (M = 1: V1, ImageNet-21k, the finetune configs; the reference's
+`train.stages=0`) trains at the model's train size with the max values.
 Random resize (paper Table 13) instead draws a stage uniformly every K
 epochs.
 """
@@ -25,9 +30,11 @@ import numpy as np
 
 from effnetv2_tf import registry
 
+KEYS = ("image_size", "randaug", "mixup", "cutmix", "dropout")
 # Table 6: (max size, max RandAugment, max mixup, max dropout); every model
 # starts at size 128, RandAugment 5, mixup 0, dropout 0.1.
-PAPER_MIN = {"image_size": 128, "randaug": 5.0, "mixup": 0.0, "dropout": 0.1}
+PAPER_MIN = {"image_size": 128, "randaug": 5.0, "mixup": 0.0, "cutmix": 0.0,
+             "dropout": 0.1}
 PAPER_MAX = {
     "efficientnetv2-s": {"image_size": 300, "randaug": 15.0, "mixup": 0.0,
                          "dropout": 0.3},
@@ -36,8 +43,9 @@ PAPER_MAX = {
     "efficientnetv2-l": {"image_size": 380, "randaug": 25.0, "mixup": 0.4,
                          "dropout": 0.5},
 }
-REFERENCE_MIN_SIZE = 128
+REFERENCE_MIN_SIZE = 128  # hparams.py data.ibase
 REFERENCE_MIN_RANDAUG = 5.0
+PRESETS = ("paper", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Stage:
 
 
 def preset_ranges(config):
-  """(min, max) dicts of image_size/randaug/mixup/dropout for a config.
+  """(min, max) dicts of `KEYS` for a config.
 
   The preset gives the values; any `progressive.min_*`/`max_*` set in the
   config overrides them.
@@ -68,22 +76,22 @@ def preset_ranges(config):
   if preset == "paper":
     s_max = PAPER_MAX["efficientnetv2-s"]
     lo = dict(PAPER_MIN)
-    hi = PAPER_MAX.get(spec.name, {
+    hi = dict(PAPER_MAX.get(spec.name, {
         "image_size": config.model.train_size, "randaug": s_max["randaug"],
-        "mixup": s_max["mixup"], "dropout": spec.dropout_rate})
+        "mixup": s_max["mixup"], "dropout": spec.dropout_rate}), cutmix=0.0)
   elif preset == "reference":
-    magnitude = spec.randaug_magnitude
-    if magnitude is None:
-      magnitude = REFERENCE_MIN_RANDAUG
     lo = {"image_size": REFERENCE_MIN_SIZE, "randaug": REFERENCE_MIN_RANDAUG,
-          "mixup": 0.0, "dropout": spec.dropout_rate}
-    hi = {"image_size": config.model.train_size, "randaug": float(magnitude),
-          "mixup": spec.mixup_alpha, "dropout": spec.dropout_rate}
+          "mixup": 0.0, "cutmix": 0.0, "dropout": spec.dropout_rate}
+    hi = {"image_size": config.model.train_size,
+          "randaug": float(spec.randaug_magnitude),
+          "mixup": spec.mixup_alpha, "cutmix": spec.cutmix_alpha,
+          "dropout": spec.dropout_rate}
   else:
     raise ValueError(f"Unknown progressive preset {preset!r}; valid: "
-                     "'paper', 'reference'.")
-  lo, hi = dict(lo), dict(hi)
-  for key in lo:
+                     f"{', '.join(map(repr, PRESETS))}.")
+  if config.progressive.num_stages == 1:
+    hi["image_size"] = config.model.train_size
+  for key in KEYS:
     low = config.progressive[f"min_{key}"]
     high = config.progressive[f"max_{key}"]
     lo[key] = lo[key] if low is None else low
@@ -91,23 +99,26 @@ def preset_ranges(config):
   return lo, hi
 
 
-def _ratios(preset, num_stages):
+def stage_ratios(preset, index, num_stages):
+  """(size ratio, regularization ratio) of stage `index` in [0, 1]."""
+  reg = index / (num_stages - 1) if num_stages > 1 else 1.0
   if preset == "reference":
-    return [(i + 1) / num_stages for i in range(num_stages)]
-  if num_stages == 1:
-    return [1.0]
-  return [i / (num_stages - 1) for i in range(num_stages)]
+    return (index + 1) / num_stages, reg
+  return reg, reg
 
 
-def stage_values(config, ratio):
-  """Image size and regularization at interpolation `ratio` in [0, 1]."""
+def stage_values(config, index):
+  """Image size and regularization of stage `index` (0-based)."""
   lo, hi = preset_ranges(config)
-  value = {k: lo[k] + (hi[k] - lo[k]) * ratio for k in lo}
+  size_ratio, reg = stage_ratios(config.progressive.preset, index,
+                                 config.progressive.num_stages)
+  value = {k: lo[k] + (hi[k] - lo[k]) * (size_ratio if k == "image_size"
+                                         else reg) for k in KEYS}
   return dict(
       image_size=int(value["image_size"]),
       randaug_magnitude=float(value["randaug"]),
       mixup_alpha=float(value["mixup"]),
-      cutmix_alpha=float(config.data.cutmix_alpha * ratio),
+      cutmix_alpha=float(value["cutmix"]),
       dropout=float(value["dropout"]))
 
 
@@ -127,10 +138,10 @@ def plan_stages(config, total_steps, epoch_steps=1) -> List[Stage]:
                         if epoch_steps > 1 else "."))
   per_stage = total_steps // num_stages // epoch_steps * epoch_steps
   stages, start = [], 0
-  for i, ratio in enumerate(_ratios(config.progressive.preset, num_stages)):
+  for i in range(num_stages):
     steps = per_stage if i < num_stages - 1 else total_steps - start
     stages.append(Stage(index=i, start_step=start, steps=steps,
-                        **stage_values(config, ratio)))
+                        **stage_values(config, i)))
     start += steps
   return stages
 
@@ -139,14 +150,13 @@ def plan_random_resize(config, total_steps, steps_per_epoch) -> List[Stage]:
   """Paper Table 13: every K epochs, a uniformly drawn stage's values."""
   segment = max(1, int(round(config.progressive.random_resize_epochs *
                              steps_per_epoch)))
-  ratios = _ratios(config.progressive.preset, config.progressive.num_stages)
   rng = np.random.default_rng(config.train.seed)
   stages, start = [], 0
   while start < total_steps:
     steps = min(segment, total_steps - start)
-    pick = int(rng.integers(len(ratios)))
+    pick = int(rng.integers(config.progressive.num_stages))
     stages.append(Stage(index=len(stages), start_step=start, steps=steps,
-                        **stage_values(config, ratios[pick])))
+                        **stage_values(config, pick)))
     start += steps
   return stages
 
@@ -166,10 +176,15 @@ def stage_at(stages, step):
   return None
 
 
-def describe(stage, num_stages, preset):
-  """The one log line printed at each stage start."""
+def describe(stage, num_stages, preset, augname="randaug"):
+  """The one log line printed at each stage start.
+
+  The RandAugment magnitude is shown only where RandAugment runs.
+  """
+  augment = {"randaug": f"RandAugment magnitude {stage.randaug_magnitude:g}",
+             "autoaug": "AutoAugment"}.get(augname, "no augmentation")
   return (f"stage {stage.index + 1}/{num_stages} ({preset} preset): "
           f"steps {stage.start_step}-{stage.end_step} ({stage.steps}), "
-          f"image size {stage.image_size}, RandAugment magnitude "
-          f"{stage.randaug_magnitude:g}, mixup alpha {stage.mixup_alpha:g}, "
-          f"cutmix alpha {stage.cutmix_alpha:g}, dropout {stage.dropout:g}")
+          f"image size {stage.image_size}, {augment}, mixup alpha "
+          f"{stage.mixup_alpha:g}, cutmix alpha {stage.cutmix_alpha:g}, "
+          f"dropout {stage.dropout:g}")

@@ -2,19 +2,23 @@
 
 Each entry holds the block strings of paper Table 4 (V2) or the EfficientNet
 paper (V1), the compound-scaling coefficients and the defaults that travel
-with the model: train and eval image size, eval crop, input scaling, dropout
-and augmentation. Values are those of the reference implementation
-(google/automl, efficientnetv2/effnetv2_configs.py).
+with the model: train and eval image size, the preprocessing row
+(`effnetv2_tf.data.recipes`: input scaling, crops, resize), dropout,
+augmentation, mixup/CutMix and progressive stages. Values are those of the
+reference implementation (google/automl, efficientnetv2/effnetv2_configs.py).
 """
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Tuple
 
-# Input scalings (what `include_preprocessing` and the input pipeline apply).
-SCALE_MINUS_ONE_ONE = "minus_one_one"  # x / 128 - 1 (V2-S/M/L/XL)
-SCALE_IMAGENET = "imagenet_mean_std"  # (x / 255 - mean) / std (B0-B3, V1)
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+def train_size_from_eval(eval_size, ratio):
+  """The reference's fractional train size (main.py: `train.isize` <= 16).
+
+  `int(eval_size * ratio) // 16 * 16`: V1 trains at 0.8 of its eval size,
+  the finetune configs at 1.0.
+  """
+  return int(eval_size * ratio) // 16 * 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,19 +31,15 @@ class ModelSpec:
   train_size: int
   eval_size: int
   dropout_rate: float
-  input_scaling: str
+  preprocessing: str  # a row of effnetv2_tf.data.recipes.ROWS
   augname: str  # 'randaug' or 'autoaug' (AutoAugment policy v0)
-  randaug_magnitude: Optional[int] = None  # None: RandAugment not default
+  randaug_magnitude: int = 0  # data.ram (unused by AutoAugment)
   mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  num_stages: int = 4  # progressive-learning stages (V1: none)
   feature_size: int = 1280
   depth_divisor: int = 8
   min_depth: int = 8
-  # Eval center crop keeps size / (size + crop_padding) of the shorter side.
-  crop_padding: int = 32
-
-  @property
-  def is_v2(self) -> bool:
-    return self.name.startswith("efficientnetv2-")
 
 
 _V2_S = ("r2_k3_s1_e1_i24_o24_c1", "r4_k3_s2_e4_i24_o48_c1",
@@ -67,18 +67,22 @@ _V1 = ("r1_k3_s1_e1_i32_o16_se0.25", "r2_k3_s2_e6_i16_o24_se0.25",
 
 
 def _v2_large(name, blocks, train, eval_, dropout, ra, mixup):
-  return ModelSpec(name, blocks, 1.0, 1.0, train, eval_, dropout,
-                   SCALE_MINUS_ONE_ONE, "randaug", ra, mixup)
+  # effnetv2_configs.py: cutmix_alpha=mix, the model's mixup alpha.
+  return ModelSpec(name, blocks, 1.0, 1.0, train, eval_, dropout, "v2",
+                   "randaug", ra, mixup, cutmix_alpha=mixup)
 
 
 def _v2_base(name, width, depth, train, eval_, dropout):
+  # augname 'effnetv1_autoaug': V1's pipeline, with progressive stages.
   return ModelSpec(name, _V2_BASE, width, depth, train, eval_, dropout,
-                   SCALE_IMAGENET, "autoaug")
+                   "legacy", "autoaug")
 
 
 def _v1(name, width, depth, resolution, dropout):
-  return ModelSpec(name, _V1, width, depth, int(0.8 * resolution), resolution,
-                   dropout, SCALE_IMAGENET, "autoaug")
+  # train.isize=0.8, no stages (hparams.py: train.stages=0, data.ram=15).
+  return ModelSpec(name, _V1, width, depth,
+                   train_size_from_eval(resolution, 0.8), resolution,
+                   dropout, "legacy", "autoaug", 15, num_stages=1)
 
 
 _SPECS = (

@@ -14,6 +14,7 @@ import tensorflow as tf
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import fileio
 from effnetv2_tf import registry
+from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 from effnetv2_tf.model import create_model
 
@@ -33,12 +34,13 @@ def build_source(config):
   elif kind == "folder":
     source = sources.folder_source(data_config.data_dir)
   elif kind == "tfds":
-    source = sources.tfds_source(data_config.tfds_name, data_config.data_dir)
+    source = sources.tfds_source(data_config.tfds_name, data_config.data_dir,
+                                 train_split=data_config.tfds_train_split)
   else:
     source = sources.tfrecord_source(
         data_config.name, data_config.data_dir, config.model.num_classes,
         multi_label=data_config.multi_label,
-        minival_files=data_config.minival_files if data_config.minival else 0,
+        minival_files=data_config.minival_files,
         eval_files=data_config.eval_files)
   overrides = {"train": data_config.train_examples,
                data_config.eval_split: data_config.eval_examples}
@@ -77,8 +79,10 @@ def set_dropout(model, rate):
   model.get_layer("top_dropout").rate = float(rate)
 
 
-def input_scaling(config):
-  return registry.get_model_spec(config.model.name).input_scaling
+def preprocessing(config):
+  """The run's `recipes.Preprocessing` (its resolved `data` section)."""
+  return recipes.from_config(
+      config.data, registry.get_model_spec(config.model.name).preprocessing)
 
 
 def step_counts(config, num_train_examples, global_batch_size):

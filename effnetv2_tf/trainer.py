@@ -178,14 +178,12 @@ class Trainer:
     def dataset_fn(context):
       return self._checked_input(pipeline.build_train_dataset(
           self.source, context.get_per_replica_batch_size(self.global_batch),
-          stage.image_size, train_lib.input_scaling(config),
+          stage.image_size, train_lib.preprocessing(config),
           augname=config.data.augname,
           randaug_magnitude=stage.randaug_magnitude,
           num_layers=config.data.num_layers, mixup_alpha=stage.mixup_alpha,
           cutmix_alpha=stage.cutmix_alpha,
           label_smoothing=config.train.label_smoothing,
-          area_range=(config.data.crop_area_min, 1.0),
-          random_flip=config.data.random_flip,
           seed=config.train.seed + 1000 * stage.index,
           input_context=context, shuffle_buffer=config.data.shuffle_buffer,
           cache=config.data.cache), "the training input")
@@ -285,8 +283,8 @@ class Trainer:
     for stage in self.stages:
       if stage.end_step <= self.step:
         continue
-      print(progressive.describe(stage, num_stages, self.summary["preset"]),
-            flush=True)
+      print(progressive.describe(stage, num_stages, self.summary["preset"],
+                                 self.config.data.augname), flush=True)
       record = self._train_stage(stage)
       if eval_every_stage:
         record.update(self.evaluate())
@@ -416,14 +414,12 @@ class Trainer:
     split = config.data.eval_split
     eval_batch = config.eval.batch_size
     steps = pipeline.eval_steps(self.source.num_examples(split), eval_batch)
-    skip_from = config.data.skip_crop_from_size or None
 
     def dataset_fn(context):
       dataset = pipeline.build_eval_dataset(
           self.source, context.get_per_replica_batch_size(eval_batch), size,
-          train_lib.input_scaling(config), split=split,
-          crop_padding=config.data.crop_padding,
-          skip_crop_from_size=skip_from, input_context=context)
+          train_lib.preprocessing(config), split=split,
+          input_context=context)
       return self._checked_input(dataset, "the eval input")
 
     dataset = self.strategy.distribute_datasets_from_function(dataset_fn)

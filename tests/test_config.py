@@ -88,10 +88,11 @@ def test_unknown_names():
 
 def test_config_file_yaml_and_json(tmp_path):
   yaml_file = tmp_path / "c.yaml"
-  yaml_file.write_text("train:\n  batch_size: 16\ndata:\n  cutmix_alpha: 0.5\n")
+  yaml_file.write_text(
+      "train:\n  batch_size: 16\nprogressive:\n  max_cutmix: 0.5\n")
   config = config_lib.build_config("efficientnetv2-b0", "digits",
                                    config_file=str(yaml_file))
-  assert (config.train.batch_size, config.data.cutmix_alpha) == (16, 0.5)
+  assert (config.train.batch_size, config.progressive.max_cutmix) == (16, 0.5)
   json_file = tmp_path / "c.json"
   json_file.write_text(json.dumps({"train": {"bogus": 1}}))
   with pytest.raises(config_lib.ConfigError, match="'train.bogus'"):

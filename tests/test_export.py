@@ -14,14 +14,15 @@ from conftest import tiny_model
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
 from effnetv2_tf import optim
-from effnetv2_tf import registry
 from effnetv2_tf import train_lib
 from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import recipes
 from test_trainer import TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
-SCALING = registry.get_model_spec("efficientnetv2-b0").input_scaling
+PREP = recipes.ROWS["v2"]  # bilinear, (x - 128) / 128, crop below 320 px
+SCALING = PREP.input_scaling
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def exported(tmp_path_factory):
   keras.utils.set_random_seed(7)
   model = tiny_model()
   path = str(tmp_path_factory.mktemp("export") / "saved")
-  export.export_saved_model(model, path, SIZE, SCALING,
+  export.export_saved_model(model, path, SIZE, PREP,
                             class_names=[f"digit {i}" for i in range(10)])
   return model, path
 
@@ -57,7 +58,7 @@ def test_raw_image_signature_crops_and_resizes_an_odd_size(exported):
   out = served.signatures["serving_uint8"](
       images=tf.constant(image, tf.uint8))
   # By hand: crop keeps 24 / (24 + 32) of the short side, int(15.86) = 15,
-  # centred at ((37 - 15 + 1) // 2, (53 - 15 + 1) // 2) = (11, 19).
+  # at ((37 - 15) // 2, (53 - 15) // 2) = (11, 19).
   crop = image[:, 11:26, 19:34].astype(np.float32)
   expected = _softmax(model, preprocess.normalize(
       tf.image.resize(crop, [SIZE, SIZE]), SCALING))
@@ -93,7 +94,7 @@ def test_tflite_matches_keras(exported):
 def test_feature_vector_module_and_tfsmlayer(exported, tmp_path):
   model, _ = exported
   path = export.export_feature_vector(model, str(tmp_path / "fv"), SIZE,
-                                      SCALING)
+                                      PREP)
   images = np.random.default_rng(3).uniform(size=(2, 30, 20, 3)).astype(
       np.float32)  # [0, 1], any size
   backbone = keras.Model(model.inputs, model.get_layer("avg_pool").output)

@@ -64,8 +64,7 @@ def test_fit_eval_reads_the_ema_weights(tmp_path):
   config = trainer.config
   batches = list(pipeline.build_eval_dataset(
       trainer.source, 60, config.model.eval_size,
-      train_lib.input_scaling(config),
-      crop_padding=config.data.crop_padding).as_numpy_iterator())
+      train_lib.preprocessing(config)).as_numpy_iterator())
 
   def top1():
     hits = [np.sum((np.argmax(trainer.model.predict(b["images"], verbose=0),

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import registry
+import dataclasses
+
 from effnetv2_tf.data import pipeline
+from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
     "imagenet-samples")
-SCALE = registry.SCALE_MINUS_ONE_ONE
+SCALE = recipes.ROWS["v2"]  # the V2 preprocessing: (x - 128) / 128
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_label_smoothing_and_mixup_targets(digits):
 def test_augmented_jpeg_stage_and_corrupt_skipped(photo_folder, augname):
   source = sources.folder_source(str(photo_folder))
   ds = pipeline.build_train_dataset(
-      source, 4, 32, registry.SCALE_IMAGENET, augname=augname,
+      source, 4, 32, recipes.ROWS["legacy"], augname=augname,
       randaug_magnitude=15, mixup_alpha=0.2, seed=0, shuffle_buffer=16)
   batches = _first(ds, 5)  # 20 examples: two passes over the 9 good ones
   assert all(b["images"].shape == (4, 32, 32, 3) for b in batches)
@@ -138,10 +140,11 @@ def test_random_flip_off_keeps_orientation():
 
   def left_brighter(random_flip):
     flipped = 0
+    prep = dataclasses.replace(recipes.ROWS["v2"], crop_area_min=1.0,
+                               random_flip=random_flip)
     for i in range(32):
       out = pipeline.train_preprocess(
-          features, tf.constant([i, 0]), 8, registry.SCALE_MINUS_ONE_ONE,
-          area_range=(1.0, 1.0), random_flip=random_flip).numpy()
+          features, tf.constant([i, 0]), 8, prep).numpy()
       flipped += int(out[:, :4].mean() > out[:, 4:].mean())
     return flipped
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import registry
+import dataclasses
+
 from effnetv2_tf.data import mix
 from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import recipes
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
     "imagenet-samples")
@@ -22,6 +24,9 @@ def jpeg_bytes():
   return TENCH.read_bytes()
 
 
+V2, LEGACY, FINETUNE = (recipes.ROWS[k] for k in ("v2", "legacy", "finetune"))
+
+
 def _seed(i):
   return tf.constant([7, i], tf.int64)
 
@@ -30,8 +35,8 @@ def test_fused_jpeg_crop_equals_decode_then_slice(jpeg_bytes):
   encoded = tf.constant(jpeg_bytes)
   decoded = tf.io.decode_jpeg(encoded, channels=3)
   for i in range(5):
-    fused = preprocess.random_crop({"encoded": encoded}, _seed(i))
-    plain = preprocess.random_crop({"image": decoded}, _seed(i))
+    fused = preprocess.random_crop({"encoded": encoded}, _seed(i), 224, V2)
+    plain = preprocess.random_crop({"image": decoded}, _seed(i), 224, V2)
     np.testing.assert_array_equal(fused.numpy(), plain.numpy())
 
 
@@ -39,7 +44,8 @@ def test_random_crop_area_and_aspect_in_range(jpeg_bytes):
   encoded = tf.constant(jpeg_bytes)
   height, width = tf.io.extract_jpeg_shape(encoded).numpy()[:2]
   for i in range(20):
-    crop = preprocess.random_crop({"encoded": encoded}, _seed(i)).numpy()
+    crop = preprocess.random_crop({"encoded": encoded}, _seed(i), 224,
+                                  V2).numpy()
     h, w = crop.shape[:2]
     assert 0.05 * 0.9 <= h * w / (height * width) <= 1.0
     # Integer rounding of the box moves the aspect slightly off the range.
@@ -50,38 +56,103 @@ def test_random_crop_same_seed_same_crop_png():
   image = tf.cast(tf.random.stateless_uniform([50, 70, 3], [1, 2], 0, 255),
                   tf.uint8)
   png = tf.io.encode_png(image)
-  a = preprocess.random_crop({"encoded": png}, _seed(3))
-  b = preprocess.random_crop({"image": image}, _seed(3))
+  a = preprocess.random_crop({"encoded": png}, _seed(3), 32, LEGACY)
+  b = preprocess.random_crop({"image": image}, _seed(3), 32, LEGACY)
   np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_center_crop_by_hand():
-  image = np.arange(100 * 200 * 3, dtype=np.int64).reshape(100, 200, 3)
+def test_center_crop_offsets_by_hand():
+  # 224 px of a 100 x 201 image: side int(224 / 256 * 100) = 87. V2
+  # (preprocessing.py) puts it at ((100 - 87) // 2, (201 - 87) // 2) =
+  # (6, 57); legacy (preprocess_legacy.py) at (+1) // 2: (7, 57).
+  image = np.arange(100 * 201 * 3, dtype=np.int64).reshape(100, 201, 3)
   image = tf.constant(image % 251, tf.uint8)
-  crop = preprocess.center_crop({"image": image}, 224).numpy()
-  side = int(224 / (224 + 32) * 100)  # 87
-  top, left = (100 - side + 1) // 2, (200 - side + 1) // 2
-  np.testing.assert_array_equal(
-      crop, image.numpy()[top:top + side, left:left + side])
+  for prep, (top, left) in ((V2, (6, 57)), (LEGACY, (7, 57))):
+    crop = preprocess.eval_crop({"image": image}, 224, prep).numpy()
+    np.testing.assert_array_equal(
+        crop, image.numpy()[top:top + 87, left:left + 87])
 
 
-def test_center_crop_skipped_from_320_unless_disabled():
+def test_eval_crop_rule_per_row():
   image = tf.zeros([40, 60, 3], tf.uint8)
-  assert preprocess.center_crop({"image": image}, 384).shape == (40, 60, 3)
-  cropped = preprocess.center_crop({"image": image}, 384,
-                                   skip_crop_from_size=None)
-  assert cropped.shape == (36, 36, 3)  # int(384 / 416 * 40) = int(36.9)
+  # V2 skips the crop from 320 px; legacy crops at every size
+  # (int(384 / 416 * 40) = 36); finetune never crops.
+  assert preprocess.eval_crop({"image": image}, 384, V2).shape == (40, 60, 3)
+  assert preprocess.eval_crop({"image": image}, 300, V2).shape == (36, 36, 3)
+  assert preprocess.eval_crop({"image": image}, 384,
+                              LEGACY).shape == (36, 36, 3)
+  assert preprocess.eval_crop({"image": image}, 224,
+                              FINETUNE).shape == (40, 60, 3)
 
 
-def test_normalize_both_scalings():
+def test_legacy_crop_falls_back_to_center_crop():
+  # An area range no window can meet: the sampler returns the whole image,
+  # which the legacy pipeline replaces by the eval center crop.
+  image = tf.constant(np.arange(30 * 50 * 3).reshape(30, 50, 3) % 251,
+                      tf.uint8)
+  impossible = dataclasses.replace(LEGACY, crop_aspect_min=4.0,
+                                   crop_aspect_max=5.0, crop_area_min=0.9)
+  crop = preprocess.random_crop({"image": image}, _seed(1), 96, impossible)
+  side = int(96 / 128 * 30)  # 22
+  top, left = (30 - side + 1) // 2, (50 - side + 1) // 2
+  np.testing.assert_array_equal(
+      crop.numpy(), image.numpy()[top:top + side, left:left + side])
+  whole = preprocess.random_crop({"image": image}, _seed(1), 96,
+                                 dataclasses.replace(impossible,
+                                                     crop_fallback="whole"))
+  assert whole.shape == (30, 50, 3)
+
+
+def test_bicubic_is_the_tf1_grid():
+  # TF1 resize_bicubic without half-pixel centres maps output pixel x to
+  # input x * in / out: upsampling 2x keeps every input pixel at an even
+  # output index (Keys cubic weights at integer offsets are 1, 0, 0, 0).
+  image = tf.constant(np.random.default_rng(0).integers(0, 255, [4, 4, 3]),
+                      tf.uint8)
+  out = preprocess.resize(image, 8, "bicubic").numpy()
+  np.testing.assert_allclose(out[::2, ::2], image.numpy(), atol=1e-4)
+  bilinear = preprocess.resize(image, 8, "bilinear").numpy()
+  assert not np.allclose(bilinear[::2, ::2], image.numpy(), atol=1)
+  with pytest.raises(ValueError, match="Unknown resize method"):
+    preprocess.resize(image, 8, "area")
+
+
+def test_to_uint8_truncates_like_the_reference():
+  # preprocessing.py: clip, then tf.cast to uint8 (truncation, not rounding).
+  out = preprocess.to_uint8(tf.constant([-3.0, 0.9, 127.99, 254.5, 300.0]))
+  np.testing.assert_array_equal(out.numpy(), [0, 0, 127, 254, 255])
+
+
+def test_finetune_cutout_geometry_and_fill():
+  # pad = 64 // 4 = 16: a square of side <= 32 around a random pixel,
+  # clipped at the border, filled with [0, 1) noise.
+  image = tf.fill([64, 64, 3], -5.0)
+  sides = set()
+  for i in range(40):
+    out = preprocess.finetune_cutout(image, _seed(i)).numpy()
+    cut = out[..., 0] != -5.0
+    rows, cols = np.nonzero(cut)
+    assert cut.sum() > 0 and 0.0 <= out[cut.nonzero()].min()
+    assert out[cut.nonzero()].max() < 1.0
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert cut.sum() == h * w and h <= 32 and w <= 32  # one rectangle
+    sides.add((h, w))
+  assert (32, 32) in sides and len(sides) > 1  # inside and clipped
+
+
+def test_scalings_by_hand():
   pixels = tf.constant([[[0.0, 128.0, 255.0]]])
   np.testing.assert_allclose(
-      preprocess.normalize(pixels, registry.SCALE_MINUS_ONE_ONE).numpy(),
+      preprocess.normalize(pixels, recipes.SCALE_MINUS_ONE_ONE).numpy(),
       [[[-1.0, 0.0, 127.0 / 128.0]]])
-  mean = np.array(registry.IMAGENET_MEAN_RGB) * 255.0
-  out = preprocess.normalize(tf.constant(mean[None, None]),
-                             registry.SCALE_IMAGENET)
-  np.testing.assert_allclose(out.numpy(), 0.0, atol=1e-5)
+  np.testing.assert_allclose(
+      preprocess.normalize(pixels, recipes.SCALE_FINETUNE).numpy(),
+      [[[-1.0, (128 / 255 - 0.5) / 0.5, 1.0]]], rtol=1e-6, atol=1e-6)
+  mean = np.array([0.485, 0.456, 0.406]) * 255.0  # preprocess_legacy.py
+  std = np.array([0.229, 0.224, 0.225]) * 255.0
+  out = preprocess.normalize(tf.constant((mean + std)[None, None]),
+                             recipes.SCALE_IMAGENET)
+  np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-5)
   with pytest.raises(ValueError, match="Unknown input scaling"):
     preprocess.normalize(pixels, "bogus")
 

@@ -41,21 +41,15 @@ def test_paper_preset_s_sizes_by_hand():
       128, 185, 242, 300]
 
 
-def test_reference_preset_values():
+def test_reference_preset_regularization_uses_its_own_ratio():
+  # main_tf2.py: the size at (i + 1) / M, regularization at
+  # np.linspace(...)[i], i / (M - 1): RandAugment starts at 5, not at 6.25.
+  # (Full reference tables: tests/test_recipes.py.)
   stages = _stages("efficientnetv2-s", hparams="progressive.preset=reference")
   assert [s.image_size for s in stages] == [171, 214, 257, 300]
-  assert [s.randaug_magnitude for s in stages] == pytest.approx(
-      [6.25, 7.5, 8.75, 10])
+  assert stages[0].randaug_magnitude == 5.0
+  assert stages[-1].randaug_magnitude == 10.0
   assert all(s.dropout == 0.2 for s in stages)
-  assert all(s.mixup_alpha == 0 for s in stages)
-  m_stages = _stages("efficientnetv2-m", hparams="progressive.preset=reference")
-  assert [s.image_size for s in m_stages] == [192, 256, 320, 384]
-  assert m_stages[-1].randaug_magnitude == 15
-  assert [s.mixup_alpha for s in m_stages] == pytest.approx(
-      [0.05, 0.1, 0.15, 0.2])
-  assert all(s.dropout == 0.3 for s in m_stages)
-  l_stages = _stages("efficientnetv2-l", hparams="progressive.preset=reference")
-  assert (l_stages[-1].randaug_magnitude, l_stages[-1].mixup_alpha) == (20, 0.5)
 
 
 def test_models_without_table_6_column():
@@ -98,5 +92,8 @@ def test_describe_line_has_every_value():
   stage = _stages("efficientnetv2-m")[1]
   line = progressive.describe(stage, 4, "paper")
   for part in ("stage 2/4", "paper", "image size 212", "RandAugment magnitude",
-               "mixup alpha", "dropout"):
+               "mixup alpha", "cutmix alpha", "dropout"):
     assert part in line
+  # The magnitude only where RandAugment runs.
+  assert "AutoAugment," in progressive.describe(stage, 4, "paper", "autoaug")
+  assert "no augmentation," in progressive.describe(stage, 4, "paper", "")

@@ -47,7 +47,8 @@ needs_xla_cpu = pytest.mark.skipif(
 # weight decay large enough to show in the update; momentum for its slot.
 COMPARED = ("model.survival_prob=1.0,progressive.min_dropout=0,"
             "progressive.max_dropout=0,progressive.min_mixup=0.5,"
-            "progressive.max_mixup=0.5,data.cutmix_alpha=1.0,"
+            "progressive.max_mixup=0.5,progressive.min_cutmix=1.0,"
+            "progressive.max_cutmix=1.0,"
             "train.weight_decay=0.01,train.momentum=0.9")
 
 
@@ -243,7 +244,7 @@ def test_fit_driver_trains_with_the_compiled_step(tmp_path):
 def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
   trainer = float32_steps[0]
   batch = next(iter(pipeline.build_eval_dataset(
-      trainer.source, 60, 16, train_lib.input_scaling(trainer.config),
+      trainer.source, 60, 16, train_lib.preprocessing(trainer.config),
       split=trainer.config.data.eval_split)))
   compiled = trainer.make_eval_step()
   plain = tf.function(compiled.python_function)
@@ -256,10 +257,10 @@ def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
 @needs_xla_cpu
 def test_serving_model_part_compiles_and_matches(float32_steps):
   trainer = float32_steps[0]
-  scaling = train_lib.input_scaling(trainer.config)
+  prep = train_lib.preprocessing(trainer.config)
   images = tf.random.stateless_uniform([2, 40, 30, 3], [3, 4], 0, 255)
-  fast = export.ServingModule(trainer.model, 16, scaling, jit_compile=True)
-  plain = export.ServingModule(trainer.model, 16, scaling)
+  fast = export.ServingModule(trainer.model, 16, prep, jit_compile=True)
+  plain = export.ServingModule(trainer.model, 16, prep)
   hlo = fast.predict.experimental_get_compiler_ir(
       fast.preprocess(images))(stage="hlo")
   assert hlo.startswith("HloModule")
@@ -273,15 +274,15 @@ def test_serving_model_part_compiles_and_matches(float32_steps):
 def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
                                                         tmp_path):
   trainer = float32_steps[0]
-  scaling = train_lib.input_scaling(trainer.config)
-  export.export_saved_model(trainer.model, str(tmp_path), 16, scaling,
+  prep = train_lib.preprocessing(trainer.config)
+  export.export_saved_model(trainer.model, str(tmp_path), 16, prep,
                             jit_compile=True)
   signature = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
   library = signature.graph.as_graph_def().library.function
   assert any(f.attr["_XlaMustCompile"].b for f in library
              if "_XlaMustCompile" in f.attr)
   images = tf.random.stateless_uniform([2, 40, 30, 3], [5, 6], 0, 255)
-  plain = export.ServingModule(trainer.model, 16, scaling)
+  plain = export.ServingModule(trainer.model, 16, prep)
   np.testing.assert_allclose(signature(images=images)["probabilities"],
                              plain.serve(images)["probabilities"],
                              rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ Data"), with the PIL-like semantics of the reference EfficientNetV2
 scalar tensors. Geometric ops use TensorFlow's own
 `ImageProjectiveTransformV3` (nearest neighbour, constant fill), so no
 tensorflow-addons is needed. The only random op, cutout, is stateless and
-takes a shape [2] seed.
+takes a shape [2] seed; it also serves the finetune pipeline's cutout on
+float images.
 
 Deliberate difference from the reference: `contrast` blends towards the mean
 grey level (as PIL does); the reference's `sum(histogram) / 256` is the pixel
@@ -182,7 +183,10 @@ def sharpness(image, factor):
   """PIL Sharpness: blends a smoothed image (factor 0) with the image (1).
 
   The smoothed image applies [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 to the
-  interior pixels (rounded, as PIL does) and keeps the one-pixel border.
+  interior pixels, truncated as the reference's float convolution cast to
+  uint8 (PIL rounds; the exact integer quotient here, where the reference's
+  float sum can land one below at multiples of 13), and keeps the one-pixel
+  border.
 
   Args:
     image: uint8 [H, W, 3].
@@ -195,7 +199,7 @@ def sharpness(image, factor):
   rows = x[:-2] + x[1:-1] + x[2:]
   box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
   total = box + 4 * x[1:-1, 1:-1]  # kernel weights sum to 13
-  smooth = tf.cast((2 * total + 13) // 26, tf.uint8)  # round(total / 13)
+  smooth = tf.cast(total // 13, tf.uint8)  # trunc(total / 13), reference
   padding = [[1, 1], [1, 1], [0, 0]]
   interior = tf.pad(tf.ones_like(smooth, tf.bool), padding)
   degenerate = tf.where(interior, tf.pad(smooth, padding), image)
@@ -273,18 +277,20 @@ def translate_y(image, pixels):
   return transform(image, [1., 0., 0., 0., 1., pixels, 0., 0.])
 
 
-def cutout(image, pad_size, seed):
-  """Fills a 2*pad_size square at a random centre with 128.
+def cutout(image, pad_size, seed, replace=FILL_VALUE):
+  """Fills a 2*pad_size square at a random centre with `replace`.
 
   The centre is uniform over the pixels; the square is clipped to the image.
 
   Args:
-    image: uint8 [H, W, 3].
+    image: [H, W, 3] (uint8 for RandAugment and AutoAugment).
     pad_size: int half side of the square.
     seed: shape [2] integer seed of the stateless sampler.
+    replace: the fill, a scalar (128) or a tensor of the image's shape
+      (the finetune pipeline's noise).
 
   Returns:
-    uint8 image.
+    The image with the square filled, in its dtype.
   """
   shape = tf.shape(image)
   seeds = tf.random.experimental.stateless_split(seed, 2)
@@ -295,4 +301,4 @@ def cutout(image, pad_size, seed):
   cols = tf.range(shape[1])[tf.newaxis, :, tf.newaxis]
   inside = ((rows >= cy - pad) & (rows < cy + pad) &
             (cols >= cx - pad) & (cols < cx + pad))
-  return tf.where(inside, tf.constant(FILL_VALUE, tf.uint8), image)
+  return tf.where(inside, tf.cast(replace, image.dtype), image)

@@ -5,10 +5,13 @@ the RandAugment magnitude and the mixup/CutMix alpha at every stage, so a
 training pipeline is built per stage from explicit arguments; nothing is read
 from globals.
 
-Training, per example: inception crop (fused with JPEG decoding), random
-flip, resize to the stage size, RandAugment/AutoAugment on uint8, then the
-model's input scaling; per batch: label smoothing, then mixup/CutMix.
-Evaluation: center crop, resize, scaling; batches are padded to a static
+The pixel values (crop, resize, flip, scaling, cutout, eval crop) come from
+one `recipes.Preprocessing` row, the run's resolved `data` config.
+Training, per example: random crop (fused with JPEG decoding) or the whole
+image, resize to the stage size, random flip, RandAugment/AutoAugment on
+uint8, the input scaling, cutout (finetune); per batch: label smoothing,
+then mixup/CutMix. Evaluation: center crop (or the whole image), resize,
+scaling; batches are padded to a static
 shape and carry a 0/1 `mask`, so every example is counted exactly once, also
 across replicas.
 
@@ -39,12 +42,6 @@ def _base_seed(seed, input_context, stream):
   return tf.random.experimental.stateless_fold_in(base, stream)
 
 
-def _decoded(features):
-  if "image" in features:
-    return features["image"]
-  return preprocess.decode_image(features["encoded"])
-
-
 def _count_skipped(ds):
   """Adds `skipped`: examples dropped so far, from gaps in the stream index.
 
@@ -61,43 +58,45 @@ def _count_skipped(ds):
   return ds.scan((tf.constant(-1, tf.int64), tf.constant(0, tf.int64)), step)
 
 
-def train_preprocess(features, seed, image_size, input_scaling, augname=None,
-                     randaug_magnitude=0.0, num_layers=2,
-                     area_range=(0.05, 1.0), random_flip=True):
-  """One training example: crop, flip, resize, augment, scale.
+def train_preprocess(features, seed, image_size, prep, augname=None,
+                     randaug_magnitude=0.0, num_layers=2):
+  """One training example: crop, resize, flip, augment, scale, cutout.
 
   Args:
     features: dict with 'encoded' bytes or a uint8 'image'.
     seed: shape [2] int seed for this example.
     image_size: the stage's square output size.
-    input_scaling: the model's registry `input_scaling`.
+    prep: the run's `recipes.Preprocessing`.
     augname: 'randaug', 'autoaug' or None.
     randaug_magnitude: the stage's RandAugment magnitude.
     num_layers: RandAugment ops per image.
-    area_range: inception crop area range (reference V2: 0.05 to 1).
-    random_flip: random horizontal flips (off for digits and text).
 
   Returns:
     float32 [image_size, image_size, 3].
   """
-  crop_seed, flip_seed, aug_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
-  image = preprocess.random_crop(features, crop_seed, area_range=area_range)
-  if random_flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  image = preprocess.resize(image, image_size)
+  crop_seed, flip_seed, aug_seed, cutout_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  if prep.train_crop:
+    image = preprocess.random_crop(features, crop_seed, image_size, prep)
+  else:
+    image = preprocess.whole_image(features)
+  image = preprocess.resize(image, image_size, prep.resize_method)
+  if prep.random_flip:
+    image = preprocess.flip(image, flip_seed)
   if augname:
     image = augment.distort_image(preprocess.to_uint8(image), augname,
                                   randaug_magnitude, aug_seed,
                                   num_layers=num_layers)
-  return preprocess.normalize(image, input_scaling)
+  image = preprocess.normalize(image, prep.input_scaling)
+  if prep.cutout:
+    image = preprocess.finetune_cutout(image, cutout_seed)
+  return image
 
 
-def build_train_dataset(source, batch_size, image_size, input_scaling, *,
+def build_train_dataset(source, batch_size, image_size, prep, *,
                         augname=None, randaug_magnitude=0.0, num_layers=2,
                         mixup_alpha=0.0, cutmix_alpha=0.0,
-                        label_smoothing=0.0, area_range=(0.05, 1.0),
-                        random_flip=True, seed=0, input_context=None,
+                        label_smoothing=0.0, seed=0, input_context=None,
                         shuffle_buffer=10_000,
                         cache=False, split="train"):
   """The endless training stream of one progressive-learning stage.
@@ -107,12 +106,10 @@ def build_train_dataset(source, batch_size, image_size, input_scaling, *,
     batch_size: per-replica batch size (with `input_context`, use
       `input_context.get_per_replica_batch_size(global_batch)`).
     image_size: the stage's training image size.
-    input_scaling: the model's registry `input_scaling`.
+    prep: the run's `recipes.Preprocessing`.
     augname, randaug_magnitude, num_layers: the stage's augmentation.
     mixup_alpha, cutmix_alpha: the stage's Beta alphas (0 disables each).
     label_smoothing: smoothing applied before mixing (reference order).
-    area_range: inception crop area range.
-    random_flip: random horizontal flips.
     seed: base seed; use a different one per stage (e.g. seed + stage).
     input_context: `tf.distribute.InputContext` for per-replica input.
     shuffle_buffer: examples in the shuffle buffer.
@@ -134,9 +131,8 @@ def build_train_dataset(source, batch_size, image_size, input_scaling, *,
   def one_example(index, features):
     example_seed = tf.random.experimental.stateless_fold_in(element_base,
                                                             index)
-    image = train_preprocess(features, example_seed, image_size,
-                             input_scaling, augname, randaug_magnitude,
-                             num_layers, area_range, random_flip)
+    image = train_preprocess(features, example_seed, image_size, prep,
+                             augname, randaug_magnitude, num_layers)
     return {"images": image, "labels": features["label"], "index": index}
 
   ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)
@@ -156,14 +152,12 @@ def build_train_dataset(source, batch_size, image_size, input_scaling, *,
   return ds.prefetch(AUTOTUNE)
 
 
-def eval_preprocess(features, image_size, input_scaling,
-                    crop_padding=preprocess.CROP_PADDING,
-                    skip_crop_from_size=320):
-  """One evaluation example: center crop, resize, scale."""
-  image = preprocess.center_crop(features, image_size, crop_padding,
-                                 skip_crop_from_size)
-  return preprocess.normalize(preprocess.resize(image, image_size),
-                              input_scaling)
+def eval_preprocess(features, image_size, prep):
+  """One evaluation example: eval crop, resize, scale."""
+  image = preprocess.eval_crop(features, image_size, prep)
+  return preprocess.normalize(
+      preprocess.resize(image, image_size, prep.resize_method),
+      prep.input_scaling)
 
 
 def eval_steps(num_examples, global_batch_size):
@@ -186,10 +180,8 @@ def _pad_batch(batch, batch_size):
   return padded
 
 
-def build_eval_dataset(source, batch_size, image_size, input_scaling, *,
-                       split="validation", crop_padding=preprocess.CROP_PADDING,
-                       skip_crop_from_size=320, input_context=None,
-                       cache=False):
+def build_eval_dataset(source, batch_size, image_size, prep, *,
+                       split="validation", input_context=None, cache=False):
   """One pass over an evaluation split, padded to whole, equal-length shards.
 
   Examples are sharded one by one over the input pipelines (not by file), so
@@ -201,11 +193,8 @@ def build_eval_dataset(source, batch_size, image_size, input_scaling, *,
     source: a `sources.Source`.
     batch_size: per-replica batch size.
     image_size: evaluation image size.
-    input_scaling: the model's registry `input_scaling`.
+    prep: the run's `recipes.Preprocessing` (eval crop, resize, scaling).
     split: source split.
-    crop_padding: center crop keeps size / (size + crop_padding).
-    skip_crop_from_size: eval sizes from which the crop is skipped
-      (reference: 320); None always crops.
     input_context: `tf.distribute.InputContext` for per-replica input.
     cache: cache the decoded, resized examples.
 
@@ -223,8 +212,7 @@ def build_eval_dataset(source, batch_size, image_size, input_scaling, *,
   ds = source.read(split).shard(num_pipelines, pipeline_id).enumerate()
 
   def one_example(index, features):
-    image = eval_preprocess(features, image_size, input_scaling, crop_padding,
-                            skip_crop_from_size)
+    image = eval_preprocess(features, image_size, prep)
     return {"images": image, "labels": features["label"], "index": index}
 
   ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)

@@ -1,18 +1,20 @@
-"""Per-example preprocessing: inception crop, flip, resize, eval crop, scaling.
+"""Per-example preprocessing: random crop, resize, flip, eval crop, scaling.
 
-Training (reference EfficientNetV2 `preprocess_for_train`): a random crop of
-area 5-100% and aspect 3/4-4/3 from `sample_distorted_bounding_box`
-(min_object_covered 0, 100 attempts), fused with JPEG decoding where the input
-is a JPEG; random horizontal flip; bilinear resize to the stage size.
-Evaluation: a center crop of size / (size + 32) of the shorter side, resized
-to the eval size. Every random op is stateless and takes an explicit seed.
+Each function applies the values of one `recipes.Preprocessing` row (the
+reference's V2, legacy V1 or finetune pipeline); image sizes come from the
+stage. Training: an inception-style crop from
+`stateless_sample_distorted_bounding_box`, fused with JPEG decoding where the
+input is a JPEG; resize to the stage size; random horizontal flip (after the
+resize, as both reference pipelines do: the legacy bicubic grid is not
+mirror-symmetric). Evaluation: a center crop of size / (size + padding) of
+the shorter side, resized to the eval size. Every random op is stateless and
+takes an explicit seed.
 """
 
 import tensorflow as tf
 
-from effnetv2_tf import registry
-
-CROP_PADDING = 32
+from effnetv2_tf.data import image_ops
+from effnetv2_tf.data import recipes
 
 
 def decode_image(encoded):
@@ -20,6 +22,13 @@ def decode_image(encoded):
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
   return image
+
+
+def whole_image(features):
+  """The decoded uint8 image of an example."""
+  if "encoded" in features:
+    return decode_image(features["encoded"])
+  return features["image"]
 
 
 def _image_shape(features):
@@ -54,78 +63,118 @@ def _crop(features, offset_hw, size_hw):
   return image
 
 
-def random_crop(features, seed, area_range=(0.05, 1.0),
-                aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=100):
+def random_crop(features, seed, image_size, prep):
   """Inception-style random crop; returns uint8 [h, w, 3].
 
   Args:
     features: dict with 'encoded' (image bytes) or 'image' (uint8 tensor).
     seed: shape [2] integer seed of the stateless sampler.
-    area_range: fraction of the image area the crop may cover.
-    aspect_ratio_range: width / height range of the crop.
-    max_attempts: tries before falling back to the whole image.
+    image_size: the output size (sizes the legacy center-crop fallback).
+    prep: a `recipes.Preprocessing` (crop area, aspect, min object covered,
+      attempts and fallback).
   """
   shape = _image_shape(features)
+  if prep.crop_min_object_covered > 0:  # legacy: the whole image as the box
+    boxes = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+  else:
+    boxes = tf.zeros([1, 0, 4], tf.float32)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.concat([shape, [3]], 0),
-      bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
-      seed=seed,
-      min_object_covered=0.0,
-      aspect_ratio_range=aspect_ratio_range,
-      area_range=area_range,
-      max_attempts=max_attempts,
+      tf.concat([shape, [3]], 0), bounding_boxes=boxes, seed=seed,
+      min_object_covered=prep.crop_min_object_covered,
+      aspect_ratio_range=(prep.crop_aspect_min, prep.crop_aspect_max),
+      area_range=(prep.crop_area_min, 1.0),
+      max_attempts=prep.crop_max_attempts,
       use_image_if_no_bounding_boxes=True)
-  return _crop(features, begin[:2], size[:2])
-
-
-def center_crop(features, image_size, crop_padding=CROP_PADDING,
-                skip_crop_from_size=320):
-  """Center crop of image_size / (image_size + crop_padding) of the shorter side.
-
-  The reference skips the crop (resizes the whole image) at eval sizes of
-  `skip_crop_from_size` and above; None always crops.
-  """
-  offset, size = center_crop_window(_image_shape(features), image_size,
-                                    crop_padding, skip_crop_from_size)
+  offset, size = begin[:2], size[:2]
+  if prep.crop_fallback == "center":
+    # preprocess_legacy.py: a crop equal to the whole image (what the
+    # sampler returns after its attempts) becomes the eval center crop.
+    whole = tf.reduce_all(tf.equal(size, tf.cast(shape, tf.int32)))
+    center_offset, center_size = center_crop_window(
+        shape, image_size, prep.crop_padding, prep.crop_offset)
+    offset = tf.where(whole, center_offset, offset)
+    size = tf.where(whole, center_size, size)
   return _crop(features, offset, size)
 
 
-def center_crop_window(shape, image_size, crop_padding=CROP_PADDING,
-                       skip_crop_from_size=320):
-  """(offset, size), both int32 [2], of the eval crop in a [h, w] image.
+def center_crop_window(shape, image_size, crop_padding, crop_offset):
+  """(offset, size), both int32 [2], of the center crop in a [h, w] image.
 
-  The whole image when `skip_crop_from_size` is set and reached.
+  The crop is the square of image_size / (image_size + crop_padding) of the
+  shorter side; `crop_offset` 'floor' puts it at (h - c) // 2, 'ceil' at
+  (h - c + 1) // 2.
   """
   shape = tf.cast(shape, tf.int32)
-  if skip_crop_from_size and image_size >= skip_crop_from_size:
-    return tf.zeros([2], tf.int32), shape
   ratio = image_size / (image_size + crop_padding)
   side = tf.cast(
       ratio * tf.cast(tf.reduce_min(shape), tf.float32), tf.int32)
-  return (shape - side + 1) // 2, tf.stack([side, side])
+  extra = 1 if crop_offset == "ceil" else 0
+  return (shape - side + extra) // 2, tf.stack([side, side])
 
 
-def resize(image, image_size):
-  """Bilinear resize to a square (reference V2), float32 in 0..255."""
-  image = tf.image.resize(image, [image_size, image_size],
-                          method=tf.image.ResizeMethod.BILINEAR)
-  image.set_shape([image_size, image_size, 3])
-  return image
+def eval_crop_window(shape, image_size, prep):
+  """(offset, size) of the eval crop: the center crop, or the whole image
+  without `eval_crop` or from `skip_crop_from_size` on."""
+  skip = prep.skip_crop_from_size and image_size >= prep.skip_crop_from_size
+  if not prep.eval_crop or skip:
+    return tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)
+  return center_crop_window(shape, image_size, prep.crop_padding,
+                            prep.crop_offset)
+
+
+def eval_crop(features, image_size, prep):
+  """The eval crop of one example (decoding only that window of a JPEG)."""
+  offset, size = eval_crop_window(_image_shape(features), image_size, prep)
+  return _crop(features, offset, size)
+
+
+def resize(images, image_size, method):
+  """Resizes [H, W, 3] or [B, H, W, 3] to a square; float32 in 0..255.
+
+  'bicubic' is TF1's `resize_bicubic` (no half-pixel centres), which the
+  reference's legacy pipeline ran under tensorflow.compat.v1.
+  """
+  if method not in recipes.RESIZE_METHODS:
+    raise ValueError(f"Unknown resize method {method!r}; valid: "
+                     f"{', '.join(recipes.RESIZE_METHODS)}.")
+  size = [image_size, image_size]
+  if method == "bilinear":
+    out = tf.image.resize(images, size, method="bilinear")
+  else:
+    batched = images if images.shape.rank == 4 else images[tf.newaxis]
+    out = tf.raw_ops.ResizeBicubic(images=batched, size=size,
+                                   align_corners=False,
+                                   half_pixel_centers=False)
+    out = out if images.shape.rank == 4 else out[0]
+  out.set_shape(images.shape[:-3].concatenate([image_size, image_size, 3]))
+  return out
+
+
+def flip(image, seed):
+  return tf.image.stateless_random_flip_left_right(image, seed)
 
 
 def to_uint8(image):
-  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+  """Clips to 0..255 and truncates, as both references do before augmenting."""
+  return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
 
 
 def normalize(image, input_scaling):
-  """Scales 0..255 pixels as the model's registry entry says."""
-  image = tf.cast(image, tf.float32)
-  if input_scaling == registry.SCALE_MINUS_ONE_ONE:
-    return (image - 128.0) / 128.0
-  if input_scaling == registry.SCALE_IMAGENET:
-    mean = tf.constant(registry.IMAGENET_MEAN_RGB) * 255.0
-    std = tf.constant(registry.IMAGENET_STDDEV_RGB) * 255.0
-    return (image - mean) / std
-  raise ValueError(
-      f"Unknown input scaling {input_scaling!r}; expected "
-      f"{registry.SCALE_MINUS_ONE_ONE!r} or {registry.SCALE_IMAGENET!r}.")
+  """Applies a `recipes.SCALINGS` map to 0..255 pixels."""
+  if input_scaling not in recipes.SCALINGS:
+    raise ValueError(f"Unknown input scaling {input_scaling!r}; valid: "
+                     f"{', '.join(recipes.SCALINGS)}.")
+  scale, offset = recipes.SCALINGS[input_scaling]
+  return tf.cast(image, tf.float32) * scale + offset
+
+
+def finetune_cutout(image, seed):
+  """Reference finetune cutout: a square of half side size // 4 around a
+  uniform pixel, clipped at the border, filled with uniform [0, 1) noise
+  (on the scaled image; `autoaugment.cutout` with `replace` noise)."""
+  noise_seed, place_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  noise = tf.random.stateless_uniform(tf.shape(image), noise_seed,
+                                      dtype=image.dtype)
+  return image_ops.cutout(image, image.shape[0] // 4, place_seed,
+                          replace=noise)

@@ -92,10 +92,11 @@ def _parse_record(record, filename, num_classes, multi_label, label_offset):
 class TFRecordSource(Source):
   """ImageNet-format TFRecords (`train-*`, `validation-*`) under data_dir.
 
-  With `minival_files` > 0 the first files of the training set form the
-  'minival' split and 'train' reads the rest (reference: 20 of 1024).
   For ImageNet-21k without validation files, 'validation' is the first
-  `eval_files` training files (reference: 16) and 'train' the rest.
+  `eval_files` training files (reference: 16). Then, with `minival_files`
+  > 0, the next files form the 'minival' split and 'train' reads the rest
+  (reference datasets.py: ImageNet minival files 0-19 and train 20 onward,
+  1,256,144 images; 21k eval 0-15, minival 16-19, train 20 onward).
   """
   data_dir: str = ""
   files: Dict[str, list] = dataclasses.field(default_factory=dict)
@@ -151,8 +152,9 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
   if minival_files:
     if minival_files >= len(files["train"]):
       raise ValueError(
-          f"{name}: minival_files={minival_files} leaves no training files "
-          f"(there are {len(files['train'])}).")
+          f"{name}: holding out data.minival_files={minival_files} files "
+          f"for 'minival' leaves none of the {len(files['train'])} training "
+          "files; set data.minival_files=0 to train on all of them.")
     files["minival"] = files["train"][:minival_files]
     files["train"] = files["train"][minival_files:]
   if not files["validation"]:
@@ -225,8 +227,13 @@ def _tfds_prepared(builder):
                                          "dataset_info.json"))
 
 
-def tfds_source(tfds_name, data_dir=None, split_sizes=None):
-  """Checks a prepared TFDS dataset exists, failing fast with a clear fix."""
+def tfds_source(tfds_name, data_dir=None, split_sizes=None,
+                train_split="train"):
+  """Checks a prepared TFDS dataset exists, failing fast with a clear fix.
+
+  `train_split` is the TFDS split (or split expression, e.g.
+  'train+validation') that 'train' reads.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -243,10 +250,13 @@ def tfds_source(tfds_name, data_dir=None, split_sizes=None):
         "--data_dir=DIR.")
   num_classes = builder.info.features["label"].num_classes
   eval_split = TFDS_EVAL_SPLITS.get(tfds_name, "test")
-  split_names = {"train": "train", "validation": eval_split}
-  sizes = {ours: builder.info.splits[theirs].num_examples
-           for ours, theirs in split_names.items()
-           if theirs in builder.info.splits}
+  split_names = {"train": train_split, "validation": eval_split}
+  sizes = {}
+  for ours, theirs in split_names.items():
+    parts = theirs.split("+")  # 'train+validation': the sum of both
+    if all(part in builder.info.splits for part in parts):
+      sizes[ours] = sum(builder.info.splits[part].num_examples
+                        for part in parts)
   sizes.update(split_sizes or {})
   return TFDSSource(name=tfds_name, num_classes=num_classes,
                     class_names=tuple(builder.info.features["label"].names),

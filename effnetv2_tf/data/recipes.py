@@ -1,0 +1,145 @@
+"""The reference's three image pipelines, each one row of preprocessing facts.
+
+Every value the train pipeline, eval, export, `infer.py` and
+`include_preprocessing` apply to pixels lives here, once:
+
+  v2:       EfficientNetV2-S/M/L/XL and every ImageNet-21k run
+            (reference `preprocessing.py`: `preprocess_for_train`,
+            `preprocess_for_eval`, then (x - 128) / 128).
+  legacy:   EfficientNetV2-B0..B3 and EfficientNet (V1) B0..B7 on ImageNet
+            (reference `preprocess_legacy.py`, augname 'effnetv1_autoaug').
+  finetune: the finetune and transfer configs, for every model
+            (reference `preprocessing.py` `preprocess_for_finetune`,
+            augname 'ft').
+
+A model's registry entry names its row; a dataset config may name another
+(`data.preprocessing`) and set single fields (`data.<field>`); a user's
+`--hparam_str` wins over both. That is the reference's order (`main.py`:
+model config, then dataset config, then overrides). `resolve` writes every
+resolved field into the run's config, so `config.json` holds them and eval,
+export and `infer.py` read them back from there.
+
+Pure Python (no TensorFlow): the registry, the model builder and the
+docs generator import it too.
+"""
+
+import dataclasses
+
+# Input scalings, each the affine map x * scale + offset per RGB channel of
+# 0..255 pixels (one formula for the pipeline and the in-model layer).
+SCALE_MINUS_ONE_ONE = "minus_one_one"            # (x - 128) / 128
+SCALE_FINETUNE = "finetune_minus_one_one"        # (x / 255 - 0.5) / 0.5
+SCALE_IMAGENET = "imagenet_mean_std"             # (x / 255 - mean) / std
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+SCALINGS = {
+    SCALE_MINUS_ONE_ONE: ((1 / 128,) * 3, (-1.0,) * 3),
+    SCALE_FINETUNE: ((2 / 255,) * 3, (-1.0,) * 3),
+    SCALE_IMAGENET: (tuple(1 / (255 * s) for s in IMAGENET_STDDEV_RGB),
+                     tuple(-m / s for m, s in zip(IMAGENET_MEAN_RGB,
+                                                  IMAGENET_STDDEV_RGB))),
+}
+SCALING_FORMULAS = {
+    SCALE_MINUS_ONE_ONE: "(x - 128) / 128",
+    SCALE_FINETUNE: "(x / 255 - 0.5) / 0.5",
+    SCALE_IMAGENET: "(x / 255 - mean) / std",
+}
+
+# 'bilinear': tf.image.resize (half-pixel centres), reference preprocessing.py.
+# 'bicubic': TF1's resize_bicubic grid (no half-pixel centres), reference
+# preprocess_legacy.py under tensorflow.compat.v1.
+RESIZE_METHODS = ("bilinear", "bicubic")
+# What a random crop becomes when no sampled window fits: the whole image
+# (sample_distorted_bounding_box's own fallback) or the eval center crop.
+CROP_FALLBACKS = ("whole", "center")
+# Center-crop offset: (h - c) // 2 (preprocessing.py) or (h - c + 1) // 2
+# (preprocess_legacy.py).
+CROP_OFFSETS = ("floor", "ceil")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """Every pixel-level value of one train + eval pipeline."""
+  input_scaling: str
+  train_crop: bool           # inception-style random crop (else whole image)
+  crop_area_min: float       # of the image area; the maximum is 1
+  crop_aspect_min: float     # width / height
+  crop_aspect_max: float
+  crop_min_object_covered: float  # of the whole-image box (0: no box)
+  crop_max_attempts: int
+  crop_fallback: str         # CROP_FALLBACKS
+  resize_method: str         # RESIZE_METHODS
+  random_flip: bool
+  cutout: bool               # finetune: a square of side <= size / 2,
+                             # uniform [0, 1) noise on the scaled image
+  eval_crop: bool            # center crop at eval (else the whole image)
+  crop_padding: int          # the crop keeps size / (size + padding)
+  skip_crop_from_size: int   # no eval crop from this size on (0: always)
+  crop_offset: str           # CROP_OFFSETS
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing))
+
+_V2 = Preprocessing(
+    input_scaling=SCALE_MINUS_ONE_ONE, train_crop=True, crop_area_min=0.05,
+    # tf.image.sample_distorted_bounding_box's defaults (0.75, 1.33), 100.
+    crop_aspect_min=0.75, crop_aspect_max=1.33, crop_min_object_covered=0.0,
+    crop_max_attempts=100, crop_fallback="whole", resize_method="bilinear",
+    random_flip=True, cutout=False, eval_crop=True, crop_padding=32,
+    skip_crop_from_size=320, crop_offset="floor")
+
+ROWS = {
+    "v2": _V2,
+    "legacy": Preprocessing(
+        input_scaling=SCALE_IMAGENET, train_crop=True, crop_area_min=0.08,
+        crop_aspect_min=3 / 4, crop_aspect_max=4 / 3,
+        crop_min_object_covered=0.1, crop_max_attempts=10,
+        crop_fallback="center", resize_method="bicubic", random_flip=True,
+        cutout=False, eval_crop=True, crop_padding=32, skip_crop_from_size=0,
+        crop_offset="ceil"),
+    # Whole image resized, flipped, cut out; eval on the whole image. The
+    # crop fields are those of v2 and unused (train_crop, eval_crop off).
+    "finetune": dataclasses.replace(
+        _V2, input_scaling=SCALE_FINETUNE, train_crop=False, cutout=True,
+        eval_crop=False),
+}
+
+# Field -> the names a string field accepts (validation and --help text).
+CHOICES = {"input_scaling": tuple(SCALINGS), "resize_method": RESIZE_METHODS,
+           "crop_fallback": CROP_FALLBACKS, "crop_offset": CROP_OFFSETS}
+
+
+def get_row(name):
+  """The named row; ValueError listing the valid names."""
+  if name not in ROWS:
+    raise ValueError(f"Unknown preprocessing {name!r}; valid: "
+                     f"{', '.join(ROWS)}.")
+  return ROWS[name]
+
+
+def resolve(data_config, model_row):
+  """Fills every unset preprocessing field of `data_config` in place.
+
+  Args:
+    data_config: a config's unlocked `data` section (ConfigDict).
+    model_row: the model's registry row name, used where
+      `data.preprocessing` (a dataset config's row) is unset.
+  """
+  if data_config.preprocessing is None:
+    data_config.preprocessing = model_row
+  row = get_row(data_config.preprocessing)
+  for name in FIELDS:
+    if data_config[name] is None:
+      data_config[name] = getattr(row, name)
+
+
+def from_config(data_config, default_row="v2"):
+  """The `Preprocessing` of a resolved `data` section (ConfigDict or dict).
+
+  A run's config.json written before a field existed gets that field from
+  the row the run names, else from `default_row` (the model's).
+  """
+  row = get_row(data_config.get("preprocessing") or default_row)
+  values = {name: data_config.get(name) for name in FIELDS}
+  return dataclasses.replace(
+      row, **{k: v for k, v in values.items() if v is not None})
