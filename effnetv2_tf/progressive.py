@@ -10,8 +10,9 @@ traced train step change.
 Two presets:
   paper:     Algorithm 1 with Table 6: every value at i / (M - 1) from its
              min to its max (size 128 to the Table 6 size, RandAugment 5 to
-             15/20/25, mixup 0 to 0/0.2/0.4, dropout 0.1 to 0.3/0.4/0.5).
-             The paper uses no CutMix.
+             15/20/25, mixup 0 to 0/0.2/0.4, dropout 0.1 to 0.3/0.4/0.5;
+             XL and B0-B3, not in Table 6, to their registry values). The
+             paper uses no CutMix.
   reference: the released code (main.py and main_tf2.py, the stage loop):
              size int(128 + (train size - 128) * (i + 1) / M), and
              np.linspace(5, RandAugment, M)[i], np.linspace(0, mixup, M)[i],
@@ -74,11 +75,15 @@ def preset_ranges(config):
   spec = registry.get_model_spec(config.model.name)
   preset = config.progressive.preset
   if preset == "paper":
-    s_max = PAPER_MAX["efficientnetv2-s"]
+    # Models without a Table 6 column (XL, B0-B3) go to their registry
+    # values (B0-B3 have no RandAugment magnitude: S's).
     lo = dict(PAPER_MIN)
     hi = dict(PAPER_MAX.get(spec.name, {
-        "image_size": config.model.train_size, "randaug": s_max["randaug"],
-        "mixup": s_max["mixup"], "dropout": spec.dropout_rate}), cutmix=0.0)
+        "image_size": config.model.train_size,
+        "randaug": float(spec.randaug_magnitude or
+                         PAPER_MAX["efficientnetv2-s"]["randaug"]),
+        "mixup": spec.mixup_alpha, "dropout": spec.dropout_rate}),
+              cutmix=0.0)
   elif preset == "reference":
     lo = {"image_size": REFERENCE_MIN_SIZE, "randaug": REFERENCE_MIN_RANDAUG,
           "mixup": 0.0, "cutmix": 0.0, "dropout": spec.dropout_rate}
