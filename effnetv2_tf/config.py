@@ -22,14 +22,14 @@ from effnetv2_tf import progressive
 from effnetv2_tf import registry
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import recipes
+from effnetv2_tf.data import sources
 
 CONFIG_FILENAME = "config.json"
-SOURCES = ("tfrecord", "tfds", "folder", "digits")
 # Valid names, from the tables that implement them.
 CHOICES = {
     "train.lr_schedule": optim.SCHEDULES,
     "progressive.preset": progressive.PRESETS,
-    "data.source": SOURCES,
+    "data.source": tuple(sources.FROM_CONFIG),
     "data.augname": ("",) + augment.AUGNAMES,
     "data.preprocessing": tuple(recipes.ROWS),
     **{f"data.{k}": v for k, v in recipes.CHOICES.items()},

@@ -29,19 +29,7 @@ def build_source(config):
     raise config_lib.ConfigError(
         f"--data_dir (data.data_dir) is required for {data_config.name!r} "
         f"({kind} source).")
-  if kind == "digits":
-    source = sources.digits_source()
-  elif kind == "folder":
-    source = sources.folder_source(data_config.data_dir)
-  elif kind == "tfds":
-    source = sources.tfds_source(data_config.tfds_name, data_config.data_dir,
-                                 train_split=data_config.tfds_train_split)
-  else:
-    source = sources.tfrecord_source(
-        data_config.name, data_config.data_dir, config.model.num_classes,
-        multi_label=data_config.multi_label,
-        minival_files=data_config.minival_files,
-        eval_files=data_config.eval_files)
+  source = sources.FROM_CONFIG[kind](data_config, config.model.num_classes)
   overrides = {"train": data_config.train_examples,
                data_config.eval_split: data_config.eval_examples}
   source.split_sizes.update({k: v for k, v in overrides.items() if v})

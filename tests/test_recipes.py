@@ -226,3 +226,33 @@ def test_too_few_files_for_minival_names_the_key(tmp_path):
       f"model.num_classes=3,data.data_dir={tmp_path}")
   with pytest.raises(ValueError, match="data.minival_files=0"):
     train_lib.build_source(config)
+
+
+def test_finetune_train_example_is_the_whole_image_with_noise_cutout():
+  # preprocess_for_finetune: no crop, resize, flip, cutout with [0, 1)
+  # noise on the scaled image; a white image scales to 1.0 everywhere else.
+  features = {"image": tf.fill([20, 30, 3], tf.constant(255, tf.uint8))}
+  out = pipeline.train_preprocess(features, tf.constant([3, 4]), 32,
+                                  recipes.ROWS["finetune"]).numpy()
+  cut = out[..., 0] < 1.0 - 1e-6
+  assert out.shape == (32, 32, 3) and 0 < cut.sum() <= 32 * 32 // 4
+  np.testing.assert_allclose(out[~cut], 1.0, atol=1e-6)
+  assert 0.0 <= out[cut].min() and out[cut].max() < 1.0
+
+
+def test_include_preprocessing_takes_another_recipes_scaling():
+  from effnetv2_tf import create_model  # pylint: disable=g-import-not-at-top
+  tiny = dict(width_coefficient=0.1, depth_coefficient=0.1,
+              input_shape=(32, 32, 3), include_preprocessing=True)
+  model = create_model("efficientnetv2-b0", input_scaling=(
+      recipes.SCALE_FINETUNE), **tiny)
+  rescale = model.get_layer("rescaling")
+  x = tf.constant([[[[0.0, 51.0, 255.0]]]])
+  np.testing.assert_allclose(rescale(x).numpy().ravel(), [-1.0, -0.6, 1.0],
+                             atol=1e-6)
+  default = create_model("efficientnetv2-b0", **tiny).get_layer("rescaling")
+  np.testing.assert_allclose(  # B0's own (legacy) row: mean/std
+      default(tf.constant([[[[0.485 * 255, 0.456 * 255, 0.406 * 255]]]]))
+      .numpy(), 0.0, atol=1e-5)
+  with pytest.raises(ValueError, match="Unknown input scaling"):
+    create_model("efficientnetv2-b0", input_scaling="bogus", **tiny)

@@ -367,3 +367,17 @@ def digits_source(upscale=4):
   return DigitsSource(
       name="digits", num_classes=10, class_names=tuple("0123456789"),
       split_sizes={k: len(v[1]) for k, v in arrays.items()}, arrays=arrays)
+
+
+# ------------------------------------------------------- by config name
+# `data.source` -> the source built from a config's `data` section and the
+# model's class count; config.py's list of valid names is this table's keys.
+FROM_CONFIG = {
+    "tfrecord": lambda data, num_classes: tfrecord_source(
+        data.name, data.data_dir, num_classes, multi_label=data.multi_label,
+        minival_files=data.minival_files, eval_files=data.eval_files),
+    "tfds": lambda data, _: tfds_source(
+        data.tfds_name, data.data_dir, train_split=data.tfds_train_split),
+    "folder": lambda data, _: folder_source(data.data_dir),
+    "digits": lambda data, _: digits_source(),
+}
