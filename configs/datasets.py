@@ -39,6 +39,40 @@ def _merge(*dicts):
   return out
 
 
+# The built-in demo: scikit-learn's 1797 real handwritten digits at
+# 32 px, upscaled per stage. efficientnetv2-b0 trains through 4 stages
+# (6 epochs each) on 2 CPU cores in 3 to 7 minutes (by VM) to 97.5-97.8%
+# top-1 (measured; see README).
+_DIGITS = {
+    # Evaluated at the last stage's size: at 64 px the 56 px model
+    # loses ~17 points on these tiny images (measured).
+    "model": {"num_classes": 10, "train_size": 56, "eval_size": 56},
+    # The whole digit is the object: no eval crop (crop_padding 0).
+    # No flips: a mirrored digit is another glyph (with flips on the
+    # same run reached 94.7%, without 97.8%).
+    # No RandAugment: its pixel-absolute translate (100 px) and cutout
+    # (40 px) constants, calibrated for ImageNet sizes, push a 32-56 px
+    # digit out of the frame, and at low magnitudes posterize (0 bits)
+    # and solarize blank it; stages grow mixup and dropout instead.
+    "data": {"name": "digits", "source": "digits", "augname": "",
+             "crop_area_min": 0.5, "crop_padding": 0, "cache": True,
+             "random_flip": False, "shuffle_buffer": 2048},
+    # From scratch on 1437 images the ImageNet rate (0.016 per 256)
+    # diverges early; 0.004 per 256 (0.001 at batch 64) trains. RMSProp
+    # with Keras' defaults (epsilon 1e-7, no momentum): 94.7% against
+    # 93.9% with the paper's 1e-3 / 0.9 (both with flips).
+    "train": {"epochs": 24.0, "batch_size": 64, "lr_base": 0.004,
+              "epsilon": 1e-7, "momentum": 0.0,
+              "warmup_epochs": 2.0, "ema_decay": 0.99,
+              "label_smoothing": 0.1, "log_every": 44},
+    "progressive": {"min_image_size": 32, "max_image_size": 56,
+                    "min_randaug": 0.0, "max_randaug": 0.0,
+                    "min_mixup": 0.0, "max_mixup": 0.2,
+                    "min_dropout": 0.05, "max_dropout": 0.3},
+    "eval": {"batch_size": 120},
+    "runtime": {"steps_per_loop": 11},
+}
+
 DATASET_CONFIGS = {
     "imagenet": {},
     # Section 5.2: 60 epochs, cosine, lr 0.008 per 256, multi-label targets,
@@ -64,39 +98,20 @@ DATASET_CONFIGS = {
     "carsft": _merge(_FINETUNE, _tfds("cars196")),
     # root/<class>/*.jpg at --data_dir; the class count comes from the folders.
     "folder": {"data": {"name": "folder", "source": "folder"}},
-    # The built-in demo: scikit-learn's 1797 real handwritten digits at
-    # 32 px, upscaled per stage. efficientnetv2-b0 trains through 4 stages
-    # (6 epochs each) on 2 CPU cores in 3 to 7 minutes (by VM) to 97.5-97.8%
-    # top-1 (measured; see README).
-    "digits": {
-        # Evaluated at the last stage's size: at 64 px the 56 px model
-        # loses ~17 points on these tiny images (measured).
-        "model": {"num_classes": 10, "train_size": 56, "eval_size": 56},
-        # The whole digit is the object: no eval crop (crop_padding 0).
-        # No flips: a mirrored digit is another glyph (with flips on the
-        # same run reached 94.7%, without 97.8%).
-        # No RandAugment: its pixel-absolute translate (100 px) and cutout
-        # (40 px) constants, calibrated for ImageNet sizes, push a 32-56 px
-        # digit out of the frame, and at low magnitudes posterize (0 bits)
-        # and solarize blank it; stages grow mixup and dropout instead.
-        "data": {"name": "digits", "source": "digits", "augname": "",
-                 "crop_area_min": 0.5, "crop_padding": 0, "cache": True,
-                 "random_flip": False, "shuffle_buffer": 2048},
-        # From scratch on 1437 images the ImageNet rate (0.016 per 256)
-        # diverges early; 0.004 per 256 (0.001 at batch 64) trains. RMSProp
-        # with Keras' defaults (epsilon 1e-7, no momentum): 94.7% against
-        # 93.9% with the paper's 1e-3 / 0.9 (both with flips).
-        "train": {"epochs": 24.0, "batch_size": 64, "lr_base": 0.004,
-                  "epsilon": 1e-7, "momentum": 0.0,
-                  "warmup_epochs": 2.0, "ema_decay": 0.99,
-                  "label_smoothing": 0.1, "log_every": 44},
-        "progressive": {"min_image_size": 32, "max_image_size": 56,
-                        "min_randaug": 0.0, "max_randaug": 0.0,
-                        "min_mixup": 0.0, "max_mixup": 0.2,
-                        "min_dropout": 0.05, "max_dropout": 0.3},
-        "eval": {"batch_size": 120},
-        "runtime": {"steps_per_loop": 11},
-    },
+    "digits": _DIGITS,
+    # The digits demo in seconds, for tests and a first look (big_vision's
+    # `runlocal`): a B0-shaped model at width 0.25 and depth 0.34, two
+    # stages of 16 and 24 px at batch 16. Tests add what each one needs
+    # (`train.steps=6`, ...) with --hparam_str.
+    "smoke": _merge(_DIGITS, {
+        "model": {"width_coefficient": 0.25, "depth_coefficient": 0.34,
+                  "eval_size": 24},
+        "data": {"shuffle_buffer": 64},
+        "train": {"batch_size": 16},
+        "progressive": {"num_stages": 2, "min_image_size": 16,
+                        "max_image_size": 24},
+        "eval": {"batch_size": 60},
+    }),
 }
 
 

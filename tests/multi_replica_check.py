@@ -30,17 +30,14 @@ from effnetv2_tf import fused_optim
 from effnetv2_tf import trainer as trainer_lib
 from effnetv2_tf import xla
 
-HPARAMS = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
-           "model.survival_prob=1.0,progressive.min_dropout=0,"
-           "progressive.max_dropout=0,train.batch_size=8,eval.batch_size=60,"
-           "progressive.num_stages=2,progressive.min_image_size=16,"
-           "progressive.max_image_size=24,model.eval_size=24,"
-           "data.shuffle_buffer=64,train.warmup_epochs=0,train.steps=4,"
-           "runtime.steps_per_loop=2")
+# On the smoke config (configs/datasets.py): 2 stages of 16 and 24 px.
+HPARAMS = ("model.survival_prob=1.0,progressive.min_dropout=0,"
+           "progressive.max_dropout=0,train.batch_size=8,"
+           "train.warmup_epochs=0,train.steps=4,runtime.steps_per_loop=2")
 
 
 def _trainer(cls, model_dir, strategy):
-  config = config_lib.build_config("efficientnetv2-b0", "digits", HPARAMS)
+  config = config_lib.build_config("efficientnetv2-b0", "smoke", HPARAMS)
   return cls(config, model_dir, strategy)
 
 

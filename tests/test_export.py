@@ -17,7 +17,6 @@ from effnetv2_tf import optim
 from effnetv2_tf import train_lib
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
-from test_trainer import TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
@@ -114,7 +113,8 @@ def test_feature_vector_module_and_tfsmlayer(exported, tmp_path):
 
 @pytest.mark.slow
 def test_export_from_a_checkpoint_uses_ema_weights(tmp_path):
-  config = config_lib.build_config("efficientnetv2-b0", "digits", TINY)
+  config = config_lib.build_config("efficientnetv2-b0", "smoke",
+                                   "train.warmup_epochs=0")
   model = train_lib.build_model(config, 10, 0.1)
   ema = optim.ExponentialMovingAverage(model, 0.9)
   for shadow in ema.shadows:  # EMA weights apart from the raw ones

@@ -13,17 +13,18 @@ from effnetv2_tf import progressive
 from effnetv2_tf import train_lib
 from effnetv2_tf import trainer as trainer_lib
 from effnetv2_tf.data import pipeline
-from test_trainer import TINY
+
+TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 
 
 def _fit_trainer(model_dir, hparams="", cls=fit_trainer.FitTrainer):
   config = config_lib.build_config(
-      "efficientnetv2-b0", "digits", ",".join(filter(None, [TINY, hparams])))
+      "efficientnetv2-b0", "smoke", ",".join(filter(None, [TINY, hparams])))
   return cls(config, str(model_dir), tf.distribute.get_strategy())
 
 
 def test_plan_rounds_stages_to_whole_epochs():
-  config = config_lib.build_config("efficientnetv2-b0", "digits", TINY)
+  config = config_lib.build_config("efficientnetv2-b0", "smoke", TINY)
   # 550 steps of 22-step epochs in 2 stages: 275 -> 264 (12 epochs), rest.
   stages = progressive.plan_stages(config, 550, epoch_steps=22)
   assert [s.steps for s in stages] == [264, 286]

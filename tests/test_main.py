@@ -15,11 +15,8 @@ from conftest import tiny_model
 from effnetv2_tf import tpu_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.34,"
-        "train.steps=6,train.batch_size=16,eval.batch_size=60,"
-        "progressive.num_stages=2,progressive.min_image_size=16,"
-        "progressive.max_image_size=24,model.eval_size=24,"
-        "runtime.steps_per_loop=3,data.shuffle_buffer=64")
+# On the smoke config (configs/datasets.py): 6 steps, 2 stages, batch 16.
+TINY = "train.steps=6,runtime.steps_per_loop=3"
 
 
 DRIVERS = ["main.py", "main_tf2.py"]
@@ -97,7 +94,7 @@ def test_main_tf2_reports_config_errors_in_one_line(tmp_path):
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_digits_progressive_run_eval_export_and_resume(tmp_path, driver):
   model_dir, export_dir = tmp_path / "run", tmp_path / "export"
-  args = ["--model=efficientnetv2-b0", "--dataset_cfg=digits",
+  args = ["--model=efficientnetv2-b0", "--dataset_cfg=smoke",
           f"--model_dir={model_dir}", f"--hparam_str={TINY}"]
   result = _run(*args, f"--export_dir={export_dir}", driver=driver)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -129,14 +126,14 @@ def test_digits_progressive_run_eval_export_and_resume(tmp_path, driver):
       "final_step"] == 6
   # Eval of a given checkpoint (EMA weights) from another model_dir
   # reproduces the run's own final eval.
-  evaluated = _run("--model=efficientnetv2-b0", "--dataset_cfg=digits",
+  evaluated = _run("--model=efficientnetv2-b0", "--dataset_cfg=smoke",
                    f"--model_dir={tmp_path / 'eval'}", f"--hparam_str={TINY}",
                    "--mode=eval", f"--init_checkpoint={model_dir}",
                    driver=driver)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert json.loads((tmp_path / "eval" / "summary.json").read_text())[
       "eval"]["top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
-  other = _run("--model=efficientnetv2-b1", "--dataset_cfg=digits",
+  other = _run("--model=efficientnetv2-b1", "--dataset_cfg=smoke",
                f"--model_dir={model_dir}", f"--hparam_str={TINY}",
                driver=driver)
   assert other.returncode == 1

@@ -14,7 +14,8 @@ import sys
 import pytest
 import tensorflow as tf
 
-from test_main import TINY as HPARAMS  # 6 steps, 2 stages, batch 16
+# On the smoke config (configs/datasets.py): 6 steps, 2 stages, batch 16.
+HPARAMS = "train.steps=6,runtime.steps_per_loop=3"
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def _run_workers(driver, model_dir, hparams, *flags):
         logs / f"{index}.err", "w") as err:
       workers.append(subprocess.Popen(
           [sys.executable, str(ROOT / driver), "--model=efficientnetv2-b0",
-           "--dataset_cfg=digits", "--strategy=multi_worker",
+           "--dataset_cfg=smoke", "--strategy=multi_worker",
            f"--model_dir={model_dir}", f"--hparam_str={hparams}", *flags],
           env=env, stdout=out, stderr=err))
   try:
@@ -89,7 +90,7 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path, driver):
 
 @pytest.mark.slow
 def test_batch_not_divisible_by_the_replicas_is_one_line(tmp_path):
-  hparams = HPARAMS.replace("train.batch_size=16", "train.batch_size=15")
+  hparams = HPARAMS + ",train.batch_size=15"
   for code, _, stderr in _run_workers("main.py", tmp_path / "run", hparams,
                                       "--mode=train"):
     assert code == 1

@@ -22,11 +22,11 @@ from effnetv2_tf import trainer as trainer_lib
 from effnetv2_tf import xla
 from effnetv2_tf.data import pipeline
 
-TINY = ("model.width_coefficient=0.25,model.depth_coefficient=0.1,"
-        "train.batch_size=16,eval.batch_size=60,progressive.num_stages=1,"
+# On the smoke config (configs/datasets.py), shallower and in one stage.
+TINY = ("model.depth_coefficient=0.1,progressive.num_stages=1,"
         "progressive.max_image_size=16,model.eval_size=16,"
-        "data.shuffle_buffer=64,train.warmup_epochs=0,train.steps=2,"
-        "runtime.jit_compile=true,runtime.steps_per_loop=2")
+        "train.warmup_epochs=0,train.steps=2,runtime.jit_compile=true,"
+        "runtime.steps_per_loop=2")
 
 
 def _xla_cpu_error():
@@ -53,7 +53,7 @@ COMPARED = ("model.survival_prob=1.0,progressive.min_dropout=0,"
 
 
 def _trainer(model_dir, hparams, cls=trainer_lib.Trainer):
-  config = config_lib.build_config("efficientnetv2-b0", "digits",
+  config = config_lib.build_config("efficientnetv2-b0", "smoke",
                                    ",".join([TINY, hparams]))
   return cls(config, str(model_dir), tf.distribute.get_strategy())
 

@@ -40,7 +40,8 @@ class Source:
     if split not in self.split_sizes:
       raise ValueError(
           f"{self.name}: no size known for split {split!r}; known: "
-          f"{sorted(self.split_sizes)}. Set data.split_sizes in the config.")
+          f"{sorted(self.split_sizes)}. Give it as data.train_examples (the "
+          "training split) or data.eval_examples (data.eval_split).")
     return self.split_sizes[split]
 
 

@@ -290,7 +290,9 @@ DEVIATIONS = (
      "num_images, 1,020 for Flowers' train+validation (2,040 images).",
      "The data is the authority on its size. Both train 10,000 steps "
      "(min_steps); ours warms up over 3 steps, the reference over 1."),
-    ("D11", "reference", (), "`folder` and `digits` are ours only.",
+    ("D11", "reference", (),
+     "`folder`, `digits` and `smoke` (digits with a tiny model) are ours "
+     "only.",
      "The reference reads TFRecords and TFDS only."),
     ("D12", "paper", (),
      "BN momentum 0.9 (reference hparams.py, Keras BatchNormalization); the "
