@@ -11,8 +11,9 @@ Classifier SavedModel signatures:
 Each returns `probabilities`, `top5_classes` and `top5_probabilities`.
 Preprocessing is the run's evaluation one, read from its config.json
 (`recipes.Preprocessing`: the eval crop, resize method and input scaling),
-so served predictions match `main.py --mode=eval`. Export the EMA weights (`Trainer.ema.swapped()`;
-from a checkpoint they are loaded by `checkpoints.load_run_model`).
+so served predictions match `main.py --mode=eval`. Export the EMA weights
+(`Trainer.ema.swapped()`; from a checkpoint they are loaded by
+`checkpoints.load_run_model`).
 
 `--tflite` converts the `preprocessed` signature of the written SavedModel
 (converting concrete functions of a Keras 3 model drops its weights) to
@@ -95,9 +96,7 @@ class ServingModule:
         tf.shape(images)[1:3], self.image_size, self._prep)
     images = images[:, offset[0]:offset[0] + size[0],
                     offset[1]:offset[1] + size[1]]
-    images = preprocess.resize(images, self.image_size,
-                               self._prep.resize_method)
-    return preprocess.normalize(images, self._prep.input_scaling)
+    return preprocess.resize_and_scale(images, self.image_size, self._prep)
 
   def _predict(self, images):
     logits = tf.cast(self.model(images, training=False), tf.float32)
@@ -151,9 +150,7 @@ def export_feature_vector(model, export_dir, image_size, preprocessing):
   size = int(image_size)
 
   def features(images):
-    images = preprocess.resize(images * 255.0, size,
-                               preprocessing.resize_method)
-    images = preprocess.normalize(images, preprocessing.input_scaling)
+    images = preprocess.resize_and_scale(images * 255.0, size, preprocessing)
     return tf.cast(backbone(images, training=False), tf.float32)
 
   spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")

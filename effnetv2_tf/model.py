@@ -211,10 +211,7 @@ def scaled_block_args(spec, options: ModelOptions):
 
 def _input_scaling(input_scaling, x):
   """The `recipes.SCALINGS` affine map as one layer, with no weights."""
-  if input_scaling not in recipes.SCALINGS:
-    raise ValueError(f"Unknown input scaling {input_scaling!r}; valid: "
-                     f"{', '.join(recipes.SCALINGS)}.")
-  scale, offset = recipes.SCALINGS[input_scaling]
+  scale, offset = recipes.scaling(input_scaling)
   if len(set(scale)) == 1 and len(set(offset)) == 1:
     scale, offset = scale[0], offset[0]
   return layers.Rescaling(scale, offset=offset, name="rescaling")(x)

@@ -154,10 +154,8 @@ def build_train_dataset(source, batch_size, image_size, prep, *,
 
 def eval_preprocess(features, image_size, prep):
   """One evaluation example: eval crop, resize, scale."""
-  image = preprocess.eval_crop(features, image_size, prep)
-  return preprocess.normalize(
-      preprocess.resize(image, image_size, prep.resize_method),
-      prep.input_scaling)
+  return preprocess.resize_and_scale(
+      preprocess.eval_crop(features, image_size, prep), image_size, prep)
 
 
 def eval_steps(num_examples, global_batch_size):

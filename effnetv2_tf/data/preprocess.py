@@ -161,11 +161,14 @@ def to_uint8(image):
 
 def normalize(image, input_scaling):
   """Applies a `recipes.SCALINGS` map to 0..255 pixels."""
-  if input_scaling not in recipes.SCALINGS:
-    raise ValueError(f"Unknown input scaling {input_scaling!r}; valid: "
-                     f"{', '.join(recipes.SCALINGS)}.")
-  scale, offset = recipes.SCALINGS[input_scaling]
+  scale, offset = recipes.scaling(input_scaling)
   return tf.cast(image, tf.float32) * scale + offset
+
+
+def resize_and_scale(images, image_size, prep):
+  """What eval does after its crop: resize, then the input scaling."""
+  return normalize(resize(images, image_size, prep.resize_method),
+                   prep.input_scaling)
 
 
 def finetune_cutout(image, seed):

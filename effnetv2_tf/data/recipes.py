@@ -109,6 +109,15 @@ CHOICES = {"input_scaling": tuple(SCALINGS), "resize_method": RESIZE_METHODS,
            "crop_fallback": CROP_FALLBACKS, "crop_offset": CROP_OFFSETS}
 
 
+def scaling(name):
+  """(scale, offset) per RGB channel of a `SCALINGS` name; ValueError
+  listing the valid names."""
+  if name not in SCALINGS:
+    raise ValueError(f"Unknown input scaling {name!r}; valid: "
+                     f"{', '.join(SCALINGS)}.")
+  return SCALINGS[name]
+
+
 def get_row(name):
   """The named row; ValueError listing the valid names."""
   if name not in ROWS:

@@ -175,7 +175,7 @@ PAPER_DATASETS = {
 
 # ----------------------------------------------- reference: preprocessing
 CROP_FIELDS = ("crop_area_min", "crop_aspect_min", "crop_aspect_max",
-         "crop_min_object_covered", "crop_max_attempts", "crop_fallback")
+               "crop_min_object_covered", "crop_max_attempts", "crop_fallback")
 EVAL_CROP_FIELDS = ("crop_padding", "skip_crop_from_size", "crop_offset")
 _V2_REF = {  # preprocessing.py preprocess_for_train / _eval: (value, where)
     "input_scaling": ("(x - 128) / 128", "L153"),
