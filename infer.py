@@ -21,13 +21,12 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
-from effnetv2_tf import checkpoints
-from effnetv2_tf import cli
 from effnetv2_tf import export
-from effnetv2_tf import registry
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
-from effnetv2_tf.model import create_model
+from effnetv2_tf.models import registry
+from effnetv2_tf.models.model import create_model
+from effnetv2_tf.training import checkpoints
 
 flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
 flags.DEFINE_string("checkpoint", None,
@@ -45,6 +44,14 @@ FLAGS = flags.FLAGS
 
 class InferError(ValueError):
   """Bad input to infer.py; the message says what and where."""
+
+
+def model_spec(name):
+  """The registry entry of --model, or InferError listing the names."""
+  try:
+    return registry.get_model_spec(name)
+  except ValueError as err:
+    raise InferError(f"--model: {err}") from None
 
 
 def read_image(path):
@@ -77,7 +84,7 @@ def load_predictor(saved_model=None, checkpoint=None, model_name=None,
   if checkpoint.endswith(".h5"):
     if not model_name:
       raise InferError("--checkpoint of a .h5 file needs --model.")
-    spec = registry.get_model_spec(model_name)
+    spec = model_spec(model_name)
     model = create_model(model_name, num_classes=num_classes,
                          weights=checkpoint)
     # A weights file has no run config: the model's own preprocessing row.
@@ -85,9 +92,9 @@ def load_predictor(saved_model=None, checkpoint=None, model_name=None,
                                   recipes.get_row(spec.preprocessing))
     return module.serve, os.path.dirname(checkpoint)
   model, run_config, prefix = checkpoints.load_run_model(
-      checkpoint, cli.model_from_run_config, what="--checkpoint")
+      checkpoint, what="--checkpoint")
   name = run_config["model"]["name"]
-  if model_name and registry.get_model_spec(model_name).name != name:
+  if model_name and model_spec(model_name).name != name:
     raise InferError(f"--model {model_name} differs from the checkpoint's "
                      f"model {name}.")
   module = export.ServingModule(model, **export.serving_options(run_config))
@@ -120,7 +127,7 @@ def main(argv):
       for rank, (class_id, name, p) in enumerate(
           top_classes(outputs, class_names, FLAGS.top_k), 1):
         print(f"  {rank}. {name} (class {class_id}): {p:.4f}")
-  except (InferError, FileNotFoundError, ValueError) as err:
+  except (InferError,) + export.USER_ERRORS as err:
     print(f"infer.py: error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)
 

@@ -22,7 +22,7 @@ from absl import flags
 
 from effnetv2_tf import cli
 from effnetv2_tf import driver
-from effnetv2_tf import trainer
+from effnetv2_tf.training import custom_loop
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -30,11 +30,11 @@ FLAGS = flags.FLAGS
 
 def run(values):
   """Runs the configured mode; returns the summary dict."""
-  return driver.run(values, trainer.Trainer)
+  return driver.run(values, custom_loop.CustomLoopTrainer)
 
 
 def main(argv):
-  driver.main(argv, FLAGS, trainer.Trainer, "main.py")
+  driver.main(argv, FLAGS, custom_loop.CustomLoopTrainer, "main.py")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from absl import flags
 
 from effnetv2_tf import cli
 from effnetv2_tf import driver
-from effnetv2_tf import fit_trainer
+from effnetv2_tf.training import fit_loop
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -32,11 +32,11 @@ FLAGS = flags.FLAGS
 
 def run(values):
   """Runs the configured mode; returns the summary dict."""
-  return driver.run(values, fit_trainer.FitTrainer)
+  return driver.run(values, fit_loop.FitTrainer)
 
 
 def main(argv):
-  driver.main(argv, FLAGS, fit_trainer.FitTrainer, "main_tf2.py")
+  driver.main(argv, FLAGS, fit_loop.FitTrainer, "main_tf2.py")
 
 
 if __name__ == "__main__":

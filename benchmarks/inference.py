@@ -31,8 +31,8 @@ import tensorflow as tf
 import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 from effnetv2_tf import export
-from effnetv2_tf import registry
 from effnetv2_tf.data import recipes
+from effnetv2_tf.models import registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["b0", "s"], "Variants: b0, s (at eval size).")

@@ -28,12 +28,13 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
-from effnetv2_tf.tools import make_tfrecords
+from effnetv2_tf.training import progressive
 
 SAMPLES_DIR = "/work/shared/data/imagenet-samples"
 FLAGS = flags.FLAGS
@@ -97,10 +98,13 @@ def decode_only(source, batch_size):
 
 
 def train_pipeline(source, batch_size, size, augname, magnitude, mixup_alpha):
+  stage = progressive.Stage(index=0, start_step=0, steps=1, image_size=size,
+                            randaug_magnitude=magnitude,
+                            mixup_alpha=mixup_alpha, cutmix_alpha=0.0,
+                            dropout=0.0)
   return pipeline.build_train_dataset(
-      source, batch_size, size, recipes.ROWS["v2"],
-      augname=augname, randaug_magnitude=magnitude, mixup_alpha=mixup_alpha,
-      seed=0)
+      source, batch_size, stage,
+      pipeline.TrainInput(recipes.ROWS["v2"], augname=augname), seed=0)
 
 
 def images_per_second(ds, batch_size, num_batches, warmup_batches):

@@ -28,9 +28,9 @@ import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import progressive
-from effnetv2_tf import registry
+from effnetv2_tf.models import registry
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import progressive
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "efficientnetv2-b0",

@@ -25,9 +25,9 @@ from absl import flags
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import registry
-from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf.models import registry
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import custom_loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "efficientnetv2-b0", "Model to train.")
@@ -53,7 +53,8 @@ def train(name, num_stages, min_size, max_size, model_dir):
   config = config_lib.build_config(
       model_name=FLAGS.model, dataset_cfg=FLAGS.dataset_cfg,
       hparam_str=hparams, data_dir=FLAGS.data_dir)
-  trainer = trainer_lib.Trainer(config, model_dir, tf.distribute.get_strategy())
+  trainer = custom_loop.CustomLoopTrainer(config, model_dir,
+                                          tf.distribute.get_strategy())
   started = time.time()
   summary = trainer.train()
   seconds = time.time() - started

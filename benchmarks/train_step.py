@@ -39,7 +39,7 @@ import tensorflow as tf
 import bench_util  # pylint: disable=g-bad-import-order
 from configs import base
 import effnetv2_tf
-from effnetv2_tf import fused_optim
+from effnetv2_tf.training import fused_optim
 
 FLAGS = flags.FLAGS
 # --ours key -> (row name, create_model overrides, fused optimizer kernel)

@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import custom_loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "efficientnetv2-b0", "Registered model name.")
@@ -40,8 +40,8 @@ def main(argv):
       f"train.batch_size={FLAGS.batch_size}", "train.steps=1000",
       "progressive.num_stages=1", f"progressive.max_image_size={size}",
       f"model.eval_size={size}", "train.warmup_epochs=0"]))
-  trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(),
-                                tf.distribute.get_strategy())
+  trainer = custom_loop.CustomLoopTrainer(config, tempfile.mkdtemp(),
+                                          tf.distribute.get_strategy())
   batch = next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
   trainer.jit_compile = True
   steps = {"plain": tf.function(trainer.make_step_fn()),

@@ -41,8 +41,8 @@ def _merge(*dicts):
 
 # The built-in demo: scikit-learn's 1797 real handwritten digits at
 # 32 px, upscaled per stage. efficientnetv2-b0 trains through 4 stages
-# (6 epochs each) on 2 CPU cores in 3 to 7 minutes (by VM) to 97.5-97.8%
-# top-1 (measured; see README).
+# (6 epochs each) on 2 CPU cores in minutes to about 98% top-1 (README,
+# Results; every measured run in benchmarks/README.md).
 _DIGITS = {
     # Evaluated at the last stage's size: at 64 px the 56 px model
     # loses ~17 points on these tiny images (measured).

@@ -7,9 +7,9 @@ from effnetv2_tf import tpu_env
 tpu_env.configure()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from effnetv2_tf.model import create_model
-from effnetv2_tf.registry import get_model_spec
-from effnetv2_tf.registry import list_models
+from effnetv2_tf.models.model import create_model
+from effnetv2_tf.models.registry import get_model_spec
+from effnetv2_tf.models.registry import list_models
 
 __all__ = ["create_model", "get_model_spec", "list_models"]
 __version__ = "0.1.0"

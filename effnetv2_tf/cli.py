@@ -3,12 +3,11 @@
 import os
 
 from absl import flags
-import ml_collections
 
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import distribute
-from effnetv2_tf import registry
-from effnetv2_tf import train_lib
+from configs import datasets
+from effnetv2_tf.models import registry
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import distribute
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -20,9 +19,8 @@ def define_flags():
                       f"Model name: {', '.join(registry.list_models())}.")
   flags.DEFINE_alias("model_name", "model")
   flags.DEFINE_string("dataset_cfg", "imagenet",
-                      "Dataset config (case-insensitive): imagenet, "
-                      "imagenet21k, imagenetft, cifar10ft, cifar100ft, "
-                      "flowersft, carsft, folder, digits.")
+                      "Dataset config (case-insensitive): "
+                      f"{', '.join(datasets.DATASET_CONFIGS)}.")
   flags.DEFINE_string("hparam_str", "",
                       "Config overrides, e.g. 'train.batch_size=64,"
                       "progressive.max_cutmix=0.1'.")
@@ -82,9 +80,3 @@ def config_from_flags(values):
 def model_dir_from_flags(values, config):
   return values.model_dir or os.path.join(
       "runs", f"{config.model.name}-{values.dataset_cfg.lower()}")
-
-
-def model_from_run_config(run_config, num_classes):
-  """Rebuilds a run's model from its config.json dict (for finetuning)."""
-  return train_lib.build_model(ml_collections.ConfigDict(run_config),
-                               num_classes, dropout=0.0)

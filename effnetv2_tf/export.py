@@ -35,13 +35,16 @@ from absl import flags
 import keras
 import tensorflow as tf
 
-from effnetv2_tf import checkpoints
-from effnetv2_tf import cli
-from effnetv2_tf import registry
-from effnetv2_tf import xla
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.models import weights as weights_lib
+from effnetv2_tf.training import checkpoints
+from effnetv2_tf.training import run_dir
+from effnetv2_tf.training import xla
+
+# Errors of a bad --model_dir/--checkpoint: one line, exit code 1.
+USER_ERRORS = (FileNotFoundError, checkpoints.CheckpointMismatchError,
+               weights_lib.WeightsMismatchError)
 
 TFLITE_FILENAME = "model.tflite"
 TFLITE_QUANT_FILENAME = "model_quant.tflite"
@@ -52,11 +55,8 @@ def serving_options(run_config):
 
   `run_config`: the ConfigDict of a run or its config.json dict.
   """
-  model = run_config["model"]
-  return dict(image_size=model["eval_size"],
-              preprocessing=recipes.from_config(
-                  run_config["data"],
-                  registry.get_model_spec(model["name"]).preprocessing))
+  return dict(image_size=run_config["model"]["eval_size"],
+              preprocessing=run_dir.preprocessing(run_config))
 
 
 class ServingModule:
@@ -185,7 +185,7 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
                jit_compile=False):
   """Exports a run's checkpoint (EMA weights); returns the written paths."""
   model, run_config, prefix = checkpoints.load_run_model(
-      checkpoint or model_dir, cli.model_from_run_config,
+      checkpoint or model_dir,
       what="--checkpoint" if checkpoint else "--model_dir")
   options = serving_options(run_config)
   labels = tfrecord_format.read_labels(os.path.dirname(prefix)) or []
@@ -231,7 +231,7 @@ def main(argv):
                          values.checkpoint, values.tflite,
                          values.tflite_quantize, values.feature_vector_dir,
                          values.jit_compile)
-  except (FileNotFoundError, ValueError) as err:
+  except USER_ERRORS as err:
     print(f"export: error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)
   for path in written:

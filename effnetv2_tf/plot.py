@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from effnetv2_tf import train_lib  # pylint: disable=g-import-not-at-top
+from effnetv2_tf.training import run_dir  # pylint: disable=g-import-not-at-top
 
 REGULARIZATION = (("randaug_magnitude", "RandAugment magnitude", "tab:red"),
                   ("mixup_alpha", "mixup alpha", "tab:green"),
@@ -114,10 +114,10 @@ def plot_learning_curve(summary):
 
 def write_plots(model_dir, out_dir=None):
   """Writes both PNGs; returns their paths."""
-  summary = train_lib.read_summary(model_dir)
+  summary = run_dir.read_summary(model_dir)
   if summary is None:
     raise FileNotFoundError(f"--model_dir {model_dir}: no "
-                            f"{train_lib.SUMMARY_FILENAME} (run training "
+                            f"{run_dir.SUMMARY_FILENAME} (run training "
                             "there first).")
   if not summary["stages"]:
     raise ValueError(f"{model_dir}: summary.json has no finished stage yet.")

@@ -24,11 +24,11 @@ tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-from effnetv2_tf import fit_trainer
-from effnetv2_tf import fused_optim
-from effnetv2_tf import trainer as trainer_lib
-from effnetv2_tf import xla
+from effnetv2_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
+from effnetv2_tf.training import custom_loop
+from effnetv2_tf.training import fit_loop
+from effnetv2_tf.training import fused_optim
+from effnetv2_tf.training import xla
 
 # On the smoke config (configs/datasets.py): 2 stages of 16 and 24 px.
 HPARAMS = ("model.survival_prob=1.0,progressive.min_dropout=0,"
@@ -48,11 +48,11 @@ def one_step_comparison(tmp):
   batch = {"images": images, "labels": labels,
            "skipped": np.zeros([], np.int64)}
 
-  single = _trainer(trainer_lib.Trainer, os.path.join(tmp, "single"),
+  single = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "single"),
                     tf.distribute.get_strategy())
   mirrored_strategy = tf.distribute.MirroredStrategy(
       [d.name for d in tf.config.list_logical_devices("CPU")])
-  mirrored = _trainer(trainer_lib.Trainer, os.path.join(tmp, "mirrored"),
+  mirrored = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "mirrored"),
                       mirrored_strategy)
   mirrored.model.set_weights(single.model.get_weights())
   mirrored.ema.reset_to_model()
@@ -98,8 +98,8 @@ def one_step_comparison(tmp):
 
 def short_runs(tmp, strategy):
   steps = {}
-  for name, cls in (("main", trainer_lib.Trainer),
-                    ("main_tf2", fit_trainer.FitTrainer)):
+  for name, cls in (("main", custom_loop.CustomLoopTrainer),
+                    ("main_tf2", fit_loop.FitTrainer)):
     trainer = _trainer(cls, os.path.join(tmp, name), strategy)
     first = next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
     steps[name + "_pipeline_batches"] = [

@@ -3,8 +3,8 @@
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import distribute
 from effnetv2_tf import tpu_env
+from effnetv2_tf.training import distribute
 
 UNREACHABLE = "grpc://127.0.0.1:1"
 

@@ -11,12 +11,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_model
-from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
-from effnetv2_tf import optim
-from effnetv2_tf import train_lib
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
+from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import ema as ema_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
@@ -115,8 +115,8 @@ def test_feature_vector_module_and_tfsmlayer(exported, tmp_path):
 def test_export_from_a_checkpoint_uses_ema_weights(tmp_path):
   config = config_lib.build_config("efficientnetv2-b0", "smoke",
                                    "train.warmup_epochs=0")
-  model = train_lib.build_model(config, 10, 0.1)
-  ema = optim.ExponentialMovingAverage(model, 0.9)
+  model = model_lib.model_from_config(config.model, 10, 0.1)
+  ema = ema_lib.ExponentialMovingAverage(model, 0.9)
   for shadow in ema.shadows:  # EMA weights apart from the raw ones
     shadow.assign(shadow * 0.5 + 0.01)
   tf.train.Checkpoint(model=model, ema=ema).save(str(tmp_path / "ckpt"))

@@ -1,6 +1,6 @@
 """Faults: kills (outside and inside a checkpoint save) and a full disk.
 
-Faults inside a save come from `effnetv2_tf.faults` (EFFNETV2_FAULT), so
+Faults inside a save come from `effnetv2_tf.training.faults` (EFFNETV2_FAULT), so
 they hit the exact moment under test on every run.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import faults
+from effnetv2_tf.training import faults
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # On the smoke config (configs/datasets.py): 2 stages, batch 16.

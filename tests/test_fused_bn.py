@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf.fused_bn import FusedBatchNormalization
+from effnetv2_tf.models.fused_bn import FusedBatchNormalization
 
 SHAPE = (4, 5, 7, 8)
 

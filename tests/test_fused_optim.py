@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import fused_optim
-from effnetv2_tf import optim
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import fused_optim
+from effnetv2_tf.training import optim
 
 SHAPES = [(3, 3, 4, 8), (8,), (5, 2)]
 RMSPROP = {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-3}  # the paper's

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format as fmt
-from effnetv2_tf.tools import make_tfrecords
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
@@ -288,7 +288,7 @@ def test_tfrecord_source_reads_output(samples, tmp_path, monkeypatch):
 def _run_cli(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run(
-      [sys.executable, "-m", "effnetv2_tf.tools.make_tfrecords", *args],
+      [sys.executable, "-m", "effnetv2_tf.data.make_tfrecords", *args],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import effnetv2_tf
-from effnetv2_tf import block_strings
-from effnetv2_tf import model as model_lib
-from effnetv2_tf.layers import StochasticDepth
+from effnetv2_tf.models import block_strings
+from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models.layers import StochasticDepth
 import keras
 from conftest import tiny_model
 

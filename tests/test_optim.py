@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import optim
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf.training import optim
 from tests.conftest import tiny_model
 
 
@@ -74,8 +75,8 @@ def test_weight_decay_only_on_kernels():
 
 def test_ema_update_rule_with_warmup_and_bn_statistics():
   model = tiny_model()
-  ema = optim.ExponentialMovingAverage(model, decay=0.9999)
-  tracked = optim.ema_variables(model)
+  ema = ema_lib.ExponentialMovingAverage(model, decay=0.9999)
+  tracked = ema_lib.ema_variables(model)
   assert any(v.path.endswith("moving_variance") for v in tracked)
   assert len(tracked) == len(model.trainable_weights) + sum(
       v.path.endswith(("moving_mean", "moving_variance"))
@@ -96,13 +97,13 @@ def test_ema_update_rule_with_warmup_and_bn_statistics():
 
 def test_ema_swap_restores_raw_weights():
   model = tiny_model()
-  ema = optim.ExponentialMovingAverage(model, decay=0.5)
-  raw = [v.numpy() for v in optim.ema_variables(model)]
+  ema = ema_lib.ExponentialMovingAverage(model, decay=0.5)
+  raw = [v.numpy() for v in ema_lib.ema_variables(model)]
   for shadow in ema.shadows:
     shadow.assign(shadow + 2.0)
   with ema.swapped():
-    inside = [v.numpy() for v in optim.ema_variables(model)]
-  after = [v.numpy() for v in optim.ema_variables(model)]
+    inside = [v.numpy() for v in ema_lib.ema_variables(model)]
+  after = [v.numpy() for v in ema_lib.ema_variables(model)]
   np.testing.assert_allclose(inside[0], raw[0] + 2.0, rtol=1e-6)
   for a, r in zip(after, raw):
     np.testing.assert_array_equal(a, r)

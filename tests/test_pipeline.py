@@ -12,6 +12,7 @@ import dataclasses
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
+from effnetv2_tf.training import progressive
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
     "imagenet-samples")
@@ -37,13 +38,21 @@ def photo_folder(tmp_path):
   return tmp_path
 
 
+def _stage(size, randaug=0.0, mixup=0.0, cutmix=0.0):
+  """A one-stage plan's stage at `size` with these regularization values."""
+  return progressive.Stage(index=0, start_step=0, steps=1, image_size=size,
+                           randaug_magnitude=randaug, mixup_alpha=mixup,
+                           cutmix_alpha=cutmix, dropout=0.0)
+
+
 def _first(ds, n=1):
   return list(ds.take(n).as_numpy_iterator())
 
 
 def test_stage_sizes_appear_in_output_shapes(digits):
   for size in (16, 24):
-    ds = pipeline.build_train_dataset(digits, 8, size, SCALE, seed=1)
+    ds = pipeline.build_train_dataset(
+        digits, 8, _stage(size), pipeline.TrainInput(SCALE), seed=1)
     assert ds.element_spec["images"].shape == (8, size, size, 3)
     (batch,) = _first(ds)
     assert batch["images"].shape == (8, size, size, 3)
@@ -55,8 +64,8 @@ def test_stage_sizes_appear_in_output_shapes(digits):
 def test_same_seed_same_batches_other_seed_differs(digits):
   def build(seed):
     return pipeline.build_train_dataset(
-        digits, 4, 20, SCALE, augname="randaug", randaug_magnitude=10,
-        mixup_alpha=0.2, seed=seed)
+        digits, 4, _stage(20, randaug=10, mixup=0.2),
+        pipeline.TrainInput(SCALE, augname="randaug"), seed=seed)
   a, b, c = _first(build(3), 2), _first(build(3), 2), _first(build(4), 2)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["images"], y["images"])
@@ -66,10 +75,12 @@ def test_same_seed_same_batches_other_seed_differs(digits):
 
 def test_label_smoothing_and_mixup_targets(digits):
   smooth = _first(pipeline.build_train_dataset(
-      digits, 8, 16, SCALE, label_smoothing=0.1, seed=0))[0]["labels"]
+      digits, 8, _stage(16), pipeline.TrainInput(SCALE, label_smoothing=0.1),
+      seed=0))[0]["labels"]
   np.testing.assert_allclose(np.sort(smooth, 1)[:, -1], 0.91, rtol=1e-6)
   mixed = _first(pipeline.build_train_dataset(
-      digits, 8, 16, SCALE, mixup_alpha=1.0, cutmix_alpha=1.0, seed=0))[0]
+      digits, 8, _stage(16, mixup=1.0, cutmix=1.0), pipeline.TrainInput(SCALE),
+      seed=0))[0]
   np.testing.assert_allclose(mixed["labels"].sum(1), 1.0, rtol=1e-6)
   assert (mixed["labels"] > 0).sum(1).max() == 2  # two classes per row
 
@@ -78,8 +89,9 @@ def test_label_smoothing_and_mixup_targets(digits):
 def test_augmented_jpeg_stage_and_corrupt_skipped(photo_folder, augname):
   source = sources.folder_source(str(photo_folder))
   ds = pipeline.build_train_dataset(
-      source, 4, 32, recipes.ROWS["legacy"], augname=augname,
-      randaug_magnitude=15, mixup_alpha=0.2, seed=0, shuffle_buffer=16)
+      source, 4, _stage(32, randaug=15, mixup=0.2),
+      pipeline.TrainInput(recipes.ROWS["legacy"], augname=augname,
+                          shuffle_buffer=16), seed=0)
   batches = _first(ds, 5)  # 20 examples: two passes over the 9 good ones
   assert all(b["images"].shape == (4, 32, 32, 3) for b in batches)
   assert all(np.isfinite(b["images"]).all() for b in batches)
@@ -122,13 +134,6 @@ def test_eval_skips_and_counts_corrupt_image(photo_folder):
   assert len(batches) == 3  # 9 files incl. the corrupt one, batch 4
   assert sum(b["mask"].sum() for b in batches) == 8
   assert max(int(b["skipped"]) for b in batches) == 1
-
-
-def test_keras_inputs_are_tuples(digits):
-  ds = pipeline.keras_inputs(pipeline.build_train_dataset(
-      digits, 2, 16, SCALE, seed=0))
-  images, labels = next(iter(ds))
-  assert images.shape == (2, 16, 16, 3) and labels.shape == (2, 10)
 
 
 def test_random_flip_off_keeps_orientation():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf.pointwise_conv import PointwiseConv2D
+from effnetv2_tf.models.pointwise_conv import PointwiseConv2D
 
 SHAPE = (4, 5, 7, 8)
 

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
-from effnetv2_tf import progressive
-from effnetv2_tf import train_lib
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
+from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import progressive
+from effnetv2_tf.training import run_dir
 
 REFERENCE = "progressive.preset=reference"
 
@@ -111,7 +112,7 @@ def test_v1_eval_center_crops_at_380_to_600(model, eval_size):
   side = int(eval_size / (eval_size + 32) * 401)
   top, left = (401 - side + 1) // 2, (500 - side + 1) // 2
   crop = preprocess.eval_crop({"image": image}, eval_size,
-                              train_lib.preprocessing(config))
+                              run_dir.preprocessing(config))
   np.testing.assert_array_equal(
       crop.numpy(), image.numpy()[top:top + side, left:left + side])
 
@@ -121,14 +122,14 @@ def test_imagenet21k_scales_every_model_to_minus_one_one():
   # branch: (x - 128) / 128 and the < 320 px center crop, B0 included.
   for model in ("efficientnetv2-b0", "efficientnetv2-s", "efficientnet-b3"):
     config = config_lib.build_config(model, "imagenet21k")
-    prep = train_lib.preprocessing(config)
+    prep = run_dir.preprocessing(config)
     out = preprocess.normalize(tf.constant([0.0, 128.0, 255.0]),
                                prep.input_scaling)
     np.testing.assert_allclose(out.numpy(), [-1.0, 0.0, 127 / 128])
     assert prep.resize_method == "bilinear" and prep.crop_offset == "floor"
     assert prep.eval_crop and prep.skip_crop_from_size == 320
   # On ImageNet-1k B0 keeps its legacy mean/std scaling.
-  legacy = train_lib.preprocessing(
+  legacy = run_dir.preprocessing(
       config_lib.build_config("efficientnetv2-b0", "imagenet"))
   assert legacy.input_scaling == recipes.SCALE_IMAGENET
 
@@ -136,7 +137,7 @@ def test_imagenet21k_scales_every_model_to_minus_one_one():
 def test_finetune_scaling_is_half_half_for_every_model():
   # preprocessing.py preprocess_for_finetune: (x / 255 - 0.5) / 0.5.
   for model in ("efficientnetv2-b0", "efficientnetv2-l"):
-    prep = train_lib.preprocessing(config_lib.build_config(model,
+    prep = run_dir.preprocessing(config_lib.build_config(model,
                                                            "flowersft"))
     out = preprocess.normalize(tf.constant([0.0, 51.0, 255.0]),
                                prep.input_scaling)
@@ -200,7 +201,7 @@ def test_default_imagenet_split_leaves_20_minival_files_out(tmp_path):
   config = config_lib.build_config(
       "efficientnetv2-b0", "imagenet",
       f"model.num_classes=24,data.data_dir={tmp_path}")
-  source = train_lib.build_source(config)
+  source = sources.from_config(config)
   assert _file_indices(source, "train") == [20, 21, 22, 23]
   assert _file_indices(source, "minival") == list(range(20))
   assert source.num_examples("validation") == 1
@@ -213,7 +214,7 @@ def test_default_imagenet21k_splits(tmp_path):
   config = config_lib.build_config(
       "efficientnetv2-s", "imagenet21k",
       f"model.num_classes=24,data.data_dir={tmp_path}")
-  source = train_lib.build_source(config)
+  source = sources.from_config(config)
   assert _file_indices(source, "validation") == list(range(16))
   assert _file_indices(source, "minival") == [16, 17, 18, 19]
   assert _file_indices(source, "train") == [20, 21, 22, 23]
@@ -225,7 +226,7 @@ def test_too_few_files_for_minival_names_the_key(tmp_path):
       "efficientnetv2-b0", "imagenet",
       f"model.num_classes=3,data.data_dir={tmp_path}")
   with pytest.raises(ValueError, match="data.minival_files=0"):
-    train_lib.build_source(config)
+    sources.from_config(config)
 
 
 def test_finetune_train_example_is_the_whole_image_with_noise_cutout():

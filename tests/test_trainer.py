@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import checkpoints
-from effnetv2_tf import cli
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import optim
-from effnetv2_tf import train_lib
-from effnetv2_tf import trainer as trainer_lib
-from effnetv2_tf.tools import make_tfrecords
+from effnetv2_tf.data import make_tfrecords
+from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.training import checkpoints
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import custom_loop
+from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf.training import step as step_lib
+from effnetv2_tf.training import trainer as trainer_lib
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
     "imagenet-samples")
@@ -26,7 +27,8 @@ TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 def _trainer(model_dir, hparams=""):
   config = config_lib.build_config(
       "efficientnetv2-b0", "smoke", ",".join(filter(None, [TINY, hparams])))
-  return trainer_lib.Trainer(config, str(model_dir), tf.distribute.get_strategy())
+  return custom_loop.CustomLoopTrainer(config, str(model_dir),
+                                       tf.distribute.get_strategy())
 
 
 def test_stages_retrace_once_each_and_reach_the_model(tmp_path):
@@ -53,17 +55,17 @@ def test_stages_retrace_once_each_and_reach_the_model(tmp_path):
 def test_resume_mid_stage_continues_at_the_right_step(tmp_path, monkeypatch):
   trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
                      "train.checkpoint_every=1")
-  original_log = trainer_lib.Trainer.record_progress
+  original_log = custom_loop.CustomLoopTrainer.record_progress
 
   def killed_at_step_3(self, stage, *args):
     if self.step == 3:
       raise KeyboardInterrupt  # stands in for a kill
     original_log(self, stage, *args)
 
-  monkeypatch.setattr(trainer_lib.Trainer, "record_progress", killed_at_step_3)
+  monkeypatch.setattr(custom_loop.CustomLoopTrainer, "record_progress", killed_at_step_3)
   with pytest.raises(KeyboardInterrupt):
     trainer.train()
-  monkeypatch.setattr(trainer_lib.Trainer, "record_progress", original_log)
+  monkeypatch.setattr(custom_loop.CustomLoopTrainer, "record_progress", original_log)
   resumed = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
                      "train.checkpoint_every=1")
   assert resumed.restore().endswith("-2")
@@ -101,7 +103,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path,
   bad = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
                  "train.checkpoint_every=2")
   bad.restore()
-  monkeypatch.setattr(train_lib, "cross_entropy",
+  monkeypatch.setattr(step_lib, "cross_entropy",
                       lambda labels, logits: tf.fill(
                           [tf.shape(labels)[0]], np.nan))
   with pytest.raises(trainer_lib.TrainingError, match=r"steps 5-6 \(stage 2\)"):
@@ -115,26 +117,26 @@ def test_finetune_skips_the_head_and_loads_ema(tmp_path):
   trainer = _trainer(source_dir, "train.steps=2,train.ema_decay=0.5")
   trainer.train()
   config_lib.save_config(trainer.config, str(source_dir))
-  target = train_lib.build_model(trainer.config, 5, 0.1)
-  loaded = checkpoints.init_from(target, str(source_dir),
-                                 cli.model_from_run_config)
+  target = model_lib.model_from_config(trainer.config.model, 5, 0.1)
+  loaded = checkpoints.init_from(target, str(source_dir))
   assert loaded == len(target.weights) - 2  # all but predictions kernel/bias
-  ema_by_path = dict(zip([v.path for v in optim.ema_variables(trainer.model)],
-                         [s.numpy() for s in trainer.ema.shadows]))
+  ema_by_path = dict(zip(
+      [v.path for v in ema_lib.ema_variables(trainer.model)],
+      [s.numpy() for s in trainer.ema.shadows]))
   stem = target.get_layer("stem_conv").kernel
   np.testing.assert_array_equal(stem.numpy(), ema_by_path[stem.path])
-  other = train_lib.build_model(config_lib.build_config(
-      "efficientnetv2-b1", "digits"), 10, 0.1)
+  other = model_lib.model_from_config(config_lib.build_config(
+      "efficientnetv2-b1", "digits").model, 10, 0.1)
   with pytest.raises(ValueError, match="only .* weights match"):
-    checkpoints.init_from(other, str(source_dir), cli.model_from_run_config)
+    checkpoints.init_from(other, str(source_dir))
 
 
 def test_topk_hits_multi_label():
   labels = tf.constant([[0.5, 0.5, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])
   logits = tf.constant([[0.0, 9, 1, 0, 0, 0], [9.0, 8, 7, 6, 5, 0]])
-  hits = train_lib.topk_hits(labels, logits, tf.constant([1.0, 1.0]))
+  hits = step_lib.topk_hits(labels, logits, tf.constant([1.0, 1.0]))
   np.testing.assert_array_equal(hits.numpy(), [1, 1, 2])
-  masked = train_lib.topk_hits(labels, logits, tf.constant([1.0, 0.0]))
+  masked = step_lib.topk_hits(labels, logits, tf.constant([1.0, 0.0]))
   np.testing.assert_array_equal(masked.numpy(), [1, 1, 1])
 
 
@@ -156,8 +158,8 @@ def test_imagenet_tfrecords_through_four_paper_stages(tmp_path):
       "runtime.steps_per_loop=1,progressive.min_image_size=32,"
       "progressive.max_image_size=64",
       data_dir=str(tmp_path / "records"))
-  trainer = trainer_lib.Trainer(config, str(tmp_path / "run"),
-                                tf.distribute.get_strategy())
+  trainer = custom_loop.CustomLoopTrainer(config, str(tmp_path / "run"),
+                                          tf.distribute.get_strategy())
   assert trainer.source.num_examples("train") == 24
   summary = trainer.train()
   assert trainer.step == 4 and trainer.traces == 4
@@ -167,9 +169,10 @@ def test_imagenet_tfrecords_through_four_paper_stages(tmp_path):
 
 
 def test_dropout_raised_from_zero_reaches_the_layer():
-  model = train_lib.build_model(
-      config_lib.build_config("efficientnetv2-b0", "smoke", TINY), 10, 0.0)
-  train_lib.set_dropout(model, 0.5)
+  model = model_lib.model_from_config(
+      config_lib.build_config("efficientnetv2-b0", "smoke", TINY).model, 10,
+      0.0)
+  step_lib.set_dropout(model, 0.5)
   layer = model.get_layer("top_dropout")
   dropped = tf.function(lambda x: layer(x, training=True))(tf.ones([4000]))
   assert 0.45 < float(tf.reduce_mean(tf.cast(dropped == 0, tf.float32))) < 0.55

@@ -1,4 +1,4 @@
-"""Tests of `effnetv2_tf.weights`: keras.applications files and checkpoints.
+"""Tests of `effnetv2_tf.models.weights`: keras.applications files and checkpoints.
 
 keras.applications models get random (non-trivial) weights and are saved in
 both h5 layouts; our model must then give the same outputs. Reference TF1
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import effnetv2_tf
-from effnetv2_tf import weights as weights_lib
+from effnetv2_tf.models import weights as weights_lib
 from conftest import tiny_model
 
 SIZE = 64

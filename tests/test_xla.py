@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
-from effnetv2_tf import fit_trainer
-from effnetv2_tf import train_lib
-from effnetv2_tf import trainer as trainer_lib
-from effnetv2_tf import xla
 from effnetv2_tf.data import pipeline
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import custom_loop
+from effnetv2_tf.training import fit_loop
+from effnetv2_tf.training import run_dir
+from effnetv2_tf.training import xla
 
 # On the smoke config (configs/datasets.py), shallower and in one stage.
 TINY = ("model.depth_coefficient=0.1,progressive.num_stages=1,"
@@ -52,7 +52,7 @@ COMPARED = ("model.survival_prob=1.0,progressive.min_dropout=0,"
             "train.weight_decay=0.01,train.momentum=0.9")
 
 
-def _trainer(model_dir, hparams, cls=trainer_lib.Trainer):
+def _trainer(model_dir, hparams, cls=custom_loop.CustomLoopTrainer):
   config = config_lib.build_config("efficientnetv2-b0", "smoke",
                                    ",".join([TINY, hparams]))
   return cls(config, str(model_dir), tf.distribute.get_strategy())
@@ -229,7 +229,7 @@ def test_fit_driver_trains_with_the_compiled_step(tmp_path):
   # Dropout and stochastic depth on: this run only has to compile and train.
   trainer = _trainer(tmp_path, "model.survival_prob=0.8,"
                      "progressive.max_dropout=0.3",
-                     cls=fit_trainer.FitTrainer)
+                     cls=fit_loop.FitTrainer)
   trainer.train()
   assert trainer.step == 2
   step = trainer.fit_model.step_fn
@@ -244,7 +244,7 @@ def test_fit_driver_trains_with_the_compiled_step(tmp_path):
 def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
   trainer = float32_steps[0]
   batch = next(iter(pipeline.build_eval_dataset(
-      trainer.source, 60, 16, train_lib.preprocessing(trainer.config),
+      trainer.source, 60, 16, run_dir.preprocessing(trainer.config),
       split=trainer.config.data.eval_split)))
   compiled = trainer.make_eval_step()
   plain = tf.function(compiled.python_function)
@@ -257,7 +257,7 @@ def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
 @needs_xla_cpu
 def test_serving_model_part_compiles_and_matches(float32_steps):
   trainer = float32_steps[0]
-  prep = train_lib.preprocessing(trainer.config)
+  prep = run_dir.preprocessing(trainer.config)
   images = tf.random.stateless_uniform([2, 40, 30, 3], [3, 4], 0, 255)
   fast = export.ServingModule(trainer.model, 16, prep, jit_compile=True)
   plain = export.ServingModule(trainer.model, 16, prep)
@@ -274,7 +274,7 @@ def test_serving_model_part_compiles_and_matches(float32_steps):
 def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
                                                         tmp_path):
   trainer = float32_steps[0]
-  prep = train_lib.preprocessing(trainer.config)
+  prep = run_dir.preprocessing(trainer.config)
   export.export_saved_model(trainer.model, str(tmp_path), 16, prep,
                             jit_compile=True)
   signature = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
@@ -288,7 +288,7 @@ def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
                              rtol=1e-5, atol=1e-6)
 
 
-class _HostOpTrainer(trainer_lib.Trainer):
+class _HostOpTrainer(custom_loop.CustomLoopTrainer):
   """A step with a host-side op (a Python function), which XLA refuses."""
 
   def make_step_fn(self):

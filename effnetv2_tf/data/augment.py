@@ -20,19 +20,76 @@ image eagerly and inside `tf.data.Dataset.map`. The op (or sub-policy) is
 selected with `tf.switch_case`, so only the chosen branch runs.
 """
 
+import dataclasses
+from typing import Callable
+
 import tensorflow as tf
 
 from effnetv2_tf.data import image_ops
 
 MAX_LEVEL = 10.0
 
-RANDAUGMENT_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
-    "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
 
-# Ops whose argument gets a random sign.
-SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+def _int(value):
+  return tf.cast(value, tf.int32)  # truncates like Python int()
+
+
+def _float32(value):
+  return tf.cast(value, tf.float32)
+
+
+def _enhance_factor(level, *_):
+  return (_float32(tf.maximum(level * 1.8 + 0.1, 0.0)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  """One augmentation op: its image function and its argument rule.
+
+  Attributes:
+    fn: `image_ops` function (image, *args) -> image.
+    args: (level, translate_const, cutout_const) -> tuple of arguments,
+      the reference `level_to_arg` rule.
+    signed: the (first) argument gets a random sign.
+    seeded: `fn` takes a shape [2] seed after the arguments.
+  """
+  fn: Callable
+  args: Callable = lambda *_: ()
+  signed: bool = False
+  seeded: bool = False
+
+
+# Every op, in RandAugment's draw order (the reference's op list). Adding
+# an op is one entry here (and its function in image_ops).
+OPS = {
+    "AutoContrast": Op(image_ops.autocontrast),
+    "Equalize": Op(image_ops.equalize),
+    "Invert": Op(image_ops.invert),
+    "Rotate": Op(image_ops.rotate,
+                 lambda level, *_: (_float32(level * 30.0),), signed=True),
+    "Posterize": Op(image_ops.posterize, lambda level, *_: (
+        tf.clip_by_value(_int(level * 4.0), 0, 8),)),
+    "Solarize": Op(image_ops.solarize, lambda level, *_: (
+        tf.clip_by_value(_int(level * 256.0), 0, 256),)),
+    "Color": Op(image_ops.color, _enhance_factor),
+    "Contrast": Op(image_ops.contrast, _enhance_factor),
+    "Brightness": Op(image_ops.brightness, _enhance_factor),
+    "Sharpness": Op(image_ops.sharpness, _enhance_factor),
+    "ShearX": Op(image_ops.shear_x, lambda level, *_: (
+        _float32(level * 0.3),), signed=True),
+    "ShearY": Op(image_ops.shear_y, lambda level, *_: (
+        _float32(level * 0.3),), signed=True),
+    "TranslateX": Op(image_ops.translate_x, lambda level, translate, _: (
+        _float32(level * translate),), signed=True),
+    "TranslateY": Op(image_ops.translate_y, lambda level, translate, _: (
+        _float32(level * translate),), signed=True),
+    "Cutout": Op(image_ops.cutout, lambda level, _, cutout: (
+        tf.maximum(_int(level * cutout), 0),), seeded=True),
+    "SolarizeAdd": Op(image_ops.solarize_add, lambda level, *_: (
+        _int(level * 110.0),)),
+}
+RANDAUGMENT_OPS = tuple(OPS)
+SIGNED_OPS = tuple(name for name, op in OPS.items() if op.signed)
 
 # AutoAugment ImageNet policy v0: sub-policies of two (op, prob, magnitude)
 # steps, applied in order (same table as shared/reference/autoaugment_v0.csv).
@@ -68,25 +125,6 @@ RANDAUGMENT_CONSTS = {"translate_const": 100, "cutout_const": 40}
 AUTOAUGMENT_CONSTS = {"translate_const": 250, "cutout_const": 100}
 AUGNAMES = ("randaug", "autoaug")
 
-_OPS = {
-    "AutoContrast": image_ops.autocontrast,
-    "Equalize": image_ops.equalize,
-    "Invert": image_ops.invert,
-    "Rotate": image_ops.rotate,
-    "Posterize": image_ops.posterize,
-    "Solarize": image_ops.solarize,
-    "SolarizeAdd": image_ops.solarize_add,
-    "Color": image_ops.color,
-    "Contrast": image_ops.contrast,
-    "Brightness": image_ops.brightness,
-    "Sharpness": image_ops.sharpness,
-    "ShearX": image_ops.shear_x,
-    "ShearY": image_ops.shear_y,
-    "TranslateX": image_ops.translate_x,
-    "TranslateY": image_ops.translate_y,
-    "Cutout": image_ops.cutout,
-}
-
 
 def _float64(value):
   """Python numbers go straight to float64 (no float32 rounding on the way)."""
@@ -97,10 +135,6 @@ def _float64(value):
 def magnitude_to_level(magnitude):
   """m / 10 as a float64 scalar tensor (Python arithmetic precision)."""
   return _float64(magnitude) / MAX_LEVEL
-
-
-def _int(value):
-  return tf.cast(value, tf.int32)  # truncates like Python int()
 
 
 def level_to_arg(name, level, translate_const=100, cutout_const=40):
@@ -115,26 +149,10 @@ def level_to_arg(name, level, translate_const=100, cutout_const=40):
   Returns:
     A tuple of scalar tensors (empty for AutoContrast, Equalize, Invert).
   """
-  level = _float64(level)
-  args = {
-      "Rotate": lambda: tf.cast(level * 30.0, tf.float32),
-      "Posterize": lambda: tf.clip_by_value(_int(level * 4.0), 0, 8),
-      "Solarize": lambda: tf.clip_by_value(_int(level * 256.0), 0, 256),
-      "SolarizeAdd": lambda: _int(level * 110.0),
-      "ShearX": lambda: tf.cast(level * 0.3, tf.float32),
-      "TranslateX": lambda: tf.cast(level * translate_const, tf.float32),
-      "Cutout": lambda: tf.maximum(_int(level * cutout_const), 0),
-  }
-  args["ShearY"] = args["ShearX"]
-  args["TranslateY"] = args["TranslateX"]
-  if name in ("AutoContrast", "Equalize", "Invert"):
-    return ()
-  if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-    return (tf.cast(tf.maximum(level * 1.8 + 0.1, 0.0), tf.float32),)
-  if name not in args:
+  if name not in OPS:
     raise ValueError(f"Unknown augmentation op {name!r}; expected one of "
                      f"{', '.join(RANDAUGMENT_OPS)}.")
-  return (args[name](),)
+  return OPS[name].args(_float64(level), translate_const, cutout_const)
 
 
 def apply_op(image, name, level, seed, translate_const=100, cutout_const=40):
@@ -152,14 +170,15 @@ def apply_op(image, name, level, seed, translate_const=100, cutout_const=40):
     uint8 image of the same shape.
   """
   args = level_to_arg(name, level, translate_const, cutout_const)
+  op = OPS[name]
   sign_seed, op_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
-  if name in SIGNED_OPS:
+  if op.signed:
     negate = tf.random.stateless_uniform([], sign_seed) < 0.5
     args = (tf.where(negate, -args[0], args[0]),)
-  if name == "Cutout":
+  if op.seeded:
     args += (op_seed,)
-  out = _OPS[name](image, *args)
+  out = op.fn(image, *args)
   out.set_shape(image.shape)
   return out
 

@@ -24,13 +24,16 @@ counted: every batch carries `skipped`, the number of examples dropped so
 far in this pipeline.
 """
 
+import dataclasses
 import math
+from typing import Optional
 
 import tensorflow as tf
 
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import mix
 from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import recipes
 
 AUTOTUNE = tf.data.AUTOTUNE
 _ELEMENT, _BATCH = 0, 1  # seed streams
@@ -93,27 +96,39 @@ def train_preprocess(features, seed, image_size, prep, augname=None,
   return image
 
 
-def build_train_dataset(source, batch_size, image_size, prep, *,
-                        augname=None, randaug_magnitude=0.0, num_layers=2,
-                        mixup_alpha=0.0, cutmix_alpha=0.0,
-                        label_smoothing=0.0, seed=0, input_context=None,
-                        shuffle_buffer=10_000,
-                        cache=False, split="train"):
+@dataclasses.dataclass(frozen=True)
+class TrainInput:
+  """What a run's training input keeps over all its stages.
+
+  Attributes:
+    prep: the run's `recipes.Preprocessing`.
+    augname: 'randaug', 'autoaug' or None.
+    num_layers: RandAugment ops per image.
+    label_smoothing: smoothing applied before mixing (reference order).
+    shuffle_buffer: examples in the shuffle buffer.
+    cache: cache the source's examples in memory (small datasets).
+  """
+  prep: recipes.Preprocessing
+  augname: Optional[str] = None
+  num_layers: int = 2
+  label_smoothing: float = 0.0
+  shuffle_buffer: int = 10_000
+  cache: bool = False
+
+
+def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
+                        input_context=None, split="train"):
   """The endless training stream of one progressive-learning stage.
 
   Args:
     source: a `sources.Source`.
     batch_size: per-replica batch size (with `input_context`, use
       `input_context.get_per_replica_batch_size(global_batch)`).
-    image_size: the stage's training image size.
-    prep: the run's `recipes.Preprocessing`.
-    augname, randaug_magnitude, num_layers: the stage's augmentation.
-    mixup_alpha, cutmix_alpha: the stage's Beta alphas (0 disables each).
-    label_smoothing: smoothing applied before mixing (reference order).
+    stage: the stage's `image_size`, `randaug_magnitude`, `mixup_alpha` and
+      `cutmix_alpha` (0 disables each), e.g. a `progressive.Stage`.
+    train_input: the run's `TrainInput`.
     seed: base seed; use a different one per stage (e.g. seed + stage).
     input_context: `tf.distribute.InputContext` for per-replica input.
-    shuffle_buffer: examples in the shuffle buffer.
-    cache: cache the source's examples in memory (small datasets).
     split: source split to read.
 
   Returns:
@@ -121,18 +136,19 @@ def build_train_dataset(source, batch_size, image_size, prep, *,
     float32 [B, C] (rows sum to 1), 'skipped' int64 scalar.
   """
   ds = source.read(split, input_context, shuffle_files_seed=seed)
-  ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k != "source_id"})
-  if cache:
+  if train_input.cache:
     ds = ds.cache()
-  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.shuffle(train_input.shuffle_buffer, seed=seed,
+                  reshuffle_each_iteration=True)
   ds = ds.repeat().enumerate()
   element_base = _base_seed(seed, input_context, _ELEMENT)
 
   def one_example(index, features):
     example_seed = tf.random.experimental.stateless_fold_in(element_base,
                                                             index)
-    image = train_preprocess(features, example_seed, image_size, prep,
-                             augname, randaug_magnitude, num_layers)
+    image = train_preprocess(features, example_seed, stage.image_size,
+                             train_input.prep, train_input.augname,
+                             stage.randaug_magnitude, train_input.num_layers)
     return {"images": image, "labels": features["label"], "index": index}
 
   ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)
@@ -141,10 +157,11 @@ def build_train_dataset(source, batch_size, image_size, prep, *,
   batch_base = _base_seed(seed, input_context, _BATCH)
 
   def mix_labels(index, batch):
-    labels = mix.smooth_labels(batch["labels"], label_smoothing)
+    labels = mix.smooth_labels(batch["labels"], train_input.label_smoothing)
     batch_seed = tf.random.experimental.stateless_fold_in(batch_base, index)
-    images, labels = mix.mix_batch(batch["images"], labels, mixup_alpha,
-                                   cutmix_alpha, batch_seed)
+    images, labels = mix.mix_batch(batch["images"], labels,
+                                   stage.mixup_alpha, stage.cutmix_alpha,
+                                   batch_seed)
     return {"images": images, "labels": labels,
             "skipped": batch["skipped"][-1]}
 
@@ -223,9 +240,3 @@ def build_eval_dataset(source, batch_size, image_size, prep, *,
       lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec))
   ds = ds.concatenate(empty.repeat()).take(num_batches)
   return ds.prefetch(AUTOTUNE)
-
-
-def keras_inputs(ds):
-  """(images, labels) tuples for `Model.fit` from a pipeline of dicts."""
-  return ds.map(lambda b: (b["images"], b["labels"]),
-                num_parallel_calls=AUTOTUNE)

@@ -3,8 +3,9 @@
 Each source yields examples {'encoded': image bytes} or {'image': uint8
 [H, W, 3]}, plus 'label': a float32 target vector of `num_classes` (one-hot,
 or for ImageNet-21k a multi-hot vector normalised to sum to 1, paper section
-5.2) and 'source_id' (the file it came from, for error messages). Split sizes
-come from the data (dataset_info.json, TFDS info, or counting).
+5.2). Split sizes come from the data (dataset_info.json, TFDS info, or
+counting). `from_config` builds the source a run config names, from the
+`FROM_CONFIG` table.
 """
 
 import dataclasses
@@ -24,6 +25,11 @@ class DataNotFoundError(FileNotFoundError):
   """Raised, with a message saying where we looked, when data is missing."""
 
 
+class DataError(ValueError):
+  """The data cannot be read as configured (an unknown TFDS name, a split
+  or layout that does not fit); the message says why."""
+
+
 @dataclasses.dataclass
 class Source:
   """A dataset: how to read a split, its class count and split sizes."""
@@ -38,7 +44,7 @@ class Source:
 
   def num_examples(self, split):
     if split not in self.split_sizes:
-      raise ValueError(
+      raise DataError(
           f"{self.name}: no size known for split {split!r}; known: "
           f"{sorted(self.split_sizes)}. Give it as data.train_examples (the "
           "training split) or data.eval_examples (data.eval_split).")
@@ -86,7 +92,7 @@ def _parse_record(record, filename, num_classes, multi_label, label_offset):
       target = hot / tf.reduce_sum(hot)
     else:
       target = _one_hot(labels[0], num_classes)
-  return {"encoded": encoded, "label": target, "source_id": filename}
+  return {"encoded": encoded, "label": target}
 
 
 @dataclasses.dataclass
@@ -106,7 +112,7 @@ class TFRecordSource(Source):
   def read(self, split, input_context=None, shuffle_files_seed=None):
     files = self.files.get(split)
     if not files:
-      raise ValueError(f"{self.name}: unknown split {split!r}; known: "
+      raise DataError(f"{self.name}: unknown split {split!r}; known: "
                        f"{sorted(self.files)}.")
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = _shard(ds, input_context)
@@ -143,16 +149,16 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
   if not train:
     raise DataNotFoundError(
         f"{name}: no files match {os.path.join(data_dir, 'train-*')}. Make "
-        "them with `python -m effnetv2_tf.tools.make_tfrecords`.")
+        "them with `python -m effnetv2_tf.data.make_tfrecords`.")
   files = {"train": train, "validation": validation}
   if multi_label and not validation:
     if len(train) <= eval_files:
-      raise ValueError(f"{name}: {len(train)} train files cannot hold out "
+      raise DataError(f"{name}: {len(train)} train files cannot hold out "
                        f"{eval_files} for evaluation.")
     files = {"train": train[eval_files:], "validation": train[:eval_files]}
   if minival_files:
     if minival_files >= len(files["train"]):
-      raise ValueError(
+      raise DataError(
           f"{name}: holding out data.minival_files={minival_files} files "
           f"for 'minival' leaves none of the {len(files['train'])} training "
           "files; set data.minival_files=0 to train on all of them.")
@@ -210,14 +216,13 @@ class TFDSSource(Source):
                    data_dir=self.data_dir, download=False,
                    shuffle_files=shuffle_files_seed is not None,
                    read_config=read_config)
-    num_classes, source_id = self.num_classes, self.tfds_name
+    num_classes = self.num_classes
 
     def convert(ex):
       image = ex["image"]
       if image.shape[-1] == 1:  # e.g. MNIST-like sets
         image = tf.image.grayscale_to_rgb(image)
-      return {"image": image, "label": _one_hot(ex["label"], num_classes),
-              "source_id": tf.constant(source_id)}
+      return {"image": image, "label": _one_hot(ex["label"], num_classes)}
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -239,7 +244,7 @@ def tfds_source(tfds_name, data_dir=None, split_sizes=None,
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
   except Exception as e:  # tfds raises its own DatasetNotFoundError
-    raise ValueError(f"Unknown TFDS dataset {tfds_name!r}: {e}") from None
+    raise DataError(f"Unknown TFDS dataset {tfds_name!r}: {e}") from None
   # tfds.load(download=False) would fail too, but only when first iterated;
   # check now, and never let TFDS reach for the network.
   if not _tfds_prepared(builder):
@@ -299,8 +304,8 @@ class FolderSource(Source):
       ds = ds.shuffle(len(files), seed=shuffle_files_seed)
     num_classes = self.num_classes
     return ds.map(lambda f, y: {
-        "encoded": tf.io.read_file(f), "label": _one_hot(y, num_classes),
-        "source_id": f}, num_parallel_calls=tf.data.AUTOTUNE)
+        "encoded": tf.io.read_file(f), "label": _one_hot(y, num_classes)},
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def folder_source(root, eval_every=10):
@@ -317,7 +322,8 @@ def folder_source(root, eval_every=10):
     val_classes, val_f, val_y = _list_folder(
         os.path.join(root, split_dirs["validation"]))
     if val_classes != classes:
-      raise ValueError(f"{root}: train and validation class folders differ.")
+      raise DataError(
+          f"{root}: train and validation class folders differ.")
   else:
     classes, files, labels = _list_folder(root)
     held = [i % eval_every == eval_every - 1 for i in range(len(files))]
@@ -350,9 +356,7 @@ class DigitsSource(Source):
     images, labels = self.arrays[split]
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     ds = _shard(ds, input_context)
-    return ds.map(lambda x, y: {
-        "image": x, "label": _one_hot(y, 10),
-        "source_id": tf.constant("sklearn.datasets.load_digits")})
+    return ds.map(lambda x, y: {"image": x, "label": _one_hot(y, 10)})
 
 
 def digits_source(upscale=4):
@@ -372,7 +376,8 @@ def digits_source(upscale=4):
 
 # ------------------------------------------------------- by config name
 # `data.source` -> the source built from a config's `data` section and the
-# model's class count; config.py's list of valid names is this table's keys.
+# model's class count; config.py's list of valid names is this table's keys
+# and cli.py's help lists them.
 FROM_CONFIG = {
     "tfrecord": lambda data, num_classes: tfrecord_source(
         data.name, data.data_dir, num_classes, multi_label=data.multi_label,
@@ -382,3 +387,23 @@ FROM_CONFIG = {
     "folder": lambda data, _: folder_source(data.data_dir),
     "digits": lambda data, _: digits_source(),
 }
+# Sources read from `data.data_dir`, which they need.
+NEEDS_DATA_DIR = ("tfrecord", "folder")
+
+
+def from_config(config):
+  """The `Source` a run config's data section names.
+
+  `data.train_examples`/`data.eval_examples`, when set, override the split
+  sizes the source found.
+  """
+  data = config.data
+  if data.source in NEEDS_DATA_DIR and not data.data_dir:
+    raise DataNotFoundError(
+        f"--data_dir (data.data_dir) is required for {data.name!r} "
+        f"({data.source} source).")
+  source = FROM_CONFIG[data.source](data, config.model.num_classes)
+  overrides = {"train": data.train_examples,
+               data.eval_split: data.eval_examples}
+  source.split_sizes.update({k: v for k, v in overrides.items() if v})
+  return source

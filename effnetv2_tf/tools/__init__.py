@@ -1,1 +1,1 @@
-"""Command-line tools (dataset conversion)."""
+"""Developer tools: the recipes document (docs/recipes.md) and its reference data."""

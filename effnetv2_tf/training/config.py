@@ -17,14 +17,14 @@ import yaml
 from configs import base
 from configs import datasets
 from effnetv2_tf import fileio
-from effnetv2_tf import optim
-from effnetv2_tf import progressive
-from effnetv2_tf import registry
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
+from effnetv2_tf.models import registry
+from effnetv2_tf.training import optim
+from effnetv2_tf.training import progressive
+from effnetv2_tf.training import run_dir
 
-CONFIG_FILENAME = "config.json"
 # Valid names, from the tables that implement them.
 CHOICES = {
     "train.lr_schedule": optim.SCHEDULES,
@@ -240,7 +240,7 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
 
 def save_config(config, model_dir):
   """Writes config.json; refuses a model_dir that belongs to another model."""
-  path = os.path.join(model_dir, CONFIG_FILENAME)
+  path = os.path.join(model_dir, run_dir.CONFIG_FILENAME)
   tf.io.gfile.makedirs(model_dir)
   previous = fileio.read_json(path) or {}
   old = previous.get("model", {}).get("name")

@@ -1,4 +1,4 @@
-"""Learning-rate schedule, optimizer, weight decay and EMA (paper section 5.1).
+"""Learning-rate schedule, optimizer and weight decay (paper section 5.1).
 
 Both drivers use these definitions:
 - learning rate lr_base * global_batch / 256, linear warmup from 0 that
@@ -9,23 +9,23 @@ Both drivers use these definitions:
   inside the square root like TF1's; it starts the mean square at 0 where
   TF1 started it at 1 (irrelevant after warmup from lr 0); by default it
   updates through TF1's fused ApplyRMSProp kernel (`fused_optim.py`);
-- weight decay as a coupled L2 term wd * sum(w^2) / 2 over kernels only;
-- an exponential moving average of the weights with the warm-up
-  min(decay, (1 + t) / (10 + t)) that also averages BN moving statistics
-  (Keras' built-in `use_ema` has neither).
+- weight decay as a coupled L2 term wd * sum(w^2) / 2 over kernels only.
+The weights' moving average is `ema.py`.
 """
 
-import contextlib
 import math
 
 import keras
 import tensorflow as tf
 
-from effnetv2_tf import fused_optim
+from effnetv2_tf.training import fused_optim
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
-BN_STAT_SUFFIXES = ("moving_mean", "moving_variance")
 SCHEDULES = ("exponential", "cosine", "constant")
+
+
+class OptimizerError(ValueError):
+  """An unknown `train.optimizer`; the message lists the valid ones."""
 
 
 @keras.saving.register_keras_serializable(package="effnetv2_tf")
@@ -102,8 +102,8 @@ def build_optimizer(train_config, learning_rate):
     optimizer = keras.optimizers.Adam(learning_rate,
                                       epsilon=train_config.epsilon)
   else:
-    raise ValueError(f"Unknown optimizer {train_config.optimizer!r}; valid: "
-                     "rmsprop, sgd, adam.")
+    raise OptimizerError(f"Unknown optimizer {train_config.optimizer!r}; "
+                         "valid: rmsprop, sgd, adam.")
   if keras.mixed_precision.global_policy().name == "mixed_float16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
@@ -121,61 +121,3 @@ def weight_decay_loss(variables, weight_decay):
     return tf.constant(0.0)
   return weight_decay * tf.add_n(
       [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
-
-
-def ema_variables(model):
-  """Trainable weights plus BN moving statistics (not RNG seed states)."""
-  stats = [v for v in model.non_trainable_weights
-           if v.path.split("/")[-1] in BN_STAT_SUFFIXES]
-  return list(model.trainable_weights) + stats
-
-
-class ExponentialMovingAverage(tf.Module):
-  """Shadow copies updated as s = d * s + (1 - d) * w after each step.
-
-  d = min(decay, (1 + t) / (10 + t)) with t the optimizer step (reference
-  warm-up), so early averages are not dominated by the initial weights.
-  Create it under the strategy scope; updates may run in replica context
-  (the replicas' weights are equal, so the first replica's update is kept).
-  """
-
-  def __init__(self, model, decay):
-    super().__init__(name="ema")
-    self.decay = float(decay)
-    # Not tracked: the checkpoint saves these through the model.
-    object.__setattr__(self, "_model_variables", ema_variables(model))
-    self.shadows = [
-        tf.Variable(v.value, trainable=False, name=v.path.replace("/", "_"),
-                    synchronization=tf.VariableSynchronization.ON_WRITE,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        for v in self._model_variables]
-
-  def decay_at(self, step):
-    step = tf.cast(step, tf.float32)
-    return tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
-
-  def update(self, step):
-    # s -= (1 - d)(s - w), as tf.train.ExponentialMovingAverage: three ops
-    # per variable where d s + (1 - d) w takes four plus a copy.
-    rate = 1.0 - self.decay_at(step)
-    for shadow, var in zip(self.shadows, self._model_variables):
-      shadow.assign_sub(rate * (shadow - tf.cast(var.value, shadow.dtype)))
-
-  def copy_to_model(self):
-    for shadow, var in zip(self.shadows, self._model_variables):
-      var.assign(tf.cast(shadow, var.dtype))
-
-  def reset_to_model(self):
-    for shadow, var in zip(self.shadows, self._model_variables):
-      shadow.assign(tf.cast(var.value, shadow.dtype))
-
-  @contextlib.contextmanager
-  def swapped(self):
-    """Within the block the model holds the EMA weights."""
-    backup = [tf.identity(v.value) for v in self._model_variables]
-    self.copy_to_model()
-    try:
-      yield
-    finally:
-      for value, var in zip(backup, self._model_variables):
-        var.assign(value)

@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import fit_trainer
-from effnetv2_tf import progressive
-from effnetv2_tf import train_lib
-from effnetv2_tf import trainer as trainer_lib
 from effnetv2_tf.data import pipeline
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import custom_loop
+from effnetv2_tf.training import fit_loop
+from effnetv2_tf.training import progressive
+from effnetv2_tf.training import run_dir
+from effnetv2_tf.training import trainer as trainer_lib
 
 TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 
 
-def _fit_trainer(model_dir, hparams="", cls=fit_trainer.FitTrainer):
+def _fit_trainer(model_dir, hparams="", cls=fit_loop.FitTrainer):
   config = config_lib.build_config(
       "efficientnetv2-b0", "smoke", ",".join(filter(None, [TINY, hparams])))
   return cls(config, str(model_dir), tf.distribute.get_strategy())
@@ -41,7 +42,7 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path):
   assert trainer.epoch_steps == 4  # a stage of a tiny run is one epoch
   summary = trainer.train()
   assert trainer.step == 8
-  assert trainer.fit_model.traces == 2  # retraced once per stage
+  assert trainer.traces == 2  # retraced once per stage
   assert trainer.fit_model.history.epoch == [1]  # stage 2 ran epoch 1
   assert trainer.model.get_layer("top_dropout").rate == pytest.approx(
       trainer.stages[-1].dropout)
@@ -50,6 +51,17 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path):
   assert on_disk["history"][-1]["step"] == 8
   assert all(math.isfinite(h["loss"]) for h in on_disk["history"])
   assert trainer.manager.latest_checkpoint.endswith("-8")
+  # One TensorBoard writer, the custom loop's: model_dir/train, a point per
+  # 2-step execution, no rate for a stage's first (tracing) one.
+  trainer.log.writer.flush()
+  event_files = sorted(tmp_path.rglob("*tfevents*"))
+  assert [f.parent for f in event_files] == [tmp_path / "train"]
+  steps = {}
+  for event in tf.compat.v1.train.summary_iterator(str(event_files[0])):
+    for value in event.summary.value:
+      steps.setdefault(value.tag, []).append(event.step)
+  assert steps["loss"] == [2, 4, 6, 8]
+  assert steps["images_per_sec"] == [4, 8]
 
 
 @pytest.mark.slow
@@ -65,7 +77,7 @@ def test_fit_eval_reads_the_ema_weights(tmp_path):
   config = trainer.config
   batches = list(pipeline.build_eval_dataset(
       trainer.source, 60, config.model.eval_size,
-      train_lib.preprocessing(config)).as_numpy_iterator())
+      run_dir.preprocessing(config)).as_numpy_iterator())
 
   def top1():
     hits = [np.sum((np.argmax(trainer.model.predict(b["images"], verbose=0),
@@ -82,20 +94,21 @@ def test_fit_eval_reads_the_ema_weights(tmp_path):
 @pytest.mark.slow
 def test_fit_resumes_a_custom_loop_checkpoint_in_the_right_stage(tmp_path):
   # Same checkpoint format: main.py stops after stage 1, main_tf2.py goes on.
-  loop = _fit_trainer(tmp_path, "train.steps=8", cls=trainer_lib.Trainer)
+  loop = _fit_trainer(tmp_path, "train.steps=8",
+                      cls=custom_loop.CustomLoopTrainer)
   loop._train_stage(loop.stages[0])  # pylint: disable=protected-access
   assert loop.manager.latest_checkpoint.endswith("-4")
   resumed = _fit_trainer(tmp_path, "train.steps=8")
   assert resumed.restore().endswith("-4") and resumed.step == 4
   resumed.train()
   assert resumed.step == 8
-  assert resumed.fit_model.traces == 1  # only stage 2 ran
+  assert resumed.traces == 1  # only stage 2 ran
   assert resumed.fit_model.history.epoch == [1]
 
 
 def test_nan_guard_names_step_and_stage(tmp_path):
   trainer = _fit_trainer(tmp_path, "train.steps=8")
-  guard = fit_trainer.NanGuard(trainer, trainer.stages[1])
+  guard = fit_loop.NanGuard(trainer, trainer.stages[1])
   guard.on_train_batch_begin(0)
   with pytest.raises(trainer_lib.TrainingError, match=r"stage 2"):
     guard.on_train_batch_end(0, {"loss": float("nan")})

@@ -1,7 +1,7 @@
 """Converts a folder of images into sharded ImageNet-format TFRecords.
 
 Usage:
-  python -m effnetv2_tf.tools.make_tfrecords --image_dir=DIR \
+  python -m effnetv2_tf.data.make_tfrecords --image_dir=DIR \
       --output_dir=OUT --num_shards=N [--split=train] [--layout=folders|flat]
 
 --layout=folders: DIR/<class>/*.{jpg,jpeg,png} (any case), classes sorted by

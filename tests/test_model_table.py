@@ -1,4 +1,4 @@
-"""Tests of the analytic FLOPs counter and the `effnetv2_tf.summary` CLI."""
+"""Tests of the analytic FLOPs counter and the `effnetv2_tf.model_table` CLI."""
 
 import json
 import os
@@ -13,8 +13,8 @@ import keras
 import pytest
 
 import effnetv2_tf
-from effnetv2_tf import summary
-from effnetv2_tf.flops import count_flops
+from effnetv2_tf import model_table
+from effnetv2_tf.models.flops import count_flops
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def _flops_at_eval_size(name):
 
 
 def _relative_error(name):
-  return abs(_flops_at_eval_size(name) / 1e9 / summary.PAPER_FLOPS[name][0]
+  return abs(_flops_at_eval_size(name) / 1e9 / model_table.PAPER_FLOPS[name][0]
              - 1.0)
 
 
@@ -62,7 +62,7 @@ def test_count_flops_unknown_input_size_raises():
 
 
 def test_paper_table_sizes_match_registry_eval_sizes():
-  for name, (_, size) in summary.PAPER_FLOPS.items():
+  for name, (_, size) in model_table.PAPER_FLOPS.items():
     assert effnetv2_tf.get_model_spec(name).eval_size == size, name
 
 
@@ -90,7 +90,7 @@ def test_format_table_with_and_without_paper_value():
       {"name": "b", "params": 10, "flops": 10, "eval_size": 256,
        "paper_gflops": None, "rel_diff": None},
   ]
-  lines = summary.format_table(rows).splitlines()
+  lines = model_table.format_table(rows).splitlines()
   assert lines[2].split() == ["a", "1,234,567", "2.000", "224", "2.50",
                               "-20.0%"]
   assert lines[3].split() == ["b", "10", "0.000", "256", "-", "-"]
@@ -99,12 +99,12 @@ def test_format_table_with_and_without_paper_value():
 def _run_cli(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   return subprocess.run(
-      [sys.executable, "-m", "effnetv2_tf.summary", *args], cwd=REPO_ROOT,
+      [sys.executable, "-m", "effnetv2_tf.model_table", *args], cwd=REPO_ROOT,
       env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_cli_prints_b0_row_and_writes_json(tmp_path):
-  json_path = tmp_path / "summary.json"
+  json_path = tmp_path / "model_table.json"
   result = _run_cli("--models=efficientnetv2-b0", f"--json_out={json_path}")
   assert result.returncode == 0, result.stderr
   row_lines = [line for line in result.stdout.splitlines()
@@ -123,4 +123,4 @@ def test_main_rejects_unknown_model_before_building():
   flags.FLAGS.mark_as_parsed()
   with flagsaver.flagsaver(models=["efficientnetv2-b0", "efficientnetv2-zz"]):
     with pytest.raises(app.UsageError, match="Unknown model"):
-      summary.main(["summary"])
+      model_table.main(["model_table"])

@@ -1,13 +1,13 @@
 """Parameters and FLOPs of every registered model, next to published values.
 
 Usage:
-  python -m effnetv2_tf.summary
-  python -m effnetv2_tf.summary --models=efficientnetv2-s,efficientnet-b0 \
-      --json_out=/tmp/summary.json
+  python -m effnetv2_tf.model_table
+  python -m effnetv2_tf.model_table --models=efficientnetv2-s,efficientnet-b0 \
+      --json_out=/tmp/model_table.json
 
 Each model is built with 1000 classes at its registry eval size; FLOPs are
-multiply-adds counted by `effnetv2_tf.flops.count_flops`. The table goes to
-stdout, per-model progress to stderr.
+multiply-adds counted by `effnetv2_tf.models.flops.count_flops`. The table
+goes to stdout, per-model progress to stderr.
 """
 
 import json
@@ -18,9 +18,9 @@ from absl import app
 from absl import flags
 import keras
 
-from effnetv2_tf import registry
-from effnetv2_tf.flops import count_flops
-from effnetv2_tf.model import create_model
+from effnetv2_tf.models import registry
+from effnetv2_tf.models.flops import count_flops
+from effnetv2_tf.models.model import create_model
 
 # Published FLOPs (billions of multiply-adds) and the image size they are
 # given at. EfficientNetV2: paper Table 7 (Tan and Le, 2021) and the
@@ -53,7 +53,7 @@ flags.DEFINE_string("json_out", None,
 
 
 def summarize(name):
-  """Builds one model at its eval size and returns its summary row.
+  """Builds one model at its eval size and returns its table row.
 
   Args:
     name: a registered model name.
@@ -78,7 +78,7 @@ def summarize(name):
 
 
 def format_table(rows):
-  """Renders summary rows as a fixed-width text table."""
+  """Renders table rows as a fixed-width text table."""
   header = (f"{'model':<20} {'params':>13} {'GFLOPs':>8} {'size':>5} "
             f"{'paper':>7} {'diff':>7}")
   lines = [header, "-" * len(header)]

@@ -14,49 +14,39 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from effnetv2_tf import config as config_lib
-from effnetv2_tf import fileio
-from effnetv2_tf import optim
-from effnetv2_tf import weights as weights_lib
+from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import weights as weights_lib
+from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf.training import run_dir
 
 MIN_LOADED_FRACTION = 0.5
 
 
-def checkpoint_prefix(path, what="--init_checkpoint"):
-  """The checkpoint `path` names: a prefix, or a directory's latest one."""
-  if tf.io.gfile.isdir(path):
-    prefix = tf.train.latest_checkpoint(path)
-    if prefix is None:
-      raise FileNotFoundError(f"{what} {path}: no checkpoint in this "
-                              "directory.")
-    return prefix
-  if tf.io.gfile.exists(path + ".index"):
-    return path
-  raise FileNotFoundError(f"{what} {path} does not exist.")
+class CheckpointMismatchError(ValueError):
+  """A checkpoint that does not fit the model; the message says how."""
 
 
-def load_run_model(path, build_model_fn, what="--init_checkpoint"):
+def load_run_model(path, what="--init_checkpoint"):
   """One of our runs' models with its EMA weights, and the run's config.
 
   Args:
     path: a run directory (its latest checkpoint) or a checkpoint prefix in
       one; config.json beside the checkpoint says which model wrote it.
-    build_model_fn: (run config dict, num_classes) -> keras.Model.
     what: how error messages name `path` (a flag).
 
   Returns:
     (keras.Model, run config dict, the checkpoint prefix it restored).
   """
-  prefix = checkpoint_prefix(path, what)
-  run_config = fileio.read_json(
-      os.path.join(os.path.dirname(prefix), config_lib.CONFIG_FILENAME))
+  prefix = run_dir.checkpoint_prefix(path, what)
+  run_config = run_dir.read_config(os.path.dirname(prefix))
   if run_config is None:
     raise FileNotFoundError(
         f"{what} {prefix}: no config.json beside it, so the "
         "model that wrote it is unknown.")
   reader = tf.train.load_checkpoint(prefix)
-  source = build_model_fn(run_config, _num_classes(reader))
-  ema = optim.ExponentialMovingAverage(source, 0.0)
+  source = model_lib.model_from_config(run_config["model"],
+                                       _num_classes(reader))
+  ema = ema_lib.ExponentialMovingAverage(source, 0.0)
   tf.train.Checkpoint(model=source, ema=ema).restore(prefix).expect_partial()
   if any(k.startswith("ema/") for k in reader.get_variable_to_shape_map()):
     ema.copy_to_model()
@@ -69,7 +59,8 @@ def _num_classes(reader):
   dense = [shape for shape in reader.get_variable_to_shape_map().values()
            if len(shape) == 2]
   if not dense:
-    raise ValueError("Cannot find the classifier kernel in the checkpoint.")
+    raise CheckpointMismatchError(
+        "Cannot find the classifier kernel in the checkpoint.")
   return dense[0][1]
 
 
@@ -102,29 +93,27 @@ def copy_by_name(source, target):
   return loaded, skipped, first
 
 
-def init_from(model, path, build_model_fn):
+def init_from(model, path):
   """Initialises `model` from `path`; returns the number of loaded weights.
 
   Args:
     model: the target keras.Model (already built).
     path: see the module docstring.
-    build_model_fn: (run config dict, num_classes) -> keras.Model, to rebuild
-      the model of one of our runs.
 
   Raises:
-    ValueError: when fewer than half of the model's weights could be loaded.
+    CheckpointMismatchError: when fewer than half of the model's weights could be loaded.
   """
   if path.endswith(".h5"):
     source = _keras_app_model(model, path)
   elif path.endswith(".keras"):
     source = keras.saving.load_model(path, compile=False)
   else:
-    prefix = checkpoint_prefix(path)
+    prefix = run_dir.checkpoint_prefix(path)
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     if any(k.endswith("/stem/conv2d/kernel") for k in names):
       weights_lib.load_weights(model, prefix)  # reference TF1 checkpoint
       return len(model.weights)
-    source, _, _ = load_run_model(prefix, build_model_fn)
+    source, _, _ = load_run_model(prefix)
   loaded, skipped, first = copy_by_name(source, model)
   total = len(model.weights)
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,
@@ -132,7 +121,7 @@ def init_from(model, path, build_model_fn):
   print(f"init_checkpoint: loaded {loaded}/{total} weights from {path}"
         + (f" (skipped {', '.join(skipped)})" if skipped else ""), flush=True)
   if loaded < MIN_LOADED_FRACTION * total:
-    raise ValueError(
+    raise CheckpointMismatchError(
         f"--init_checkpoint {path}: only {loaded} of {total} weights match "
         f"this model by name and shape (first mismatch: {first}); is it the "
         "same architecture?")

@@ -1,4 +1,4 @@
-"""main_tf2.py's training: the run of `trainer.Trainer`, through Model.fit.
+"""main_tf2.py's training loop: the run of `trainer.Trainer`, through Model.fit.
 
 Data, model, optimizer, EMA, checkpoint format, evaluation with the EMA
 weights and summary.json are inherited from `Trainer`, so either driver
@@ -7,26 +7,27 @@ What changes is the loop: one `fit` call per progressive stage, with
 `initial_epoch`/`epochs` so epoch numbers run on across stages (the
 learning rate follows `optimizer.iterations`, so it does too), and
 `FitModel.train_step` runs the custom loop's own step
-(`Trainer.make_step_fn`: kernel-only weight decay, soft mixup/CutMix
+(`step.make_train_step`: kernel-only weight decay, soft mixup/CutMix
 targets, EMA update). The stage's dropout is set on the model and the
-train function rebuilt, so the new rate is traced in.
+train function rebuilt, so the new rate is traced in. Progress,
+TensorBoard scalars, stage timings and periodic saves go through the same
+`run_log` helpers as the custom loop's; fit adds only its progress bar.
 
-Stages are whole fit epochs (`progressive.plan_stages(epoch_steps=...)`);
-only the run's last epoch may be cut short, by `StopAtStep`.
+Stages are whole fit epochs (`progressive.fit_epoch_steps`); only the
+run's last epoch may be cut short, by `StopAtStep`.
 """
 
 import math
 import sys
-import time
 
 from absl import logging
 import keras
 import tensorflow as tf
 
-from effnetv2_tf import distribute
-from effnetv2_tf import progressive
-from effnetv2_tf import train_lib
-from effnetv2_tf import trainer as trainer_lib
+from effnetv2_tf.training import distribute
+from effnetv2_tf.training import run_log
+from effnetv2_tf.training import step as step_lib
+from effnetv2_tf.training import trainer as trainer_lib
 
 
 class LatestValue(keras.metrics.Metric):
@@ -58,7 +59,6 @@ class FitModel(keras.Model):
     self._multi_worker = multi_worker
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.skipped = LatestValue(name="skipped")
-    self.traces = 0  # incremented when train_step is traced
     self.built = True  # `net` is built; nothing for fit to build symbolically
 
   def call(self, images, training=False):
@@ -79,7 +79,6 @@ class FitModel(keras.Model):
     del iterator, data_batch
 
   def train_step(self, data):
-    self.traces += 1  # Python: runs only while tracing
     loss, skipped = self.step_fn(data)
     # `loss` is this replica's share of the global-batch mean.
     self.loss_tracker.update_state(loss * self._replicas)
@@ -98,10 +97,10 @@ class _ExecutionCallback(keras.callbacks.Callback):
   def __init__(self, trainer):
     super().__init__()
     self._trainer = trainer
-    self._start_step, self._started = 0, 0.0
+    self._start_step = 0
 
   def on_train_batch_begin(self, batch, logs=None):
-    self._start_step, self._started = self._trainer.step, time.time()
+    self._start_step = self._trainer.step
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -148,8 +147,7 @@ class StageCheckpoint(_ExecutionCallback):
     self._every = every_steps
 
   def on_train_batch_end(self, batch, logs=None):
-    every, step = self._every, self._trainer.step
-    if every and step // every > self._start_step // every:
+    if run_log.save_due(self._every, self._start_step, self._trainer.step):
       self._trainer.save()
 
   def on_epoch_end(self, epoch, logs=None):
@@ -162,20 +160,15 @@ class StageRecorder(_ExecutionCallback):
   def __init__(self, trainer, stage):
     super().__init__(trainer)
     self._stage = stage
-    self.first_call = None
-    self.timed_seconds, self.timed_steps = 0.0, 0
+    self.clock = run_log.StageClock(trainer.global_batch)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    super().on_train_batch_begin(batch, logs)
+    self.clock.start()
 
   def on_train_batch_end(self, batch, logs=None):
     trainer = self._trainer
-    steps = trainer.step - self._start_step
-    seconds = time.time() - self._started
-    rate = None  # the first call traces: no rate
-    if self.first_call is None:
-      self.first_call = (seconds, steps)
-    else:
-      self.timed_seconds += seconds
-      self.timed_steps += steps
-      rate = steps * trainer.global_batch / seconds
+    rate = self.clock.stop(trainer.step - self._start_step)
     trainer.record_progress(self._stage, float(logs["loss"]), rate,
                             int(self.model.skipped.result()), echo=False)
 
@@ -183,10 +176,9 @@ class StageRecorder(_ExecutionCallback):
 class FitTrainer(trainer_lib.Trainer):
   """`Trainer` whose stages run through `keras.Model.fit`."""
 
-  checkpoints_input = False  # fit cannot save its iterator
-
   def __init__(self, config, model_dir, strategy):
-    super().__init__(config, model_dir, strategy)
+    # fit cannot save its input iterator (`checkpoints_input` stays False).
+    super().__init__(config, model_dir, strategy, whole_epochs=True)
     with strategy.scope():
       self.fit_model = FitModel(
           self.model, self.make_step_fn(), self.replicas,
@@ -194,26 +186,13 @@ class FitTrainer(trainer_lib.Trainer):
       # XLA is runtime.jit_compile's choice, applied to the step itself
       # (`make_compiled_step`); Keras' "auto" would turn it on for GPUs.
       self.fit_model.compile(optimizer=self.optimizer, jit_compile=False)
-    self.tensorboard = keras.callbacks.TensorBoard(
-        log_dir=model_dir) if self.chief else None
     if config.runtime.deterministic:
       logging.info("--deterministic: fit does not checkpoint its input "
                    "iterator, so a resumed stage restarts its data order "
                    "(main.py resumes it exactly).")
 
-  @property
-  def epoch_steps(self):
-    """Steps in one fit epoch: a data epoch, or a stage for tiny runs."""
-    return max(1, min(self.steps_per_epoch,
-                      self.total_steps // self.config.progressive.num_stages))
-
-  def plan_stages(self):
-    return progressive.plan(
-        self.config, self.total_steps, self.steps_per_epoch,
-        epoch_steps=self.epoch_steps)
-
   def _train_stage(self, stage):
-    train_lib.set_dropout(self.model, stage.dropout)
+    step_lib.set_dropout(self.model, stage.dropout)
     epoch_steps = self.epoch_steps
     # Executions must end exactly on epoch and stage ends.
     execution = math.gcd(self.config.runtime.steps_per_loop, epoch_steps,
@@ -239,8 +218,6 @@ class FitTrainer(trainer_lib.Trainer):
     callbacks = [StopAtStep(self, stage.end_step), NanGuard(self, stage),
                  recorder,
                  StageCheckpoint(self, self.config.train.checkpoint_every)]
-    if self.tensorboard:
-      callbacks.append(self.tensorboard)
     with self.strategy.scope(), self.xla_errors("the train step"):
       self.fit_model.fit(
           self._train_dataset(stage),
@@ -249,5 +226,4 @@ class FitTrainer(trainer_lib.Trainer):
           steps_per_epoch=epoch_steps, callbacks=callbacks, shuffle=False,
           verbose=1 if sys.stdout.isatty() else 2)
     self.save()
-    return self._stage_record(stage, recorder.first_call,
-                              recorder.timed_seconds, recorder.timed_steps)
+    return recorder.clock.stage_record(stage)

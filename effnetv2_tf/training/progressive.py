@@ -25,11 +25,12 @@ epochs.
 """
 
 import dataclasses
+import math
 from typing import List
 
 import numpy as np
 
-from effnetv2_tf import registry
+from effnetv2_tf.models import registry
 
 KEYS = ("image_size", "randaug", "mixup", "cutmix", "dropout")
 # Table 6: (max size, max RandAugment, max mixup, max dropout); every model
@@ -47,6 +48,10 @@ PAPER_MAX = {
 REFERENCE_MIN_SIZE = 128  # hparams.py data.ibase
 REFERENCE_MIN_RANDAUG = 5.0
 PRESETS = ("paper", "reference")
+
+
+class StageError(ValueError):
+  """The run is too short for its stages; the message says by how much."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +142,7 @@ def plan_stages(config, total_steps, epoch_steps=1) -> List[Stage]:
   """
   num_stages = config.progressive.num_stages
   if total_steps < num_stages * epoch_steps:
-    raise ValueError(f"{total_steps} training steps cannot fill "
+    raise StageError(f"{total_steps} training steps cannot fill "
                      f"{num_stages} progressive stages"
                      + (f" of whole {epoch_steps}-step epochs."
                         if epoch_steps > 1 else "."))
@@ -166,19 +171,29 @@ def plan_random_resize(config, total_steps, steps_per_epoch) -> List[Stage]:
   return stages
 
 
+def step_counts(config, num_train_examples, global_batch_size):
+  """(steps per epoch, total steps) of a run."""
+  steps_per_epoch = max(1, num_train_examples // global_batch_size)
+  total = config.train.steps or int(
+      math.ceil(config.train.epochs * steps_per_epoch))
+  return steps_per_epoch, max(total, config.train.min_steps)
+
+
+def fit_epoch_steps(config, steps_per_epoch, total_steps):
+  """Steps in one Model.fit epoch: a data epoch, or a stage for tiny runs."""
+  return max(1, min(steps_per_epoch,
+                    total_steps // config.progressive.num_stages))
+
+
 def plan(config, total_steps, steps_per_epoch, epoch_steps=1):
-  """The run's stages: Algorithm 1, or random resize when configured."""
+  """The run's stages: Algorithm 1, or random resize when configured.
+
+  `epoch_steps` > 1 keeps Algorithm 1's stages to whole epochs of that
+  many steps (main_tf2.py: `fit_epoch_steps`).
+  """
   if config.progressive.random_resize:
     return plan_random_resize(config, total_steps, steps_per_epoch)
   return plan_stages(config, total_steps, epoch_steps)
-
-
-def stage_at(stages, step):
-  """The stage that contains global step `step` (for resuming)."""
-  for stage in stages:
-    if step < stage.end_step:
-      return stage
-  return None
 
 
 def describe(stage, num_stages, preset, augname="randaug"):

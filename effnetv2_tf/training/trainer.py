@@ -1,10 +1,12 @@
-"""The custom tf.distribute training loop of main.py (paper Algorithm 1).
+"""What both training loops share (paper Algorithm 1), around their stage loop.
 
-Read top to bottom: `Trainer.__init__` builds data source, model,
-optimizer, EMA and checkpointing under the strategy; `train` walks the
-progressive stages, each with its own input pipeline and a freshly traced
-`train_loop` (the image size changes, so it must retrace, exactly once per
+Read top to bottom: `Trainer.__init__` builds data source, stage plan,
+model, optimizer, EMA and checkpointing under the strategy; `train` walks
+the progressive stages, each with its own input pipeline and a freshly
+traced step (the image size changes, so it must retrace, exactly once per
 stage); `evaluate` runs the padded eval pipeline with the EMA weights.
+A subclass runs one stage (`_train_stage`): `custom_loop.CustomLoopTrainer`
+(main.py) and `fit_loop.FitTrainer` (main_tf2.py).
 """
 
 import contextlib
@@ -15,13 +17,20 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from effnetv2_tf import distribute
-from effnetv2_tf import faults
-from effnetv2_tf import optim
-from effnetv2_tf import progressive
-from effnetv2_tf import train_lib
-from effnetv2_tf import xla
 from effnetv2_tf.data import pipeline
+from effnetv2_tf.data import sources
+from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.training import checkpoints
+from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.training import distribute
+from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf.training import faults
+from effnetv2_tf.training import optim
+from effnetv2_tf.training import progressive
+from effnetv2_tf.training import run_dir
+from effnetv2_tf.training import run_log
+from effnetv2_tf.training import step as step_lib
+from effnetv2_tf.training import xla
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -35,12 +44,16 @@ class CheckpointError(TrainingError):
 
 
 class Trainer:
-  """Owns the model, optimizer, EMA and checkpoints of one run."""
+  """Owns the model, optimizer, EMA and checkpoints of one run.
+
+  `whole_epochs`: plan stages of whole `progressive.fit_epoch_steps`
+  epochs (Model.fit); otherwise any step count.
+  """
 
   # --deterministic saves the input iterator in checkpoints (main.py only).
-  checkpoints_input = True
+  checkpoints_input = False
 
-  def __init__(self, config, model_dir, strategy):
+  def __init__(self, config, model_dir, strategy, whole_epochs=False):
     self.config = config
     self.model_dir = model_dir
     self.strategy = strategy
@@ -61,25 +74,36 @@ class Trainer:
     for key, batch in (("train.batch_size", self.global_batch),
                        ("eval.batch_size", config.eval.batch_size)):
       if batch % self.replicas:
-        raise ValueError(f"{key}={batch} is not divisible by the "
-                         f"{self.replicas} replicas.")
-    self.source = train_lib.build_source(config)
+        raise config_lib.ConfigError(
+            f"{key}={batch} is not divisible by the {self.replicas} "
+            "replicas.")
+    self.source = sources.from_config(config)
     self.num_classes = self.source.num_classes
-    self.steps_per_epoch, self.total_steps = train_lib.step_counts(
+    self.steps_per_epoch, self.total_steps = progressive.step_counts(
         config, self.source.num_examples("train"), self.global_batch)
-    self.stages = self.plan_stages()
+    self.epoch_steps = (progressive.fit_epoch_steps(
+        config, self.steps_per_epoch, self.total_steps) if whole_epochs
+                        else 1)
+    self.stages = progressive.plan(config, self.total_steps,
+                                   self.steps_per_epoch, self.epoch_steps)
+    self.preprocessing = run_dir.preprocessing(config)
+    self.train_input = pipeline.TrainInput(
+        self.preprocessing, augname=config.data.augname or None,
+        num_layers=config.data.num_layers,
+        label_smoothing=config.train.label_smoothing,
+        shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
     with strategy.scope():
-      self.model = train_lib.build_model(config, self.num_classes,
-                                         self.stages[0].dropout,
-                                         self.replicas)
+      self.model = model_lib.model_from_config(
+          config.model, self.num_classes,
+          dropout_rate=self.stages[0].dropout,
+          bn_synchronized=self.replicas > 1)
       self.schedule = optim.build_schedule(
           config.train, self.global_batch, self.steps_per_epoch,
           self.total_steps)
       self.optimizer = optim.build_optimizer(config.train, self.schedule)
       self.optimizer.build(self.model.trainable_variables)
-      self.ema = optim.ExponentialMovingAverage(self.model,
-                                                config.train.ema_decay)
-    self.decay_variables = optim.decay_variables(self.model)
+      self.ema = ema_lib.ExponentialMovingAverage(self.model,
+                                                  config.train.ema_decay)
     # Keras keeps the dropout/stochastic-depth noise state in seed generator
     # variables that Model weights leave out; saved so a resumed run draws
     # the noise an uninterrupted one would.
@@ -93,24 +117,56 @@ class Trainer:
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self.ckpt_dir,
         max_to_keep=config.train.keep_checkpoints)
-    self.traces = 0  # incremented when train_loop is traced
+    self.traces = 0  # train-step traces, both loops (`make_compiled_step`)
     self.step_function = None  # the current stage's (compiled) step
-    self.writer = tf.summary.create_file_writer(
-        os.path.join(model_dir, "train")) if self.chief else None
-    self.summary = train_lib.read_summary(model_dir) or {
+    self.log = run_log.RunLog(model_dir, self.chief, {
         "model": config.model.name, "dataset": config.data.name,
         "preset": ("random_resize" if config.progressive.random_resize
                    else config.progressive.preset),
-        "total_steps": self.total_steps, "stages": [], "history": [],
-        "eval": None}
-
-  def plan_stages(self):
-    return progressive.plan(self.config, self.total_steps,
-                            self.steps_per_epoch)
+        "total_steps": self.total_steps})
 
   @property
   def step(self):
     return int(self.optimizer.iterations.numpy())
+
+  @property
+  def summary(self):
+    """summary.json's contents so far."""
+    return self.log.summary
+
+  @property
+  def class_names(self):
+    """The source's class names in label order (may be empty)."""
+    return self.source.class_names
+
+  def describe(self):
+    """The line printed before training."""
+    return (f"Training {self.config.model.name} on {self.config.data.name}: "
+            f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) at "
+            f"batch {self.global_batch}, {len(self.stages)} stages, "
+            f"model_dir {self.model_dir}")
+
+  def init_from(self, path, whole=False):
+    """Initialises the model (and EMA) from `path` (`--init_checkpoint`).
+
+    `whole`: every weight must fit (evaluating that checkpoint), else
+    `checkpoints.CheckpointMismatchError`.
+    """
+    with self.strategy.scope():
+      loaded = checkpoints.init_from(self.model, path)
+      self.ema.reset_to_model()
+    total = len(self.model.weights)
+    if whole and loaded < total:
+      raise checkpoints.CheckpointMismatchError(
+          f"--init_checkpoint {path}: only {loaded} of {total} weights "
+          "fit; cannot evaluate it (another class count or model?).")
+    return loaded
+
+  @contextlib.contextmanager
+  def ema_model(self):
+    """Within the block: the model, holding its EMA weights (export)."""
+    with self.ema.swapped():
+      yield self.model
 
   # ------------------------------------------------------------ checkpoints
   def restore(self, path=None):
@@ -124,10 +180,7 @@ class Trainer:
       self.checkpoint.restore(path).expect_partial()
       self.restored_path = path
       logging.info("Restored %s at step %d.", path, self.step)
-      # summary.json is written after each checkpoint, so it can hold
-      # steps past a checkpoint that then failed; those rerun.
-      self.summary["history"] = [h for h in self.summary["history"]
-                                 if h["step"] <= self.step]
+      self.log.resume_at(self.step)
     return path
 
   def save(self):
@@ -143,8 +196,7 @@ class Trainer:
     try:
       with faults.checkpoint_save(step) as options:
         self.manager.save(checkpoint_number=step, options=options)
-        if self.chief:  # the loss history so far survives a kill
-          train_lib.write_summary(self.model_dir, self.summary)
+        self.log.write()  # the loss history so far survives a kill
     except (OSError, tf.errors.OpError) as err:
       self._remove_partial_save(f"{self.ckpt_dir}/ckpt-{step}")
       reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
@@ -173,20 +225,13 @@ class Trainer:
 
   # ----------------------------------------------------------------- input
   def _train_dataset(self, stage):
-    config = self.config
+    seed = self.config.train.seed + 1000 * stage.index
 
     def dataset_fn(context):
       return self._checked_input(pipeline.build_train_dataset(
           self.source, context.get_per_replica_batch_size(self.global_batch),
-          stage.image_size, train_lib.preprocessing(config),
-          augname=config.data.augname,
-          randaug_magnitude=stage.randaug_magnitude,
-          num_layers=config.data.num_layers, mixup_alpha=stage.mixup_alpha,
-          cutmix_alpha=stage.cutmix_alpha,
-          label_smoothing=config.train.label_smoothing,
-          seed=config.train.seed + 1000 * stage.index,
-          input_context=context, shuffle_buffer=config.data.shuffle_buffer,
-          cache=config.data.cache), "the training input")
+          stage, self.train_input, seed=seed, input_context=context),
+                                 "the training input")
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -197,84 +242,33 @@ class Trainer:
       xla.check_static_shapes(dataset.element_spec, what)
     return dataset
 
-  def _track_iterator(self, iterator, stage):
-    """--deterministic: the stage's input position goes into checkpoints.
-
-    A run resumed mid-stage then continues the data stream where the saved
-    one was, instead of restarting the stage's data order. Opt-in: the
-    saved state holds the shuffle and prefetch buffers (and an in-memory
-    cache), which is large for ImageNet.
-    """
-    self.checkpoint.train_iterator = iterator
-    path = self.restored_path
-    if not path or not stage.start_step < self.step < stage.end_step:
-      return  # a fresh stage starts at its first element
-    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    if not any(n.startswith("train_iterator/") for n in names):
-      logging.warning("%s holds no input iterator (saved without "
-                      "--deterministic): stage %d restarts its data order.",
-                      path, stage.index + 1)
-      return
-    tf.train.Checkpoint(train_iterator=iterator).read(path).expect_partial()
-    logging.info("Restored the stage %d input iterator from %s.",
-                 stage.index + 1, path)
-
   # ------------------------------------------------------------------ step
   def make_step_fn(self):
-    """One optimizer step on a per-replica batch -> (loss, skipped images).
-
-    The loss is this replica's share of the global-batch mean (so replicas
-    sum to it) plus its share of the kernel weight decay; both drivers run
-    this same step (main.py in `train_loop`, main_tf2.py in `train_step`).
-    """
-    model, optimizer, ema = self.model, self.optimizer, self.ema
-    weight_decay = self.config.train.weight_decay
-
-    def step_fn(batch):
-      with tf.GradientTape() as tape:
-        logits = model(batch["images"], training=True)
-        loss = tf.nn.compute_average_loss(
-            train_lib.cross_entropy(batch["labels"], logits),
-            global_batch_size=self.global_batch)
-        decay = optim.weight_decay_loss(self.decay_variables, weight_decay)
-        total = loss + decay / self.replicas
-        # Inside the tape: the loss scale's product must be recorded, or
-        # mixed_float16's gradients are all None.
-        scaled = optimizer.scale_loss(total)
-      grads = tape.gradient(scaled, model.trainable_variables)
-      optimizer.apply_gradients(zip(grads, model.trainable_variables))
-      ema.update(optimizer.iterations)
-      return total, batch["skipped"]
-
-    return step_fn
+    """`step.make_train_step` for this run's model, optimizer and EMA."""
+    return step_lib.make_train_step(
+        self.model, self.optimizer, self.ema, self.config.train.weight_decay,
+        self.global_batch, self.replicas)
 
   def make_compiled_step(self):
     """`make_step_fn()`'s step, XLA-compiled when runtime.jit_compile is on.
 
     A new function each call, so each stage traces (and compiles) its own
     step with its image size and dropout rate; kept as `self.step_function`.
+    Counts `self.traces` once per graph the step is traced into (the
+    replicas of a mirrored trace share it).
     """
-    self.step_function = xla.compiled(self.make_step_fn(), self.jit_compile)
+    step_fn = self.make_step_fn()
+    graphs = []
+
+    def counted_step(batch):
+      graph = tf.compat.v1.get_default_graph()  # Python: only while tracing
+      if not any(graph is seen for seen in graphs):
+        graphs.append(graph)
+        self.traces += 1
+      return step_fn(batch)
+
+    self.step_function = xla.compiled(counted_step, self.jit_compile)
     return self.step_function
-
-  def _make_train_loop(self):
-    """A new tf.function: `steps` optimizer steps per call, on device."""
-    step_fn = self.make_compiled_step()
-
-    @tf.function
-    def train_loop(iterator, steps):
-      self.traces += 1  # Python: runs only while tracing
-      total = tf.constant(0.0)
-      skipped = tf.constant(0, tf.int64)
-      for _ in tf.range(steps):
-        loss, per_replica_skipped = self.strategy.run(
-            step_fn, args=(next(iterator),))
-        total += self.strategy.reduce(SUM, loss, axis=None)
-        skipped = tf.reduce_max(tf.stack(
-            self.strategy.experimental_local_results(per_replica_skipped)))
-      return total / tf.cast(steps, tf.float32), skipped
-
-    return train_loop
 
   # ----------------------------------------------------------------- train
   def train(self, eval_every_stage=False):
@@ -288,39 +282,12 @@ class Trainer:
       record = self._train_stage(stage)
       if eval_every_stage:
         record.update(self.evaluate())
-      self._record_stage(record)
+      self.log.record_stage(record)
     return self.summary
 
   def _train_stage(self, stage):
-    train_lib.set_dropout(self.model, stage.dropout)
-    iterator = iter(self._train_dataset(stage))
-    if self.config.runtime.deterministic:
-      self._track_iterator(iterator, stage)
-    train_loop = self._make_train_loop()
-    steps_per_loop = self.config.runtime.steps_per_loop
-    every = self.config.train.checkpoint_every
-    first_call, timed_seconds, timed_steps = None, 0.0, 0
-    while self.step < stage.end_step:
-      start_step = self.step
-      steps = min(steps_per_loop, stage.end_step - start_step)
-      started = time.time()
-      with self.xla_errors("the train step"):
-        loss, skipped = train_loop(iterator, tf.constant(steps))
-        loss = float(loss)  # waits for the device
-      seconds = time.time() - started
-      rate = None  # the first call traces: no rate
-      if first_call is None:
-        first_call = (seconds, steps)
-      else:
-        timed_seconds, timed_steps = timed_seconds + seconds, (
-            timed_steps + steps)
-        rate = steps * self.global_batch / seconds
-      self.check_finite(loss, start_step, stage)
-      self.record_progress(stage, loss, rate, int(skipped))
-      if every and self.step // every > start_step // every:
-        self.save()
-    self.save()
-    return self._stage_record(stage, first_call, timed_seconds, timed_steps)
+    """Trains `stage` to its end step; returns its summary.json entry."""
+    raise NotImplementedError
 
   @contextlib.contextmanager
   def xla_errors(self, what):
@@ -341,26 +308,6 @@ class Trainer:
           f"(stage {stage.index + 1}); stopping. The latest checkpoint "
           f"({self.manager.latest_checkpoint}) is the last good one.")
 
-  def _stage_record(self, stage, first_call, timed_seconds, timed_steps):
-    """summary.json's entry of a stage from its timings.
-
-    Args:
-      stage: the `progressive.Stage`.
-      first_call: (seconds, steps) of the first device call (traces).
-      timed_seconds, timed_steps: the later calls together.
-    """
-    if timed_steps:
-      per_step = timed_seconds / timed_steps
-    else:
-      per_step = first_call[0] / first_call[1]
-    return dict(
-        stage=stage.index, image_size=stage.image_size,
-        randaug_magnitude=stage.randaug_magnitude,
-        mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
-        dropout=stage.dropout, steps=stage.steps,
-        images_per_sec=self.global_batch / per_step,
-        retrace_seconds=max(0.0, first_call[0] - per_step * first_call[1]))
-
   def record_progress(self, stage, loss, images_per_sec, skipped,
                       echo=True):
     """History, TensorBoard scalars and (`echo`) the progress line.
@@ -369,15 +316,8 @@ class Trainer:
     """
     step = self.step
     lr = float(self.schedule(step))
+    self.log.progress(step, loss, lr, images_per_sec)
     every = self.config.train.log_every
-    self.summary["history"].append(
-        {"step": step, "loss": loss, "learning_rate": lr})
-    if self.writer:
-      with self.writer.as_default(step=step):
-        tf.summary.scalar("loss", loss)
-        tf.summary.scalar("learning_rate", lr)
-        if images_per_sec is not None:
-          tf.summary.scalar("images_per_sec", images_per_sec)
     if echo and (step % every < self.config.runtime.steps_per_loop or
                  step == stage.end_step):
       print(f"step {step}/{self.total_steps} stage "
@@ -387,25 +327,10 @@ class Trainer:
                                "(first call: includes tracing)")
             + (f" skipped {skipped}" if skipped else ""), flush=True)
 
-  def _record_stage(self, record):
-    stages = [s for s in self.summary["stages"]
-              if s["stage"] != record["stage"]]
-    self.summary["stages"] = sorted(stages + [record],
-                                    key=lambda s: s["stage"])
-    if self.chief:
-      train_lib.write_summary(self.model_dir, self.summary)
-
   # ------------------------------------------------------------------ eval
   def make_eval_step(self):
-    """Per-replica eval step: [top-1 hits, top-5 hits, examples] of a
-    padded batch; XLA-compiled when runtime.jit_compile is on."""
-    model = self.model
-
-    def eval_step(batch):
-      logits = model(batch["images"], training=False)
-      return train_lib.topk_hits(batch["labels"], logits, batch["mask"])
-
-    return xla.compiled(eval_step, self.jit_compile)
+    """`step.make_eval_step`, XLA-compiled when runtime.jit_compile is on."""
+    return xla.compiled(step_lib.make_eval_step(self.model), self.jit_compile)
 
   def evaluate(self, image_size=None, use_ema=True):
     """Top-1/top-5 on the eval split with the EMA weights."""
@@ -418,7 +343,7 @@ class Trainer:
     def dataset_fn(context):
       dataset = pipeline.build_eval_dataset(
           self.source, context.get_per_replica_batch_size(eval_batch), size,
-          train_lib.preprocessing(config), split=split,
+          self.preprocessing, split=split,
           input_context=context)
       return self._checked_input(dataset, "the eval input")
 
@@ -444,20 +369,18 @@ class Trainer:
     print(f"eval at step {self.step} ({size} px, {int(counts[2])} images, "
           f"{time.time() - started:.1f}s): top-1 {result['top1']:.4f} "
           f"top-5 {result['top5']:.4f}", flush=True)
-    if self.writer:
-      with self.writer.as_default(step=self.step):
-        tf.summary.scalar("eval/top1", result["top1"])
-        tf.summary.scalar("eval/top5", result["top5"])
+    self.log.scalars(self.step, {"eval/top1": result["top1"],
+                                 "eval/top5": result["top5"]})
     return result
+
+  def final_eval(self):
+    """The last stage's evaluation when it had one, else a new one."""
+    return self.log.last_stage_eval() or self.evaluate()
 
   def finish(self, eval_result=None):
     """Records the final eval in summary.json; removes a worker's scratch."""
-    if eval_result is not None:
-      self.summary["eval"] = eval_result
-    self.summary["final_step"] = self.step
-    if self.chief:
-      train_lib.write_summary(self.model_dir, self.summary)
-    elif tf.io.gfile.exists(self.ckpt_dir):
+    summary = self.log.finish(self.step, eval_result)
+    if not self.chief and tf.io.gfile.exists(self.ckpt_dir):
       tf.io.gfile.rmtree(self.ckpt_dir)
-    return self.summary
+    return summary
 

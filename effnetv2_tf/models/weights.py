@@ -1,6 +1,6 @@
 """Loads pretrained weights: keras.applications files and reference checkpoints.
 
-Two sources fit the models of `effnetv2_tf.model`:
+Two sources fit the models of `effnetv2_tf.models.model`:
   * weights files of the matching `keras.applications` model
     (`EfficientNetV2*` or `EfficientNetB*`), either Keras 3 `save_weights`
     files (`*.weights.h5`) or the legacy Keras 2 `.h5` files that
@@ -35,6 +35,10 @@ _B3_NOTE = (
     "12,314,268), so its weights cannot fit efficientnet-b3; use the "
     "reference checkpoint instead.")
 _HEAD = "predictions"  # may be absent from the model (include_top=False)
+
+
+class WeightsMismatchError(ValueError):
+  """A weights file or checkpoint that does not fit the model; says where."""
 
 
 def load_weights(model, weights):
@@ -175,8 +179,8 @@ def _match_layers(model, values, path, note=""):
 
 
 def _misfit(source, model, detail, note=""):
-  return ValueError(f"{source} does not fit model {model.name}: {detail}"
-                    f"{note}")
+  return WeightsMismatchError(
+      f"{source} does not fit model {model.name}: {detail}{note}")
 
 
 def _keras_class(layer):
@@ -286,7 +290,7 @@ def _match_checkpoint(model, reader, prefix):
   stems = [k[:-len("/stem/conv2d/kernel")] for k in shapes
            if k.endswith("/stem/conv2d/kernel")]
   if not stems:
-    raise ValueError(
+    raise WeightsMismatchError(
         f"Checkpoint {prefix} has no '<model name>/stem/conv2d/kernel' "
         "variable: not a reference EfficientNet(V2) checkpoint.")
   root = sorted(stems, key=len)[0]

@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 import keras
 from keras import layers
 
-from effnetv2_tf import block_strings
-from effnetv2_tf import registry
 from effnetv2_tf.data import recipes
-from effnetv2_tf.layers import StochasticDepth
+from effnetv2_tf.models import block_strings
+from effnetv2_tf.models import registry
+from effnetv2_tf.models.layers import StochasticDepth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +107,7 @@ class _Builder:
     if (self.opt.pointwise_matmul and kernel == 1 and strides == 1 and
         keras.backend.backend() == "tensorflow"):
       # Imported here, as fused_bn below: a TensorFlow-only fast path.
-      from effnetv2_tf import pointwise_conv  # pylint: disable=g-import-not-at-top
+      from effnetv2_tf.models import pointwise_conv  # pylint: disable=g-import-not-at-top
       return pointwise_conv.PointwiseConv2D
     return layers.Conv2D
 
@@ -117,7 +117,7 @@ class _Builder:
         keras.backend.backend() == "tensorflow"):
       # Imported here: the fast path is TensorFlow's; the rest of this
       # module needs only Keras.
-      from effnetv2_tf import fused_bn  # pylint: disable=g-import-not-at-top
+      from effnetv2_tf.models import fused_bn  # pylint: disable=g-import-not-at-top
       return fused_bn.FusedBatchNormalization
     return layers.BatchNormalization
 
@@ -325,6 +325,26 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
                       input_shape, include_preprocessing,
                       classifier_activation, input_scaling)
   if weights is not None:
-    from effnetv2_tf import weights as weights_lib  # pylint: disable=g-import-not-at-top
+    from effnetv2_tf.models import weights as weights_lib  # pylint: disable=g-import-not-at-top
     weights_lib.load_weights(model, weights)
   return model
+
+
+# Keys of a run's `config.model` section (configs/base.py) that are
+# create_model overrides; None there means the registry's value.
+CONFIG_OVERRIDES = ("survival_prob", "bn_momentum", "bn_epsilon",
+                    "width_coefficient", "depth_coefficient")
+
+
+def model_from_config(model_config, num_classes, dropout_rate=0.0,
+                      bn_synchronized=False):
+  """The model of a run's `config.model` section (ConfigDict or dict).
+
+  `dropout_rate` is the head's (progressive learning sets it per stage);
+  `bn_synchronized` for more than one replica.
+  """
+  overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
+               if model_config.get(key) is not None}
+  return create_model(model_config["name"], num_classes=num_classes,
+                      dropout_rate=dropout_rate,
+                      bn_synchronized=bn_synchronized, **overrides)

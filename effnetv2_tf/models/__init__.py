@@ -1,0 +1,1 @@
+"""Model definitions: the registry, block strings, builder and layers."""

@@ -1,0 +1,1 @@
+"""Training: config, progressive stages, optimizers, the loops, run I/O."""

@@ -1,0 +1,88 @@
+"""main.py's training loop: a custom tf.distribute loop (paper Algorithm 1).
+
+Each stage gets its own input pipeline and a freshly traced `train_loop`
+that runs `runtime.steps_per_loop` steps of the shared step
+(`step.make_train_step`) per device call; checkpoints, summary.json and
+evaluation are `trainer.Trainer`'s. With --deterministic the input
+iterator is saved in checkpoints, so a resumed run continues the data
+stream where it stopped.
+"""
+
+from absl import logging
+import tensorflow as tf
+
+from effnetv2_tf.training import run_log
+from effnetv2_tf.training import step as step_lib
+from effnetv2_tf.training import trainer as trainer_lib
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+class CustomLoopTrainer(trainer_lib.Trainer):
+  """`Trainer` whose stages run in a custom `tf.function` loop."""
+
+  checkpoints_input = True
+
+  def _track_iterator(self, iterator, stage):
+    """--deterministic: the stage's input position goes into checkpoints.
+
+    A run resumed mid-stage then continues the data stream where the saved
+    one was, instead of restarting the stage's data order. Opt-in: the
+    saved state holds the shuffle and prefetch buffers (and an in-memory
+    cache), which is large for ImageNet.
+    """
+    self.checkpoint.train_iterator = iterator
+    path = self.restored_path
+    if not path or not stage.start_step < self.step < stage.end_step:
+      return  # a fresh stage starts at its first element
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    if not any(n.startswith("train_iterator/") for n in names):
+      logging.warning("%s holds no input iterator (saved without "
+                      "--deterministic): stage %d restarts its data order.",
+                      path, stage.index + 1)
+      return
+    tf.train.Checkpoint(train_iterator=iterator).read(path).expect_partial()
+    logging.info("Restored the stage %d input iterator from %s.",
+                 stage.index + 1, path)
+
+  def _make_train_loop(self):
+    """A new tf.function: `steps` optimizer steps per call, on device."""
+    step_fn = self.make_compiled_step()
+
+    @tf.function
+    def train_loop(iterator, steps):
+      total = tf.constant(0.0)
+      skipped = tf.constant(0, tf.int64)
+      for _ in tf.range(steps):
+        loss, per_replica_skipped = self.strategy.run(
+            step_fn, args=(next(iterator),))
+        total += self.strategy.reduce(SUM, loss, axis=None)
+        skipped = tf.reduce_max(tf.stack(
+            self.strategy.experimental_local_results(per_replica_skipped)))
+      return total / tf.cast(steps, tf.float32), skipped
+
+    return train_loop
+
+  def _train_stage(self, stage):
+    step_lib.set_dropout(self.model, stage.dropout)
+    iterator = iter(self._train_dataset(stage))
+    if self.config.runtime.deterministic:
+      self._track_iterator(iterator, stage)
+    train_loop = self._make_train_loop()
+    steps_per_loop = self.config.runtime.steps_per_loop
+    clock = run_log.StageClock(self.global_batch)
+    while self.step < stage.end_step:
+      start_step = self.step
+      steps = min(steps_per_loop, stage.end_step - start_step)
+      clock.start()
+      with self.xla_errors("the train step"):
+        loss, skipped = train_loop(iterator, tf.constant(steps))
+        loss = float(loss)  # waits for the device
+      rate = clock.stop(steps)
+      self.check_finite(loss, start_step, stage)
+      self.record_progress(stage, loss, rate, int(skipped))
+      if run_log.save_due(self.config.train.checkpoint_every, start_step,
+                          self.step):
+        self.save()
+    self.save()
+    return clock.stage_record(stage)

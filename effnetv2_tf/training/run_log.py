@@ -1,0 +1,123 @@
+"""What both loops record while they train: summary.json, TensorBoard, progress.
+
+`RunLog` holds summary.json's contents (stages, loss history, eval) and the
+run's one TensorBoard writer (`model_dir/train`) and prints the progress
+lines; `StageClock` times a stage's device calls; `save_due` is the
+periodic-checkpoint rule. The custom loop and the fit callbacks call these,
+so the two drivers write the same files.
+"""
+
+import os
+import time
+
+import tensorflow as tf
+
+from effnetv2_tf.training import run_dir
+
+
+def save_due(every, start_step, step):
+  """Whether steps start_step+1..step crossed a multiple of `every` (0: off)."""
+  return bool(every) and step // every > start_step // every
+
+
+class StageClock:
+  """Times one stage's device calls; the first one traces (and compiles)."""
+
+  def __init__(self, global_batch):
+    self.global_batch = global_batch
+    self.first_call = None  # (seconds, steps)
+    self.timed_seconds, self.timed_steps = 0.0, 0
+    self._started = None
+
+  def start(self):
+    self._started = time.time()
+
+  def stop(self, steps):
+    """Ends a call of `steps` steps; returns its images/s (None: traced)."""
+    seconds = time.time() - self._started
+    if self.first_call is None:
+      self.first_call = (seconds, steps)
+      return None
+    self.timed_seconds += seconds
+    self.timed_steps += steps
+    return steps * self.global_batch / seconds
+
+  def stage_record(self, stage):
+    """summary.json's entry of `stage` (a `progressive.Stage`)."""
+    first_seconds, first_steps = self.first_call
+    per_step = (self.timed_seconds / self.timed_steps if self.timed_steps
+                else first_seconds / first_steps)
+    return dict(
+        stage=stage.index, image_size=stage.image_size,
+        randaug_magnitude=stage.randaug_magnitude,
+        mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
+        dropout=stage.dropout, steps=stage.steps,
+        images_per_sec=self.global_batch / per_step,
+        retrace_seconds=max(0.0, first_seconds - per_step * first_steps))
+
+
+class RunLog:
+  """summary.json's contents, TensorBoard scalars and the progress lines.
+
+  Only the chief writes files; every worker keeps the same contents.
+  """
+
+  def __init__(self, model_dir, chief, header):
+    """`header`: model, dataset, preset and total_steps of a new summary."""
+    self.model_dir = model_dir
+    self.chief = chief
+    self.writer = tf.summary.create_file_writer(
+        os.path.join(model_dir, "train")) if chief else None
+    self.summary = run_dir.read_summary(model_dir) or dict(
+        header, stages=[], history=[], eval=None)
+
+  def resume_at(self, step):
+    """Drops history past `step`: summary.json is written after each
+    checkpoint, so it can hold steps of one that then failed; those rerun."""
+    self.summary["history"] = [h for h in self.summary["history"]
+                               if h["step"] <= step]
+
+  def write(self):
+    if self.chief:
+      run_dir.write_summary(self.model_dir, self.summary)
+
+  def scalars(self, step, values):
+    """TensorBoard scalars {name: value} at `step` (chief only)."""
+    if self.writer:
+      with self.writer.as_default(step=step):
+        for name, value in values.items():
+          tf.summary.scalar(name, value)
+
+  def progress(self, step, loss, learning_rate, images_per_sec):
+    """History and TensorBoard scalars of one device call (or fit batch).
+
+    `images_per_sec` is None for a stage's first call, which traces.
+    """
+    self.summary["history"].append(
+        {"step": step, "loss": loss, "learning_rate": learning_rate})
+    values = {"loss": loss, "learning_rate": learning_rate}
+    if images_per_sec is not None:
+      values["images_per_sec"] = images_per_sec
+    self.scalars(step, values)
+
+  def record_stage(self, record):
+    """Adds (or replaces, on a rerun) a stage's entry; writes summary.json."""
+    stages = [s for s in self.summary["stages"]
+              if s["stage"] != record["stage"]]
+    self.summary["stages"] = sorted(stages + [record],
+                                    key=lambda s: s["stage"])
+    self.write()
+
+  def last_stage_eval(self):
+    """{top1, top5} of the last recorded stage when it was evaluated."""
+    stages = self.summary["stages"]
+    if stages and "top1" in stages[-1]:
+      return dict(top1=stages[-1]["top1"], top5=stages[-1]["top5"])
+    return None
+
+  def finish(self, step, eval_result=None):
+    if eval_result is not None:
+      self.summary["eval"] = eval_result
+    self.summary["final_step"] = step
+    self.write()
+    return self.summary

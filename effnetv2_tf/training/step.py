@@ -1,0 +1,84 @@
+"""The train and eval steps both loops run, with their loss and metrics.
+
+main.py runs `make_train_step`'s function in its `train_loop`, main_tf2.py
+in `FitModel.train_step`, so the two drivers take the same optimizer step.
+"""
+
+import keras
+import tensorflow as tf
+
+from effnetv2_tf.training import optim
+
+
+def cross_entropy(labels, logits):
+  """Per-example softmax cross-entropy in float32 (soft targets allowed)."""
+  return keras.losses.categorical_crossentropy(
+      tf.cast(labels, tf.float32), tf.cast(logits, tf.float32),
+      from_logits=True)
+
+
+def topk_hits(labels, logits, mask):
+  """[top-1 hits, top-5 hits, examples] of a batch, weighted by mask.
+
+  A hit is a predicted class whose target weight is positive, so for
+  multi-label data top-1 counts when the arg-max is one of the labels.
+  """
+  k = min(5, logits.shape[-1])
+  top = tf.math.top_k(tf.cast(logits, tf.float32), k).indices
+  hit = tf.gather(labels > 0, top, batch_dims=1)
+  mask = tf.cast(mask, tf.float32)
+  top1 = tf.reduce_sum(tf.cast(hit[:, 0], tf.float32) * mask)
+  top5 = tf.reduce_sum(tf.cast(tf.reduce_any(hit, 1), tf.float32) * mask)
+  return tf.stack([top1, top5, tf.reduce_sum(mask)])
+
+
+def set_dropout(model, rate):
+  """Sets the head dropout rate; a train step traced afterwards uses it."""
+  model.get_layer("top_dropout").rate = float(rate)
+
+
+def make_deterministic(seed):
+  """--deterministic: seeded Python/NumPy/TF/Keras randomness, and kernels
+  that give the same bits every run (tf.data too runs in order)."""
+  keras.utils.set_random_seed(seed)
+  tf.config.experimental.enable_op_determinism()
+
+
+def make_train_step(model, optimizer, ema, weight_decay, global_batch,
+                    replicas):
+  """One optimizer step on a per-replica batch -> (loss, skipped images).
+
+  The loss is this replica's share of the global-batch mean (so replicas
+  sum to it) plus its share of the kernel weight decay; the EMA follows
+  every step.
+  """
+  decay_variables = optim.decay_variables(model)
+
+  def train_step(batch):
+    with tf.GradientTape() as tape:
+      logits = model(batch["images"], training=True)
+      loss = tf.nn.compute_average_loss(
+          cross_entropy(batch["labels"], logits),
+          global_batch_size=global_batch)
+      decay = optim.weight_decay_loss(decay_variables, weight_decay)
+      total = loss + decay / replicas
+      # Inside the tape: the loss scale's product must be recorded, or
+      # mixed_float16's gradients are all None.
+      scaled = optimizer.scale_loss(total)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    ema.update(optimizer.iterations)
+    return total, batch["skipped"]
+
+  return train_step
+
+
+def make_eval_step(model):
+  """Per-replica eval step: [top-1 hits, top-5 hits, examples] of a padded
+  batch."""
+
+  def eval_step(batch):
+    logits = model(batch["images"], training=False)
+    return topk_hits(batch["labels"], logits, batch["mask"])
+
+  return eval_step
