@@ -8,6 +8,7 @@ from configs import datasets
 from effnetv2_tf.models import registry
 from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import distribute
+from effnetv2_tf.training import run_dir
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -62,8 +63,24 @@ def _known_model(name):
   return True
 
 
-def config_from_flags(values):
-  """The locked config from parsed flag values (`flags.FLAGS`)."""
+def _given(values, flag):
+  """Whether `flag` was on the command line (True for a plain namespace)."""
+  try:
+    return values[flag].present
+  except (KeyError, TypeError, AttributeError):
+    return True
+
+
+def config_from_flags(values, model_dir, extra_hparams=""):
+  """The locked config from parsed flag values (`flags.FLAGS`).
+
+  When `model_dir` holds a run (config.json), its config is the base: a
+  rerun resumes and --mode=eval evaluates exactly what was trained, and
+  only the flags and keys given now override it (each printed).
+  `extra_hparams` go after --hparam_str.
+  """
+  run_config = run_dir.read_config(model_dir)
+  resuming = run_config is not None
   hparams = values.hparam_str
   if values.steps_per_loop:
     hparams = ",".join(filter(None, [
@@ -71,12 +88,56 @@ def config_from_flags(values):
   for flag in ("mixed_precision", "deterministic"):
     if getattr(values, flag):
       hparams = ",".join(filter(None, [hparams, f"runtime.{flag}=true"]))
-  return config_lib.build_config(
-      model_name=values.model, dataset_cfg=values.dataset_cfg,
+  hparams = ",".join(filter(None, [hparams, extra_hparams]))
+  config = config_lib.build_config(
+      model_name=values.model if not resuming or _given(values, "model")
+      else None,
+      dataset_cfg=values.dataset_cfg
+      if not resuming or _given(values, "dataset_cfg") else None,
       hparam_str=hparams, config_file=values.config_file,
-      data_dir=values.data_dir)
+      data_dir=values.data_dir, run_config=run_config)
+  if resuming and not extra_hparams:
+    changes = config_lib.changed_values(run_config, config)
+    print(f"Config: {model_dir}/config.json" + (
+        ", overridden: " + ", ".join(f"{k} {old!r} -> {new!r}"
+                                     for k, old, new in changes)
+        if changes else ""), flush=True)
+  return config
 
 
-def model_dir_from_flags(values, config):
+def model_dir_from_flags(values):
+  """--model_dir, or runs/<model>-<dataset_cfg>."""
   return values.model_dir or os.path.join(
-      "runs", f"{config.model.name}-{values.dataset_cfg.lower()}")
+      "runs", f"{registry.get_model_spec(values.model).name}-"
+      f"{values.dataset_cfg.lower()}")
+
+
+def given_keys(values):
+  """Config keys this command sets explicitly (--hparam_str, --config_file)."""
+  keys = set(config_lib.parse_hparam_str(values.hparam_str))
+  if values.config_file:
+    keys |= {k for k, _ in config_lib.flatten(
+        config_lib.load_config_file(values.config_file))}
+  return keys
+
+
+def with_data_class_count(values, model_dir, config, source):
+  """`config`, with model.num_classes the data's class count.
+
+  The folders, TFDS info or dataset_info.json say how many classes there
+  are; a config that says otherwise is rebuilt with the data's count
+  (printed), unless model.num_classes was given, which is an error.
+  """
+  count = source.num_classes
+  if count == config.model.num_classes:
+    return config
+  if "model.num_classes" in given_keys(values):
+    raise config_lib.ConfigError(
+        f"model.num_classes={config.model.num_classes}, but the data "
+        f"({config.data.name}) has {count} classes; drop the key to use "
+        f"{count}.")
+  print(f"model.num_classes: {count}, the data's class count (the "
+        f"{config.data.name} config says {config.model.num_classes})",
+        flush=True)
+  return config_from_flags(values, model_dir,
+                           extra_hparams=f"model.num_classes={count}")

@@ -37,8 +37,8 @@ USER_ERRORS = (config_lib.ConfigError, FileNotFoundError,
 
 def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
-  config = cli.config_from_flags(values)
-  model_dir = cli.model_dir_from_flags(values, config)
+  model_dir = cli.model_dir_from_flags(values)
+  config = cli.config_from_flags(values, model_dir)
   if config.runtime.deterministic:
     step_lib.make_deterministic(config.train.seed)
   strategy = distribute.get_strategy(values.strategy, values.use_tpu,
@@ -48,7 +48,11 @@ def run(values, trainer_cls):
     keras.mixed_precision.set_global_policy(policy)
     print(f"Mixed precision: {policy} (float32 variables, logits, loss and "
           "BN statistics)", flush=True)
-  trainer = trainer_cls(config, model_dir, strategy)
+  source = sources.from_config(config)
+  sources.check(source, ["train"] + (
+      [config.data.eval_split] if values.mode != "train" else []))
+  config = cli.with_data_class_count(values, model_dir, config, source)
+  trainer = trainer_cls(config, model_dir, strategy, source=source)
   print(f"Steps: {trainer.xla_choice}", flush=True)
   if trainer.chief:
     config_lib.save_config(config, model_dir)

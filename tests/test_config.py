@@ -122,6 +122,33 @@ def test_save_config_refuses_other_model(tmp_path):
     config_lib.save_config(other, str(tmp_path))
 
 
+def test_a_runs_config_json_is_the_base_of_its_rerun():
+  # A smoke run at 48 px eval, trained with two overrides.
+  trained = config_lib.build_config(
+      "efficientnetv2-b0", "smoke", "model.eval_size=48,train.steps=6")
+  saved = json.loads(trained.to_json())
+  # Rebuilt from config.json alone (no model, dataset or keys repeated),
+  # every value is the run's, though the defaults say otherwise.
+  again = config_lib.build_config(None, None, run_config=saved)
+  assert json.loads(again.to_json()) == saved
+  assert again.model.eval_size == 48 and again.model.name == (
+      "efficientnetv2-b0")
+  assert config_lib.changed_values(saved, again) == []
+  # What is given now overrides it, and says so.
+  evaluated = config_lib.build_config(
+      "efficientnetv2-b0", "smoke", "eval.batch_size=30", run_config=saved)
+  assert evaluated.model.eval_size == 48
+  assert config_lib.changed_values(saved, evaluated) == [
+      ("eval.batch_size", 60, 30)]
+  with pytest.raises(config_lib.ConfigError,
+                     match="holds a run of efficientnetv2-b0, not "
+                     "efficientnetv2-b1"):
+    config_lib.build_config("efficientnetv2-b1", None, run_config=saved)
+  with pytest.raises(config_lib.ConfigError, match="run on 'digits', not "
+                     "'imagenet'"):
+    config_lib.build_config(None, "imagenet", run_config=saved)
+
+
 def test_every_dataset_config_builds():
   for name in datasets.DATASET_CONFIGS:
     config_lib.build_config("efficientnetv2-b0", name)

@@ -6,13 +6,16 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import tiny_model
+from effnetv2_tf import cli
 from effnetv2_tf import tpu_env
+from effnetv2_tf.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # On the smoke config (configs/datasets.py): 6 steps, 2 stages, batch 16.
@@ -27,6 +30,50 @@ def _run(*args, driver="main.py"):
   return subprocess.run([sys.executable, str(ROOT / driver), *args],
                         capture_output=True, text=True, env=env, timeout=600,
                         check=False)
+
+
+def _png_folder(root, counts):
+  """root/<class>/<i>.png: `counts[class]` 8x8 images of each class."""
+  for name, count in counts.items():
+    (root / name).mkdir(parents=True)
+    for i in range(count):
+      image = np.full((8, 8, 3), 20 * i, np.uint8)
+      (root / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"cat": 12}, "folder: 1 class (cat); a classifier needs at least two"),
+    ({"cat": 6, "dog": 6, "empty": 0}, "empty holds no image"),
+    # 8 images: none is the 10th, so nothing is held out for evaluation.
+    ({"cat": 4, "dog": 4}, "the 'validation' split is empty"),
+])
+def test_folder_problems_stop_before_training(tmp_path, counts, message):
+  _png_folder(tmp_path / "images", counts)
+  result = _run("--model=efficientnetv2-b0", "--dataset_cfg=folder",
+                f"--data_dir={tmp_path / 'images'}",
+                f"--model_dir={tmp_path / 'run'}")
+  assert result.returncode == 1
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()  # nothing written yet
+
+
+def test_the_data_sets_the_class_count(tmp_path):
+  values = types.SimpleNamespace(
+      model="efficientnetv2-b0", dataset_cfg="folder", hparam_str="",
+      config_file=None, data_dir=str(tmp_path), steps_per_loop=None,
+      mixed_precision=False, deterministic=False)
+  model_dir = str(tmp_path / "run")
+  config = cli.config_from_flags(values, model_dir)
+  three = types.SimpleNamespace(num_classes=3)  # e.g. 3 class folders
+  assert config.model.num_classes != 3
+  assert cli.with_data_class_count(values, model_dir, config,
+                                   three).model.num_classes == 3
+  values.hparam_str = "model.num_classes=5"  # given: a contradiction
+  with pytest.raises(config_lib.ConfigError, match="model.num_classes=5, "
+                     r"but the data \(folder\) has 3 classes"):
+    cli.with_data_class_count(values, model_dir,
+                              cli.config_from_flags(values, model_dir), three)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -124,6 +171,15 @@ def test_digits_progressive_run_eval_export_and_resume(tmp_path, driver):
   assert "stage 1/2" not in again.stdout
   assert json.loads((model_dir / "summary.json").read_text())[
       "final_step"] == 6
+  # --mode=eval of the run directory alone reads its config.json: model,
+  # dataset (smoke's 24 px eval, not imagenet's) and step count, without
+  # the training command's flags and keys.
+  alone = _run(f"--model_dir={model_dir}", "--mode=eval", driver=driver)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  assert f"Config: {model_dir}/config.json" in alone.stdout
+  assert "step 6 of 6" in alone.stdout
+  assert json.loads((model_dir / "summary.json").read_text())["eval"][
+      "top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
   # Eval of a given checkpoint (EMA weights) from another model_dir
   # reproduces the run's own final eval.
   evaluated = _run("--model=efficientnetv2-b0", "--dataset_cfg=smoke",

@@ -69,6 +69,30 @@ def test_tfrecords_sizes_from_dataset_info_shards(tmp_path):
     source.num_examples("x")
 
 
+def test_tfrecords_class_count_from_dataset_info(tmp_path):
+  _write_records(tmp_path / "train-00000-of-00001", [_imagenet_example(1)])
+  source = sources.tfrecord_source("imagenet", str(tmp_path), num_classes=5)
+  assert source.num_classes == 5  # no dataset_info.json: the config's
+  (tmp_path / "dataset_info.json").write_text(json.dumps({"num_classes": 3}))
+  source = sources.tfrecord_source("imagenet", str(tmp_path), num_classes=5)
+  assert source.num_classes == 3
+  assert list(source.read("train"))[0]["label"].shape == (3,)
+
+
+def test_check_names_what_a_run_lacks(tmp_path):
+  digits = sources.digits_source()
+  sources.check(digits, ["train", "validation"])
+  with pytest.raises(sources.DataError, match="'minival' split is missing "
+                     r"\(splits: train \(1437\), validation \(360\)\)"):
+    sources.check(digits, ["train", "minival"])
+  digits.split_sizes["validation"] = 0
+  with pytest.raises(sources.DataError, match="'validation' split is empty"):
+    sources.check(digits, ["validation"])
+  digits.num_classes = 1
+  with pytest.raises(sources.DataError, match="at least two"):
+    sources.check(digits, ["train"])
+
+
 def test_tfrecords_minival_holds_out_first_files(tmp_path):
   for i in range(4):
     _write_records(tmp_path / f"train-{i:05d}-of-00004",
@@ -170,6 +194,10 @@ def test_folder_source_errors(tmp_path):
     sources.folder_source(str(tmp_path / "missing"))
   (tmp_path / "empty_class").mkdir()
   with pytest.raises(sources.DataNotFoundError, match="No images"):
+    sources.folder_source(str(tmp_path))
+  # One empty class beside others is named, not counted as a class.
+  _make_folder(tmp_path, per_class=2)
+  with pytest.raises(sources.DataError, match="empty_class holds no image"):
     sources.folder_source(str(tmp_path))
 
 

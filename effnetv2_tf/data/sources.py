@@ -141,7 +141,11 @@ def _count_records(files):
 
 def tfrecord_source(name, data_dir, num_classes, multi_label=False,
                     minival_files=0, eval_files=16, split_sizes=None):
-  """Finds the files and split sizes of an ImageNet-format TFRecord set."""
+  """Finds the files and split sizes of an ImageNet-format TFRecord set.
+
+  The class count is dataset_info.json's when it has one, else
+  `num_classes`.
+  """
   if not data_dir:
     raise DataNotFoundError(f"{name}: --data_dir is required for TFRecords.")
   train = _glob(data_dir, "train-*")
@@ -168,6 +172,9 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
     del files["validation"]
   sizes = _tfrecord_split_sizes(data_dir, files)
   sizes.update(split_sizes or {})
+  # Our converter records the class count; the reference's files do not.
+  num_classes = tfrecord_format.read_info(data_dir).get(
+      "num_classes", num_classes)
   labels = tfrecord_format.read_labels(data_dir) or []
   if len(labels) != num_classes:  # e.g. a subset's labels.txt
     labels = []
@@ -276,12 +283,20 @@ def _list_folder(root):
       d for d in tf.io.gfile.listdir(root)
       if tf.io.gfile.isdir(os.path.join(root, d)) and not d.startswith("."))
   classes = [c.rstrip("/") for c in classes]
-  files, labels = [], []
+  files, labels, empty = [], [], []
   for label, name in enumerate(classes):
-    for f in sorted(tf.io.gfile.listdir(os.path.join(root, name))):
-      if f.lower().endswith(IMAGE_EXTENSIONS):
-        files.append(os.path.join(root, name, f))
-        labels.append(label)
+    images = [f for f in sorted(tf.io.gfile.listdir(os.path.join(root, name)))
+              if f.lower().endswith(IMAGE_EXTENSIONS)]
+    files += [os.path.join(root, name, f) for f in images]
+    labels += [label] * len(images)
+    if not images:
+      empty.append(os.path.join(root, name))
+  if files and empty:  # (no image at all: the callers' error)
+    raise DataError(
+        f"Class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+        f"hold{'' if len(empty) > 1 else 's'} no image (*"
+        f"{', *'.join(IMAGE_EXTENSIONS)}, any case): add images or remove "
+        "the folder.")
   return classes, files, labels
 
 
@@ -407,3 +422,28 @@ def from_config(config):
                data.eval_split: data.eval_examples}
   source.split_sizes.update({k: v for k, v in overrides.items() if v})
   return source
+
+
+def check(source, splits):
+  """Checks, before any training, that `source` can serve a run.
+
+  At least two classes, and each of `splits` known and not empty; each
+  problem is one DataError naming the fix.
+  """
+  if source.num_classes < 2:
+    names = f" ({', '.join(source.class_names)})" if source.class_names else ""
+    raise DataError(f"{source.name}: {source.num_classes} class{names}; a "
+                    "classifier needs at least two.")
+  for split in splits:
+    size = source.split_sizes.get(split)
+    if not size:
+      known = ", ".join(f"{k} ({v})" for k, v in source.split_sizes.items())
+      key = ("data.eval_split" if split != "train" else
+             "data.train_examples")
+      raise DataError(
+          f"{source.name}: the {split!r} split is "
+          f"{'empty' if size == 0 else 'missing'} (splits: {known}). "
+          + ("Add images (a folder holds out every 10th one) or make "
+             f"the split, or set {key} to another split; --mode=train "
+             "needs none." if split != "train" else
+             f"Add training data, or set {key}."))

@@ -1,15 +1,18 @@
 """Builds the final, locked experiment config shared by both drivers.
 
-Order: `configs.base` -> the `--dataset_cfg` overrides -> `--config_file`
-(YAML or JSON) -> `--hparam_str` ("a.b=1,c.d=x") -> defaults filled from the
-model's registry entry -> validation -> lock. An unknown key or a value of
-the wrong type is an error naming the key (big_vision style: a typo is never
-a silent default).
+Order: `configs.base` -> the `--dataset_cfg` overrides -> a run's
+config.json (resuming or evaluating a run: its values are the truth) ->
+`--config_file` (YAML or JSON) -> `--hparam_str` ("a.b=1,c.d=x") -> defaults
+filled from the model's registry entry -> validation -> lock. An unknown key
+or a value of the wrong type is an error naming the key (big_vision style: a
+typo is never a silent default).
 """
 
+import json
 import os
 import re
 
+from absl import logging
 import ml_collections
 import tensorflow as tf
 import yaml
@@ -40,11 +43,11 @@ class ConfigError(ValueError):
   """A bad config key or value; the message names the key."""
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
   for key, value in tree.items():
     path = f"{prefix}{key}"
     if isinstance(value, dict):
-      yield from _flatten(value, path + ".")
+      yield from flatten(value, path + ".")
     else:
       yield path, value
 
@@ -74,7 +77,7 @@ def set_value(config, key, value):
 
 def apply_overrides(config, overrides):
   """Applies a nested dict of overrides."""
-  for key, value in _flatten(overrides):
+  for key, value in flatten(overrides):
     set_value(config, key, value)
 
 
@@ -193,7 +196,7 @@ def validate(config):
       hint = f"; valid: {', '.join(map(repr, allowed))}" if allowed else ""
       raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}"
                         f"{hint}.")
-  for key, value in _flatten(config.progressive.to_dict()):
+  for key, value in flatten(config.progressive.to_dict()):
     if key.startswith(("min_", "max_")) and value is not None and value < 0:
       raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")
     if key.endswith("_image_size") and value is not None and value < 8:
@@ -201,26 +204,62 @@ def validate(config):
                         "sizes must be at least 8 pixels.")
 
 
+def _apply_run_config(config, run_config, model_name, dataset_given):
+  """Sets every value of a run's config.json dict on `config`.
+
+  `model_name`, when given, must be the run's model; with `dataset_given`
+  the dataset config applied to `config` must be the run's dataset.
+  """
+  old_model, old_data = run_config["model"]["name"], run_config["data"]["name"]
+  if model_name:
+    try:
+      name = registry.get_model_spec(model_name).name
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+    if name != old_model:
+      raise ConfigError(f"config.json holds a run of {old_model}, not "
+                        f"{name}; use another --model_dir.")
+  if dataset_given and config.data.name != old_data:
+    raise ConfigError(f"config.json holds a run on {old_data!r}, not "
+                      f"{config.data.name!r} (--dataset_cfg); use another "
+                      "--model_dir.")
+  for key, value in flatten(run_config):
+    try:
+      set_value(config, key, value)
+    except ConfigError as err:  # a key of another version of this code
+      logging.warning("config.json: %s; ignored.", err)
+
+
 def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
-                 config_file=None, data_dir=None):
+                 config_file=None, data_dir=None, run_config=None):
   """Returns the final locked ConfigDict.
 
   Args:
-    model_name: registered model name (None keeps the base default).
-    dataset_cfg: a name from `configs.datasets.DATASET_CONFIGS`.
+    model_name: registered model name (None keeps the base default, or the
+      run's with `run_config`).
+    dataset_cfg: a name from `configs.datasets.DATASET_CONFIGS`; None only
+      with `run_config` (the run's dataset).
     hparam_str: comma-separated key=value overrides, applied last.
     config_file: optional YAML/JSON file of overrides.
     data_dir: `--data_dir`, stored as data.data_dir.
+    run_config: a run's config.json dict, to resume or evaluate it: its
+      values replace the defaults; the arguments above override them.
 
   Raises:
-    ConfigError: unknown dataset config, key, type or a bad value.
+    ConfigError: unknown dataset config, key, type or a bad value; a model
+      or dataset config other than the run's.
   """
   config = base.get_config()
   config.lock()
-  try:
-    apply_overrides(config, datasets.get_dataset_config(dataset_cfg))
-  except ValueError as err:
-    raise ConfigError(str(err)) from None
+  if dataset_cfg is not None or run_config is None:
+    try:
+      apply_overrides(config, datasets.get_dataset_config(
+          dataset_cfg or "imagenet"))
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+  if run_config is not None:
+    _apply_run_config(config, run_config, model_name,
+                      dataset_given=dataset_cfg is not None)
   if model_name:
     config.model.name = model_name
   if data_dir:
@@ -250,3 +289,11 @@ def save_config(config, model_dir):
         f"{config.model.name}; use another --model_dir.")
   fileio.write_atomic(path, config.to_json(indent=2))
   return path
+
+
+def changed_values(run_config, config):
+  """[(key, config.json value, value now)] where `config` departs from a
+  run's config.json dict (the overrides of a resumed or evaluated run)."""
+  now = dict(flatten(json.loads(config.to_json())))
+  return [(key, value, now[key]) for key, value in flatten(run_config)
+          if key in now and now[key] != value]

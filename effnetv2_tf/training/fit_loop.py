@@ -176,9 +176,10 @@ class StageRecorder(_ExecutionCallback):
 class FitTrainer(trainer_lib.Trainer):
   """`Trainer` whose stages run through `keras.Model.fit`."""
 
-  def __init__(self, config, model_dir, strategy):
+  def __init__(self, config, model_dir, strategy, source=None):
     # fit cannot save its input iterator (`checkpoints_input` stays False).
-    super().__init__(config, model_dir, strategy, whole_epochs=True)
+    super().__init__(config, model_dir, strategy, whole_epochs=True,
+                     source=source)
     with strategy.scope():
       self.fit_model = FitModel(
           self.model, self.make_step_fn(), self.replicas,

@@ -47,13 +47,15 @@ class Trainer:
   """Owns the model, optimizer, EMA and checkpoints of one run.
 
   `whole_epochs`: plan stages of whole `progressive.fit_epoch_steps`
-  epochs (Model.fit); otherwise any step count.
+  epochs (Model.fit); otherwise any step count. `source`: the config's
+  `sources.Source` when the caller has built (and checked) it already.
   """
 
   # --deterministic saves the input iterator in checkpoints (main.py only).
   checkpoints_input = False
 
-  def __init__(self, config, model_dir, strategy, whole_epochs=False):
+  def __init__(self, config, model_dir, strategy, whole_epochs=False,
+               source=None):
     self.config = config
     self.model_dir = model_dir
     self.strategy = strategy
@@ -77,7 +79,7 @@ class Trainer:
         raise config_lib.ConfigError(
             f"{key}={batch} is not divisible by the {self.replicas} "
             "replicas.")
-    self.source = sources.from_config(config)
+    self.source = source or sources.from_config(config)
     self.num_classes = self.source.num_classes
     self.steps_per_epoch, self.total_steps = progressive.step_counts(
         config, self.source.num_examples("train"), self.global_batch)
