@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import shutil
 
 import keras
@@ -15,6 +16,7 @@ from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import custom_loop
 from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf.training import run_log
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
 
@@ -91,6 +93,29 @@ def test_eval_uses_ema_weights_and_restores_raw(tmp_path):
   with trainer.ema.swapped():
     np.testing.assert_array_equal(trainer.model.trainable_weights[0].numpy(),
                                   shadows[0])
+
+
+def test_checkpoints_at_the_configured_steps_and_progress_lines(tmp_path,
+                                                                capsys):
+  # Saves every 3 steps with 2-step device calls: calls are cut at 3 and 6,
+  # so the saves fall on those steps (and on the stage ends, 4 and 8).
+  trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
+                     "train.checkpoint_every=3,train.log_every=2")
+  trainer.train()
+  assert [int(p.rsplit("-", 1)[1]) for p in trainer.manager.checkpoints] == [
+      3, 4, 6, 8]
+  assert trainer.traces == 2  # call lengths 2, 1, 1, 2, 2: no retrace
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith("step ")]
+  # Each stage's first call is printed, then elapsed time and an ETA.
+  assert sum("first call" in l for l in lines) == 2
+  assert lines[0].startswith("step 2/8 stage 1/2")
+  assert re.search(r"images/s, ETA \d+:\d\d, elapsed \d+:\d\d$", lines[-1])
+
+
+def test_clock_format():
+  assert [run_log.clock(s) for s in (0, 59.6, 61, 3600 + 62)] == [
+      "0:00", "1:00", "1:01", "1:01:02"]
 
 
 @pytest.mark.slow

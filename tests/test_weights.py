@@ -122,15 +122,27 @@ def test_file_with_top_loads_into_model_without_top(v2_files):
 
 @pytest.mark.parametrize("name,kwargs,message", [
     ("efficientnetv2-b1", {}, "layer 'block1b_project_conv' is missing"),
-    ("efficientnetv2-b0", {"num_classes": 10},
-     r"layer 'predictions' expects shapes \[\(1280, 10\), \(10,\)\], the file "
-     r"has \[\(1280, 1000\), \(1000,\)\]"),
+    ("efficientnetv2-b0", {"width_coefficient": 1.25},
+     r"layer 'stem_conv' expects shapes \[\(3, 3, 3, 40\)\], the file has "
+     r"\[\(3, 3, 3, 32\)\]"),
 ])
 def test_mismatched_file_names_the_layer(v2_files, name, kwargs, message):
   path = v2_files[3]["legacy"]
   with pytest.raises(ValueError, match=message) as error:
     _ours(name, path, **kwargs)
   assert path in str(error.value) and "EfficientNetB3" not in str(error.value)
+
+
+def test_file_with_another_class_count_loads_all_but_the_head(v2_files,
+                                                              caplog):
+  keras_model, _, _, paths = v2_files
+  model = _ours("efficientnetv2-b0", paths["legacy"], num_classes=10)
+  for name in ("stem_conv", "block6a_expand_conv", "top_bn"):
+    for ours, theirs in zip(model.get_layer(name).weights,
+                            keras_model.get_layer(name).weights):
+      np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+  assert model.get_layer("predictions").kernel.shape == (1280, 10)
+  assert "the head (predictions) is newly initialised" in caplog.text
 
 
 def test_b3_error_explains_keras_rounding(v1_files):
@@ -252,12 +264,21 @@ _V2_B0_LONGER = effnetv2_tf.get_model_spec("efficientnetv2-b0").blocks[:-1] + (
     "r9_k3_s2_e6_i112_o192_se0.25",)  # tiny: 4 blocks in the last stage, not 3
 
 
+def test_checkpoint_with_another_class_count_loads_all_but_the_head(
+    tmp_path):
+  prefix = str(tmp_path / "model")
+  expected = _write_checkpoint(tiny_model(), prefix)  # 10 classes
+  model = tiny_model(weights=prefix, num_classes=7)
+  body = [w for w in model.weights if not w.path.startswith("predictions")]
+  assert len(body) == len(expected) - 2
+  for w, value in zip(body, expected):
+    np.testing.assert_array_equal(w.numpy(), value, err_msg=w.path)
+  assert model.get_layer("predictions").kernel.shape[-1] == 7
+
+
 @pytest.mark.parametrize("source_kwargs,model_kwargs,skip,message", [
     ({}, {}, ("efficientnetv2-b0/blocks_3/se/conv2d_1/bias",),
      "variable 'efficientnetv2-b0/blocks_3/se/conv2d_1/bias' .* is missing"),
-    ({}, {"num_classes": 7}, (),
-     r"'efficientnetv2-b0/head/dense/kernel.*' .* shape \(\d+, 10\), the "
-     r"model expects \(\d+, 7\)"),
     ({"blocks": _V2_B0_LONGER}, {}, (),
      "variable 'efficientnetv2-b0/blocks_10/.*' has no counterpart"),
 ])

@@ -18,6 +18,7 @@ import glob
 import os
 import re
 
+from absl import logging
 import h5py
 import keras
 import numpy as np
@@ -51,13 +52,16 @@ def load_weights(model, weights):
       legacy `.h5`), or of a reference TF1 checkpoint (its prefix, one of its
       files, or a directory holding it).
 
+  A classifier of another class count (a 1000-class file into a 10-class
+  model) is left as initialised, with a warning; everything else must fit.
+
   Returns:
     The model.
 
   Raises:
     FileNotFoundError: `weights` is neither an h5 file nor a checkpoint.
-    ValueError: the file does not fit the model; the message names the first
-      layer or variable that does not fit.
+    WeightsMismatchError: the file does not fit the model; the message
+      names the first layer or variable that does not fit.
   """
   path = os.fspath(weights)
   if os.path.isfile(path) and h5py.is_hdf5(path):
@@ -69,7 +73,19 @@ def load_weights(model, weights):
     pairs = _match_checkpoint(model, tf.train.load_checkpoint(prefix), prefix)
   for variable, value in pairs:
     variable.assign(value)
+  loaded = {id(variable) for variable, _ in pairs}
+  head = [w for w in _head_weights(model) if id(w) not in loaded]
+  if head:
+    logging.warning(
+        "%s: its classifier has another class count than this model's %d; "
+        "loaded everything else, the head (%s) is newly initialised.", path,
+        head[0].shape[-1], _HEAD)
   return model
+
+
+def _head_weights(model):
+  return [w for layer in model.layers if layer.name == _HEAD
+          for w in layer.weights]
 
 
 # ---------------------------------------------------------------- h5 files
@@ -165,6 +181,8 @@ def _match_layers(model, values, path, note=""):
                     "the file.", note)
     expected = [tuple(w.shape) for w in layer.weights]
     got = [tuple(a.shape) for a in arrays]
+    if expected != got and layer.name == _HEAD:
+      continue  # another class count: load_weights keeps the new head
     if expected != got:
       raise _misfit(source, model, f"layer '{layer.name}' expects shapes "
                     f"{expected}, the file has {got}.", note)
@@ -306,11 +324,13 @@ def _match_checkpoint(model, reader, prefix):
       if key not in shapes:
         raise _misfit(f"Checkpoint {prefix}", model, f"variable '{name}' "
                       f"(for layer '{layer.name}') is missing.")
+      used.add(name)
+      if tuple(shapes[key]) != tuple(weight.shape) and layer.name == _HEAD:
+        continue  # another class count: load_weights keeps the new head
       if tuple(shapes[key]) != tuple(weight.shape):
         raise _misfit(f"Checkpoint {prefix}", model, f"variable '{key}' (for "
                       f"layer '{layer.name}') has shape {tuple(shapes[key])}"
                       f", the model expects {tuple(weight.shape)}.")
-      used.add(name)
       pairs.append((weight, reader.get_tensor(key)))
   _check_unused(shapes, used, root, model, prefix)
   return pairs

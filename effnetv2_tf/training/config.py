@@ -160,42 +160,46 @@ def _value(config, key):
   return value
 
 
+# Valid ranges: key -> (the range as users read it, check of (value, config)).
+RANGES = {
+    "model.num_classes": (">= 1", lambda v, c: v >= 1),
+    "model.train_size": (">= 8", lambda v, c: v >= 8),
+    "model.eval_size": (">= 8", lambda v, c: v >= 8),
+    "model.train_size_ratio": ("> 0, or null",
+                               lambda v, c: v is None or v > 0),
+    "model.survival_prob": ("in (0, 1]", lambda v, c: 0.0 < v <= 1.0),
+    "train.batch_size": (">= 1", lambda v, c: v >= 1),
+    "eval.batch_size": (">= 1", lambda v, c: v >= 1),
+    "train.epochs": ("> 0", lambda v, c: v > 0),
+    "train.steps": (">= 1, or null", lambda v, c: v is None or v >= 1),
+    "train.lr_base": (">= 0", lambda v, c: v >= 0),
+    "train.ema_decay": ("in [0, 1)", lambda v, c: 0.0 <= v < 1.0),
+    "train.label_smoothing": ("in [0, 1)", lambda v, c: 0.0 <= v < 1.0),
+    "progressive.num_stages": (">= 1", lambda v, c: v >= 1),
+    "data.crop_area_min": ("in (0, 1]", lambda v, c: 0.0 < v <= 1.0),
+    "data.crop_aspect_min": ("in (0, data.crop_aspect_max]",
+                             lambda v, c: 0.0 < v <= c.data.crop_aspect_max),
+    "data.crop_min_object_covered": ("in [0, 1]",
+                                     lambda v, c: 0.0 <= v <= 1.0),
+    "data.crop_max_attempts": (">= 1", lambda v, c: v >= 1),
+    "data.crop_padding": (">= 0", lambda v, c: v >= 0),
+    "data.skip_crop_from_size": (">= 0", lambda v, c: v >= 0),
+    "data.minival_files": (">= 0", lambda v, c: v >= 0),
+    "runtime.steps_per_loop": (">= 1", lambda v, c: v >= 1),
+}
+
+
 def validate(config):
-  """Checks values before any heavy work; raises ConfigError naming the key."""
-  data = config.data
-  checks = [
-      ("model.num_classes", config.model.num_classes >= 1),
-      ("model.train_size", config.model.train_size >= 8),
-      ("model.eval_size", config.model.eval_size >= 8),
-      ("model.train_size_ratio", config.model.train_size_ratio is None
-       or config.model.train_size_ratio > 0),
-      ("model.survival_prob", 0.0 < config.model.survival_prob <= 1.0),
-      ("train.batch_size", config.train.batch_size >= 1),
-      ("eval.batch_size", config.eval.batch_size >= 1),
-      ("train.epochs", config.train.epochs > 0),
-      ("train.steps", config.train.steps is None or config.train.steps >= 1),
-      ("train.lr_base", config.train.lr_base >= 0),
-      ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0),
-      ("train.label_smoothing", 0.0 <= config.train.label_smoothing < 1.0),
-      ("progressive.num_stages", config.progressive.num_stages >= 1),
-      ("data.crop_area_min", 0.0 < data.crop_area_min <= 1.0),
-      ("data.crop_aspect_min", 0.0 < data.crop_aspect_min
-       <= data.crop_aspect_max),
-      ("data.crop_min_object_covered",
-       0.0 <= data.crop_min_object_covered <= 1.0),
-      ("data.crop_max_attempts", data.crop_max_attempts >= 1),
-      ("data.crop_padding", data.crop_padding >= 0),
-      ("data.skip_crop_from_size", data.skip_crop_from_size >= 0),
-      ("data.minival_files", data.minival_files >= 0),
-      ("runtime.steps_per_loop", config.runtime.steps_per_loop >= 1),
-  ] + [(key, _value(config, key) in allowed)
-       for key, allowed in CHOICES.items()]
-  for key, ok in checks:
-    if not ok:
-      allowed = CHOICES.get(key)
-      hint = f"; valid: {', '.join(map(repr, allowed))}" if allowed else ""
-      raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}"
-                        f"{hint}.")
+  """Checks values before any heavy work; raises ConfigError naming the key
+  and its valid range or names."""
+  for key, (valid, ok) in RANGES.items():
+    if not ok(_value(config, key), config):
+      raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}; "
+                        f"valid: {valid}.")
+  for key, allowed in CHOICES.items():
+    if _value(config, key) not in allowed:
+      raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}; "
+                        f"valid: {', '.join(map(repr, allowed))}.")
   for key, value in flatten(config.progressive.to_dict()):
     if key.startswith(("min_", "max_")) and value is not None and value < 0:
       raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")

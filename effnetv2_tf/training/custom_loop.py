@@ -70,10 +70,15 @@ class CustomLoopTrainer(trainer_lib.Trainer):
       self._track_iterator(iterator, stage)
     train_loop = self._make_train_loop()
     steps_per_loop = self.config.runtime.steps_per_loop
+    every = self.config.train.checkpoint_every
     clock = run_log.StageClock(self.global_batch)
     while self.step < stage.end_step:
       start_step = self.step
-      steps = min(steps_per_loop, stage.end_step - start_step)
+      # A call ends at the stage end and at every checkpoint step, so
+      # train.checkpoint_every is exact whatever steps_per_loop is (the
+      # steps are a tensor: no retrace).
+      steps = min(steps_per_loop, stage.end_step - start_step,
+                  every - start_step % every if every else steps_per_loop)
       clock.start()
       with self.xla_errors("the train step"):
         loss, skipped = train_loop(iterator, tf.constant(steps))
@@ -81,8 +86,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
       rate = clock.stop(steps)
       self.check_finite(loss, start_step, stage)
       self.record_progress(stage, loss, rate, int(skipped))
-      if run_log.save_due(self.config.train.checkpoint_every, start_step,
-                          self.step):
+      if run_log.save_due(every, start_step, self.step):
         self.save()
     self.save()
     return clock.stage_record(stage)

@@ -209,6 +209,11 @@ class FitTrainer(trainer_lib.Trainer):
                       self.replicas)
       execution = 1
     self.fit_model.steps_per_execution = execution
+    every = self.config.train.checkpoint_every
+    if every and every % execution:
+      print(f"train.checkpoint_every={every}: fit checks it after each "
+            f"{execution}-step execution, so a save comes at the first "
+            f"execution end past each multiple of {every}.", flush=True)
     # A new step (new size and dropout, compiled again under XLA) in a
     # new train function.
     self.fit_model.step_fn = self.make_compiled_step()

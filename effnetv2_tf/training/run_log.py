@@ -15,6 +15,14 @@ import tensorflow as tf
 from effnetv2_tf.training import run_dir
 
 
+def clock(seconds):
+  """Seconds as h:mm:ss (or m:ss under an hour), for progress lines."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else (
+      f"{minutes}:{secs:02d}")
+
+
 def save_due(every, start_step, step):
   """Whether steps start_step+1..step crossed a multiple of `every` (0: off)."""
   return bool(every) and step // every > start_step // every

@@ -114,6 +114,7 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, ema=self.ema, rng=rng)
     self.restored_path = None
+    self._train_started = time.time()
     self.ckpt_dir = model_dir if self.chief else os.path.join(
         model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
     self.manager = tf.train.CheckpointManager(
@@ -275,6 +276,7 @@ class Trainer:
   # ----------------------------------------------------------------- train
   def train(self, eval_every_stage=False):
     """Runs (or resumes) every stage; returns the summary dict."""
+    self._train_started = time.time()
     num_stages = len(self.stages)
     for stage in self.stages:
       if stage.end_step <= self.step:
@@ -320,14 +322,20 @@ class Trainer:
     lr = float(self.schedule(step))
     self.log.progress(step, loss, lr, images_per_sec)
     every = self.config.train.log_every
-    if echo and (step % every < self.config.runtime.steps_per_loop or
-                 step == stage.end_step):
+    # A stage's first call is printed too: a first sign of life per stage.
+    if echo and (images_per_sec is None or step == stage.end_step or
+                 step % every < self.config.runtime.steps_per_loop):
+      elapsed = time.time() - self._train_started
+      if images_per_sec is None:
+        speed = "(first call: includes tracing)"
+      else:
+        eta = (self.total_steps - step) * self.global_batch / images_per_sec
+        speed = (f"{images_per_sec:.1f} images/s, ETA "
+                 f"{run_log.clock(eta)}")
       print(f"step {step}/{self.total_steps} stage "
             f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
-            f"lr {lr:.3g} " + (f"{images_per_sec:.1f} images/s"
-                               if images_per_sec is not None else
-                               "(first call: includes tracing)")
-            + (f" skipped {skipped}" if skipped else ""), flush=True)
+            f"lr {lr:.3g} {speed}, elapsed {run_log.clock(elapsed)}"
+            + (f", skipped {skipped}" if skipped else ""), flush=True)
 
   # ------------------------------------------------------------------ eval
   def make_eval_step(self):
