@@ -21,6 +21,7 @@ from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import distribute
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
+from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
 from effnetv2_tf.training import xla
@@ -28,6 +29,7 @@ from effnetv2_tf.training import xla
 # Errors a user can cause and fix: one line on stderr, exit code 1. Any
 # other exception is a bug and keeps its traceback.
 USER_ERRORS = (config_lib.ConfigError, FileNotFoundError,
+               run_dir.RunDirError,
                sources.DataError, progressive.StageError,
                checkpoints.CheckpointMismatchError,
                weights_lib.WeightsMismatchError, optim.OptimizerError,
@@ -38,6 +40,9 @@ USER_ERRORS = (config_lib.ConfigError, FileNotFoundError,
 def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
   model_dir = cli.model_dir_from_flags(values)
+  run_dir.check_writable(model_dir, "--model_dir")
+  if values.export_dir:
+    run_dir.check_writable(values.export_dir, "--export_dir")
   config = cli.config_from_flags(values, model_dir)
   if config.runtime.deterministic:
     step_lib.make_deterministic(config.train.seed)

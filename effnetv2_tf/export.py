@@ -43,7 +43,8 @@ from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import xla
 
 # Errors of a bad --model_dir/--checkpoint: one line, exit code 1.
-USER_ERRORS = (FileNotFoundError, checkpoints.CheckpointMismatchError,
+USER_ERRORS = (FileNotFoundError, run_dir.RunDirError,
+               checkpoints.CheckpointMismatchError,
                weights_lib.WeightsMismatchError)
 
 TFLITE_FILENAME = "model.tflite"
@@ -227,6 +228,7 @@ def main(argv):
   if not (values.model_dir or values.checkpoint):
     raise app.UsageError("Give --model_dir (or --checkpoint).")
   try:
+    run_dir.check_writable(values.export_dir, "--export_dir")
     written = export_run(values.model_dir, values.export_dir,
                          values.checkpoint, values.tflite,
                          values.tflite_quantize, values.feature_vector_dir,

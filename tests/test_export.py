@@ -174,3 +174,12 @@ def test_export_cli_names_a_missing_run(tmp_path):
   assert result.returncode == 1
   assert f"--model_dir {tmp_path}/none does not exist" in result.stderr
   assert "Traceback" not in result.stderr
+  (tmp_path / "a_file").write_text("kept")
+  result = subprocess.run(
+      [sys.executable, "-m", "effnetv2_tf.export",
+       f"--model_dir={tmp_path}/none", f"--export_dir={tmp_path}/a_file"],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert result.returncode == 1
+  assert f"--export_dir {tmp_path}/a_file is a file" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert (tmp_path / "a_file").read_text() == "kept"

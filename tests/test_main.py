@@ -58,6 +58,21 @@ def test_folder_problems_stop_before_training(tmp_path, counts, message):
   assert not (tmp_path / "run").exists()  # nothing written yet
 
 
+@pytest.mark.parametrize("flag", ["--model_dir", "--export_dir"])
+def test_unusable_directories_are_one_line_up_front(tmp_path, flag):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("kept")
+  for path, message in ((a_file, "is a file, not a directory"),
+                        (a_file / "run", "is not writable")):
+    result = _run("--model=efficientnetv2-b0", "--dataset_cfg=smoke",
+                  f"--model_dir={tmp_path / 'run'}", f"{flag}={path}")
+    assert result.returncode == 1
+    assert f"{flag} {path} {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+  assert a_file.read_text() == "kept"
+  assert not (tmp_path / "run" / "config.json").exists()  # nothing trained
+
+
 def test_the_data_sets_the_class_count(tmp_path):
   values = types.SimpleNamespace(
       model="efficientnetv2-b0", dataset_cfg="folder", hparam_str="",

@@ -23,6 +23,30 @@ CONFIG_FILENAME = "config.json"
 SUMMARY_FILENAME = "summary.json"
 
 
+class RunDirError(OSError):
+  """A directory that cannot take a run's files; the message says why."""
+
+
+def check_writable(path, flag):
+  """Makes sure `path` is a directory this process can write, up front.
+
+  Creates it if missing; a file in its place, or no permission to write,
+  is a RunDirError naming `flag`. Nothing already in it is touched (the
+  probe file has a name of its own and is removed).
+  """
+  if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+    raise RunDirError(f"{flag} {path} is a file, not a directory.")
+  probe = os.path.join(path, f".write_probe_{os.getpid()}")
+  try:
+    tf.io.gfile.makedirs(path)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as err:
+    reason = getattr(err, "message", None) or err.strerror or str(err)
+    raise RunDirError(f"{flag} {path} is not writable: {reason}") from None
+
+
 def read_config(model_dir):
   """config.json of `model_dir` as a dict, or None."""
   return fileio.read_json(os.path.join(model_dir, CONFIG_FILENAME))
