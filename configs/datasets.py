@@ -98,6 +98,15 @@ DATASET_CONFIGS = {
     "carsft": _merge(_FINETUNE, _tfds("cars196")),
     # root/<class>/*.jpg at --data_dir; the class count comes from the folders.
     "folder": {"data": {"name": "folder", "source": "folder"}},
+    # Finetuning on one's own folder (with --init_checkpoint): the
+    # reference's finetune recipe at a batch and length that fit a small
+    # dataset: batch 64, 15 epochs without the 10,000-step minimum (which
+    # would be about 450 epochs of 1,437 images), the 1-epoch warmup.
+    "folderft": _merge(_FINETUNE, {
+        "data": {"name": "folder", "source": "folder"},
+        "train": {"batch_size": 64, "min_steps": 0},
+        "eval": {"batch_size": 64},
+    }),
     "digits": _DIGITS,
     # The digits demo in seconds, for tests and a first look (big_vision's
     # `runlocal`): a B0-shaped model at width 0.25 and depth 0.34, two

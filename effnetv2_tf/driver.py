@@ -57,6 +57,7 @@ def run(values, trainer_cls):
   sources.check(source, ["train"] + (
       [config.data.eval_split] if values.mode != "train" else []))
   config = cli.with_data_class_count(values, model_dir, config, source)
+  print(source.describe(), flush=True)
   trainer = trainer_cls(config, model_dir, strategy, source=source)
   print(f"Steps: {trainer.xla_choice}", flush=True)
   if trainer.chief:

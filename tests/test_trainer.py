@@ -104,12 +104,12 @@ def test_checkpoints_at_the_configured_steps_and_progress_lines(tmp_path,
   trainer.train()
   assert [int(p.rsplit("-", 1)[1]) for p in trainer.manager.checkpoints] == [
       3, 4, 6, 8]
-  assert trainer.traces == 2  # call lengths 2, 1, 1, 2, 2: no retrace
+  assert trainer.traces == 2  # calls of 1 and 2 steps: no retrace
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("step ")]
   # Each stage's first call is printed, then elapsed time and an ETA.
   assert sum("first call" in l for l in lines) == 2
-  assert lines[0].startswith("step 2/8 stage 1/2")
+  assert lines[0].startswith("step 1/8 stage 1/2")  # a 1-step first call
   assert re.search(r"images/s, ETA \d+:\d\d, elapsed \d+:\d\d$", lines[-1])
 
 

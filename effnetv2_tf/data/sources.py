@@ -38,6 +38,13 @@ class Source:
   split_sizes: Dict[str, int]
   multi_label: bool = False
   class_names: tuple = ()  # readable names in label order, when known
+  split_rule: str = ""  # how the splits were made, when the source chose
+
+  def describe(self):
+    """One line: classes and split sizes (printed before training)."""
+    sizes = ", ".join(f"{k} {v}" for k, v in self.split_sizes.items())
+    return (f"Data: {self.name}, {self.num_classes} classes, {sizes}"
+            + (f" ({self.split_rule})" if self.split_rule else ""))
 
   def read(self, split, input_context=None, shuffle_files_seed=None):
     raise NotImplementedError
@@ -339,8 +346,11 @@ def folder_source(root, eval_every=10):
     if val_classes != classes:
       raise DataError(
           f"{root}: train and validation class folders differ.")
+    split_rule = f"{root}/train and {root}/{split_dirs['validation']}"
   else:
     classes, files, labels = _list_folder(root)
+    split_rule = (f"every {eval_every}th image held out for validation; "
+                  "give train/ and validation/ folders to choose")
     held = [i % eval_every == eval_every - 1 for i in range(len(files))]
     train_f = [f for f, h in zip(files, held) if not h]
     train_y = [y for y, h in zip(labels, held) if not h]
@@ -354,7 +364,7 @@ def folder_source(root, eval_every=10):
   return FolderSource(
       name="folder", num_classes=len(classes),
       split_sizes={k: len(v[0]) for k, v in examples.items()}, root=root,
-      class_names=tuple(classes), examples=examples)
+      class_names=tuple(classes), examples=examples, split_rule=split_rule)
 
 
 # ------------------------------------------------------------------- digits

@@ -74,11 +74,15 @@ class CustomLoopTrainer(trainer_lib.Trainer):
     clock = run_log.StageClock(self.global_batch)
     while self.step < stage.end_step:
       start_step = self.step
-      # A call ends at the stage end and at every checkpoint step, so
-      # train.checkpoint_every is exact whatever steps_per_loop is (the
-      # steps are a tensor: no retrace).
-      steps = min(steps_per_loop, stage.end_step - start_step,
-                  every - start_step % every if every else steps_per_loop)
+      # A call ends at the stage end, at a multiple of steps_per_loop and
+      # at every checkpoint step, so train.checkpoint_every is exact
+      # whatever steps_per_loop is (the steps are a tensor: no retrace). A
+      # stage's first call, which traces, is one step: a first line (and a
+      # clean retrace time) early.
+      steps = 1 if clock.first_call is None else min(
+          steps_per_loop - start_step % steps_per_loop,
+          stage.end_step - start_step,
+          every - start_step % every if every else steps_per_loop)
       clock.start()
       with self.xla_errors("the train step"):
         loss, skipped = train_loop(iterator, tf.constant(steps))

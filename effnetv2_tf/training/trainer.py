@@ -146,7 +146,8 @@ class Trainer:
     """The line printed before training."""
     return (f"Training {self.config.model.name} on {self.config.data.name}: "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) at "
-            f"batch {self.global_batch}, {len(self.stages)} stages, "
+            f"batch {self.global_batch}, {len(self.stages)} "
+            f"stage{'s' if len(self.stages) > 1 else ''}, "
             f"model_dir {self.model_dir}")
 
   def init_from(self, path, whole=False):
