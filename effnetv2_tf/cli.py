@@ -63,12 +63,13 @@ def _known_model(name):
   return True
 
 
-def _given(values, flag):
-  """Whether `flag` was on the command line (True for a plain namespace)."""
+def flag_given(values, flag, default=True):
+  """Whether `flag` was on the command line (`default` for a plain
+  namespace, which has no such record)."""
   try:
-    return values[flag].present
+    return bool(values[flag].present)
   except (KeyError, TypeError, AttributeError):
-    return True
+    return default
 
 
 def config_from_flags(values, model_dir, extra_hparams=""):
@@ -90,10 +91,10 @@ def config_from_flags(values, model_dir, extra_hparams=""):
       hparams = ",".join(filter(None, [hparams, f"runtime.{flag}=true"]))
   hparams = ",".join(filter(None, [hparams, extra_hparams]))
   config = config_lib.build_config(
-      model_name=values.model if not resuming or _given(values, "model")
+      model_name=values.model if not resuming or flag_given(values, "model")
       else None,
       dataset_cfg=values.dataset_cfg
-      if not resuming or _given(values, "dataset_cfg") else None,
+      if not resuming or flag_given(values, "dataset_cfg") else None,
       hparam_str=hparams, config_file=values.config_file,
       data_dir=values.data_dir, run_config=run_config)
   if resuming and not extra_hparams:

@@ -60,7 +60,7 @@ def run(values, trainer_cls):
   print(source.describe(), flush=True)
   trainer = trainer_cls(config, model_dir, strategy, source=source)
   print(f"Steps: {trainer.xla_choice}", flush=True)
-  if trainer.chief:
+  if trainer.chief and values.mode != "eval":  # eval leaves the run as is
     config_lib.save_config(config, model_dir)
     if trainer.class_names:  # for export from a checkpoint
       tfrecord_format.write_class_names(model_dir, trainer.class_names)
@@ -98,6 +98,10 @@ def main(argv, values, trainer_cls, prog):
   """absl `main` body: runs, turning user errors into one line + exit 1."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not cli.flag_given(values, "verbosity", default=False):
+    # The run prints what a user follows; TensorFlow's and our INFO log
+    # lines (saver timings, strategy details) come with --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
   try:
     run(values, trainer_cls)
   except USER_ERRORS as err:

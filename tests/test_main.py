@@ -56,7 +56,7 @@ def test_folder_problems_stop_before_training(tmp_path, counts, message):
   assert result.returncode == 1
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-  assert not (tmp_path / "run").exists()  # nothing written yet
+  assert list((tmp_path / "run").iterdir()) == []  # nothing written yet
 
 
 @pytest.mark.parametrize("flag", ["--model_dir", "--export_dir"])

@@ -42,8 +42,8 @@ class CustomLoopTrainer(trainer_lib.Trainer):
                       path, stage.index + 1)
       return
     tf.train.Checkpoint(train_iterator=iterator).read(path).expect_partial()
-    logging.info("Restored the stage %d input iterator from %s.",
-                 stage.index + 1, path)
+    print(f"Restored the stage {stage.index + 1} input iterator from "
+          f"{path}", flush=True)
 
   def _make_train_loop(self):
     """A new tf.function: `steps` optimizer steps per call, on device."""

@@ -74,8 +74,7 @@ class RunLog:
     """`header`: model, dataset, preset and total_steps of a new summary."""
     self.model_dir = model_dir
     self.chief = chief
-    self.writer = tf.summary.create_file_writer(
-        os.path.join(model_dir, "train")) if chief else None
+    self._writer = None
     self.summary = run_dir.read_summary(model_dir) or dict(
         header, stages=[], history=[], eval=None)
 
@@ -88,6 +87,14 @@ class RunLog:
   def write(self):
     if self.chief:
       run_dir.write_summary(self.model_dir, self.summary)
+
+  @property
+  def writer(self):
+    """The TensorBoard writer (chief only), made at the first scalar."""
+    if self.chief and self._writer is None:
+      self._writer = tf.summary.create_file_writer(
+          os.path.join(self.model_dir, "train"))
+    return self._writer
 
   def scalars(self, step, values):
     """TensorBoard scalars {name: value} at `step` (chief only)."""
