@@ -27,6 +27,7 @@ from effnetv2_tf import driver
 from effnetv2_tf.training import fit_loop
 
 cli.define_flags()
+flags.adopt_module_key_flags(cli)  # --help lists the drivers' flags
 FLAGS = flags.FLAGS
 
 

@@ -4,6 +4,7 @@ import os
 
 from absl import flags
 
+from configs import base
 from configs import datasets
 from effnetv2_tf.models import registry
 from effnetv2_tf.training import config as config_lib
@@ -24,7 +25,8 @@ def define_flags():
                       f"{', '.join(datasets.DATASET_CONFIGS)}.")
   flags.DEFINE_string("hparam_str", "",
                       "Config overrides, e.g. 'train.batch_size=64,"
-                      "progressive.max_cutmix=0.1'.")
+                      "progressive.max_cutmix=0.1'. Keys (docs/recipes.md "
+                      f"has their values per config): {config_keys()}.")
   flags.DEFINE_string("config_file", None, "YAML/JSON file of overrides.")
   flags.DEFINE_string("model_dir", None,
                       "Checkpoints, config.json, summary.json, TensorBoard. "
@@ -55,6 +57,13 @@ def define_flags():
       "model", _known_model, message="unknown model (see --helpfull)")
 
 
+def config_keys():
+  """Every config key, by section, from configs.base (for --help)."""
+  config = base.get_config()
+  return "; ".join(f"{section}.{{{', '.join(config[section])}}}"
+                   for section in config)
+
+
 def _known_model(name):
   try:
     registry.get_model_spec(name)
@@ -77,10 +86,15 @@ def config_from_flags(values, model_dir, extra_hparams=""):
 
   When `model_dir` holds a run (config.json), its config is the base: a
   rerun resumes and --mode=eval evaluates exactly what was trained, and
-  only the flags and keys given now override it (each printed).
-  `extra_hparams` go after --hparam_str.
+  only the flags and keys given now override it (each printed). So is the
+  config.json beside --init_checkpoint for --mode=eval in a new
+  `model_dir`. `extra_hparams` go after --hparam_str.
   """
+  config_dir = model_dir
   run_config = run_dir.read_config(model_dir)
+  if run_config is None and values.mode == "eval" and values.init_checkpoint:
+    config_dir = _checkpoint_dir(values.init_checkpoint)
+    run_config = config_dir and run_dir.read_config(config_dir)
   resuming = run_config is not None
   hparams = values.hparam_str
   if values.steps_per_loop:
@@ -99,11 +113,20 @@ def config_from_flags(values, model_dir, extra_hparams=""):
       data_dir=values.data_dir, run_config=run_config)
   if resuming and not extra_hparams:
     changes = config_lib.changed_values(run_config, config)
-    print(f"Config: {model_dir}/config.json" + (
+    print(f"Config: {config_dir}/config.json" + (
         ", overridden: " + ", ".join(f"{k} {old!r} -> {new!r}"
                                      for k, old, new in changes)
         if changes else ""), flush=True)
   return config
+
+
+def _checkpoint_dir(path):
+  """The run directory of a checkpoint path, or None (a weights file, or
+  nothing there: init_from says so later)."""
+  try:
+    return os.path.dirname(run_dir.checkpoint_prefix(path))
+  except FileNotFoundError:
+    return None
 
 
 def model_dir_from_flags(values):

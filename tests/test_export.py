@@ -71,6 +71,20 @@ def test_raw_image_signature_crops_and_resizes_an_odd_size(exported):
     assert f.readline().rstrip("\n") == "digit 0\tdigit 0"
 
 
+def test_raw_image_signature_takes_a_one_pixel_image(exported):
+  model, path = exported
+  pixel = np.array([[[[10, 200, 30]]]], np.uint8)
+  out = tf.saved_model.load(path).signatures["serving_uint8"](
+      images=tf.constant(pixel))
+  # By hand: 24 / 56 of 1 px rounds to an empty crop; the crop keeps the one
+  # pixel, which the resize spreads over the whole 24 x 24 image.
+  expected = _softmax(model, preprocess.normalize(
+      np.broadcast_to(pixel, (1, SIZE, SIZE, 3)).astype(np.float32),
+      SCALING))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected,
+                             atol=1e-5)
+
+
 @pytest.mark.slow
 def test_tflite_matches_keras(exported):
   model, path = exported

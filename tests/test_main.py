@@ -117,7 +117,8 @@ def test_the_data_sets_the_class_count(tmp_path):
   values = types.SimpleNamespace(
       model="efficientnetv2-b0", dataset_cfg="folder", hparam_str="",
       config_file=None, data_dir=str(tmp_path), steps_per_loop=None,
-      mixed_precision=False, deterministic=False)
+      mixed_precision=False, deterministic=False, mode="train",
+      init_checkpoint=None)
   model_dir = str(tmp_path / "run")
   config = cli.config_from_flags(values, model_dir)
   three = types.SimpleNamespace(num_classes=3)  # e.g. 3 class folders
@@ -129,6 +130,16 @@ def test_the_data_sets_the_class_count(tmp_path):
                      r"but the data \(folder\) has 3 classes"):
     cli.with_data_class_count(values, model_dir,
                               cli.config_from_flags(values, model_dir), three)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_help_lists_the_flags_and_every_config_key(driver):
+  result = _run("--help", driver=driver)  # (absl exits 1 after --help)
+  help_text = " ".join(result.stdout.split())  # absl wraps lines
+  assert "--dataset_cfg: Dataset config" in help_text and "folderft" in (
+      help_text)
+  assert "train.{batch_size, checkpoint_every," in help_text
+  assert "progressive.{max_cutmix," in help_text
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -243,6 +254,13 @@ def test_digits_progressive_run_eval_export_and_resume(tmp_path, driver):
                    driver=driver)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert json.loads((tmp_path / "eval" / "summary.json").read_text())[
+      "eval"]["top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
+  # ... and without the training flags: the checkpoint's config.json.
+  evaluated = _run(f"--model_dir={tmp_path / 'eval2'}", "--mode=eval",
+                   f"--init_checkpoint={model_dir}", driver=driver)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert f"Config: {model_dir}/config.json" in evaluated.stdout
+  assert json.loads((tmp_path / "eval2" / "summary.json").read_text())[
       "eval"]["top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
   other = _run("--model=efficientnetv2-b1", "--dataset_cfg=smoke",
                f"--model_dir={model_dir}", f"--hparam_str={TINY}",

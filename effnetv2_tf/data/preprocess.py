@@ -101,13 +101,14 @@ def center_crop_window(shape, image_size, crop_padding, crop_offset):
   """(offset, size), both int32 [2], of the center crop in a [h, w] image.
 
   The crop is the square of image_size / (image_size + crop_padding) of the
-  shorter side; `crop_offset` 'floor' puts it at (h - c) // 2, 'ceil' at
-  (h - c + 1) // 2.
+  shorter side, at least 1 pixel (a 1-pixel image, where the reference's
+  crop would be empty); `crop_offset` 'floor' puts it at (h - c) // 2,
+  'ceil' at (h - c + 1) // 2.
   """
   shape = tf.cast(shape, tf.int32)
   ratio = image_size / (image_size + crop_padding)
-  side = tf.cast(
-      ratio * tf.cast(tf.reduce_min(shape), tf.float32), tf.int32)
+  side = tf.maximum(tf.cast(
+      ratio * tf.cast(tf.reduce_min(shape), tf.float32), tf.int32), 1)
   extra = 1 if crop_offset == "ceil" else 0
   return (shape - side + extra) // 2, tf.stack([side, side])
 
