@@ -54,6 +54,12 @@ def run(values, trainer_cls):
     print(f"Mixed precision: {policy} (float32 variables, logits, loss and "
           "BN statistics)", flush=True)
   source = sources.from_config(config)
+  unreadable = source.drop_unreadable()
+  if unreadable:
+    print(f"Unreadable images left out ({len(unreadable)}): "
+          f"{', '.join(unreadable[:5])}"
+          + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5
+             else ""), flush=True)
   sources.check(source, ["train"] + (
       [config.data.eval_split] if values.mode != "train" else []))
   config = cli.with_data_class_count(values, model_dir, config, source)

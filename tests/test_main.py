@@ -92,6 +92,7 @@ def test_folderft_finetunes_a_weights_file_on_a_folder(tmp_path):
   # weights: no real ones can be fetched here) into a 10-class folder, at
   # 32 px (one override; B0's 224 px does not fit the time).
   _digits_folder(tmp_path / "digits")
+  (tmp_path / "digits" / "3" / "broken.png").write_bytes(b"not a png")
   weights = tmp_path / "b0.weights.h5"
   effnetv2_tf.create_model("efficientnetv2-b0").save_weights(str(weights))
   result = _run("--model=efficientnetv2-b0", "--dataset_cfg=folderft",
@@ -103,6 +104,8 @@ def test_folderft_finetunes_a_weights_file_on_a_folder(tmp_path):
   out = result.stdout
   assert "loaded 359/361 weights" in out and "skipped predictions" in out
   assert "model.num_classes: 10" in out
+  assert ("Unreadable images left out (1): "
+          f"{tmp_path / 'digits' / '3' / 'broken.png'}") in out
   assert ("Data: folder, 10 classes, train 1618, validation 179 (every "
           "10th image held out") in out
   # 15 epochs of 25 steps at batch 64: no 10,000-step minimum.

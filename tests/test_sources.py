@@ -171,6 +171,20 @@ def _make_folder(root, per_class):
   (root / "dog" / "notes.txt").write_text("not an image")
 
 
+def test_folder_unreadable_images_are_named_and_left_out(tmp_path):
+  _make_folder(tmp_path, per_class=4)  # 12 real photos
+  (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  source = sources.folder_source(str(tmp_path))
+  assert sum(source.split_sizes.values()) == 13
+  assert source.drop_unreadable() == [str(tmp_path / "cat" / "broken.jpg")]
+  assert sum(source.split_sizes.values()) == 12
+  assert all(str(tmp_path / "cat" / "broken.jpg") not in files
+             for files, _ in source.examples.values())
+  assert source.drop_unreadable() == []  # nothing left to drop
+  assert sources.folder_source(str(tmp_path)).drop_unreadable(
+      max_files=5) == ()  # too many to check up front
+
+
 def test_folder_source_holds_out_every_tenth(tmp_path):
   _make_folder(tmp_path, per_class=10)
   source = sources.folder_source(str(tmp_path))

@@ -18,6 +18,9 @@ import tensorflow as tf
 from effnetv2_tf.data import tfrecord_format
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Folders up to this many images are decoded once before training, so an
+# unreadable file is named (and left out) up front.
+MAX_CHECKED_FILES = 50_000
 DIGITS_EVAL_EVERY = 5  # digits example i is held out when i % 5 == 0
 
 
@@ -48,6 +51,15 @@ class Source:
 
   def read(self, split, input_context=None, shuffle_files_seed=None):
     raise NotImplementedError
+
+  def drop_unreadable(self):
+    """Removes images that do not decode; returns their names.
+
+    Only sources small enough to check up front do (folders); the others
+    return () and the pipelines skip and count such images as they meet
+    them.
+    """
+    return ()
 
   def num_examples(self, split):
     if split not in self.split_sizes:
@@ -328,6 +340,30 @@ class FolderSource(Source):
     return ds.map(lambda f, y: {
         "encoded": tf.io.read_file(f), "label": _one_hot(y, num_classes)},
                   num_parallel_calls=tf.data.AUTOTUNE)
+
+  def drop_unreadable(self, max_files=MAX_CHECKED_FILES):
+    """Decodes every image once (up to `max_files`), drops and returns the
+    ones that fail, so the split sizes are the readable images'."""
+    files = [f for split_files, _ in self.examples.values()
+             for f in split_files]
+    if len(files) > max_files:
+      return ()
+
+    def decodes(index, path):
+      image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                 expand_animations=False)
+      return index, tf.shape(image)
+
+    checked = tf.data.Dataset.from_tensor_slices(files).enumerate().map(
+        decodes, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False).ignore_errors()
+    readable = {int(i) for i, _ in checked.as_numpy_iterator()}
+    bad = {f for i, f in enumerate(files) if i not in readable}
+    for split, (split_files, labels) in self.examples.items():
+      kept = [(f, y) for f, y in zip(split_files, labels) if f not in bad]
+      self.examples[split] = ([f for f, _ in kept], [y for _, y in kept])
+      self.split_sizes[split] = len(kept)
+    return sorted(bad)
 
 
 def folder_source(root, eval_every=10):
