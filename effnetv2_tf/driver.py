@@ -40,7 +40,12 @@ USER_ERRORS = (config_lib.ConfigError, FileNotFoundError,
 def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
   model_dir = cli.model_dir_from_flags(values)
-  run_dir.check_writable(model_dir, "--model_dir")
+  # --mode=eval of a run (its own config.json there) only reads the run
+  # directory, which may then be read-only; a new one gets the result.
+  reads_only = (values.mode == "eval" and
+                run_dir.read_config(model_dir) is not None)
+  if not reads_only:
+    run_dir.check_writable(model_dir, "--model_dir")
   if values.export_dir:
     run_dir.check_writable(values.export_dir, "--export_dir")
   config = cli.config_from_flags(values, model_dir)
@@ -65,6 +70,8 @@ def run(values, trainer_cls):
   config = cli.with_data_class_count(values, model_dir, config, source)
   print(source.describe(), flush=True)
   trainer = trainer_cls(config, model_dir, strategy, source=source)
+  if reads_only:
+    trainer.leave_model_dir_as_is()
   print(f"Steps: {trainer.xla_choice}", flush=True)
   if trainer.chief and values.mode != "eval":  # eval leaves the run as is
     config_lib.save_config(config, model_dir)

@@ -67,13 +67,15 @@ class StageClock:
 class RunLog:
   """summary.json's contents, TensorBoard scalars and the progress lines.
 
-  Only the chief writes files; every worker keeps the same contents.
+  Only the chief writes files (none with `writes` off); every worker keeps
+  the same contents.
   """
 
   def __init__(self, model_dir, chief, header):
     """`header`: model, dataset, preset and total_steps of a new summary."""
     self.model_dir = model_dir
     self.chief = chief
+    self.writes = chief  # False: nothing goes into model_dir (an eval)
     self._writer = None
     self.summary = run_dir.read_summary(model_dir) or dict(
         header, stages=[], history=[], eval=None)
@@ -85,13 +87,13 @@ class RunLog:
                                if h["step"] <= step]
 
   def write(self):
-    if self.chief:
+    if self.writes:
       run_dir.write_summary(self.model_dir, self.summary)
 
   @property
   def writer(self):
     """The TensorBoard writer (chief only), made at the first scalar."""
-    if self.chief and self._writer is None:
+    if self.writes and self._writer is None:
       self._writer = tf.summary.create_file_writer(
           os.path.join(self.model_dir, "train"))
     return self._writer

@@ -142,6 +142,11 @@ class Trainer:
     """The source's class names in label order (may be empty)."""
     return self.source.class_names
 
+  def leave_model_dir_as_is(self):
+    """--mode=eval of a run: summary.json and TensorBoard stay untouched
+    (the result is printed and returned)."""
+    self.log.writes = False
+
   def describe(self):
     """The line printed before training."""
     return (f"Training {self.config.model.name} on {self.config.data.name}: "
