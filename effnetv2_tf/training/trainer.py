@@ -313,8 +313,10 @@ class Trainer:
   def check_finite(self, loss, start_step, stage):
     """Raises TrainingError when `loss` (of steps start_step+1..) is NaN/inf."""
     if not math.isfinite(loss):
+      steps = (f"steps {start_step + 1}-{self.step}"
+               if self.step > start_step + 1 else f"step {self.step}")
       raise TrainingError(
-          f"Non-finite loss {loss} in steps {start_step + 1}-{self.step} "
+          f"Non-finite loss {loss} in {steps} "
           f"(stage {stage.index + 1}); stopping. The latest checkpoint "
           f"({self.manager.latest_checkpoint}) is the last good one.")
 
