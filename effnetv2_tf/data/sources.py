@@ -437,8 +437,7 @@ def digits_source(upscale=4):
 
 # ------------------------------------------------------- by config name
 # `data.source` -> the source built from a config's `data` section and the
-# model's class count; config.py's list of valid names is this table's keys
-# and cli.py's help lists them.
+# model's class count; config.py's list of valid names is this table's keys.
 FROM_CONFIG = {
     "tfrecord": lambda data, num_classes: tfrecord_source(
         data.name, data.data_dir, num_classes, multi_label=data.multi_label,

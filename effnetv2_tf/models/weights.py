@@ -215,7 +215,7 @@ def _snake_case(class_name):
 
 
 def _has_top(model):
-  return any(layer.name == _HEAD for layer in model.layers)
+  return bool(_head_weights(model))
 
 
 # ------------------------------------------------- reference checkpoints

@@ -74,7 +74,6 @@ class RunLog:
   def __init__(self, model_dir, chief, header):
     """`header`: model, dataset, preset and total_steps of a new summary."""
     self.model_dir = model_dir
-    self.chief = chief
     self.writes = chief  # False: nothing goes into model_dir (an eval)
     self._writer = None
     self.summary = run_dir.read_summary(model_dir) or dict(
