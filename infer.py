@@ -4,12 +4,16 @@
   python infer.py --checkpoint=runs/digits --image=photo.jpg   # run dir
   python infer.py --checkpoint=efficientnetv2-b0.weights.h5 \
       --model=efficientnetv2-b0 --image=photo.jpg --labels=labels.txt
+  python infer.py --model=efficientnetv2-s --weights=imagenet --image=photo.jpg
 
 Class names come from `--labels` (labels.txt: one class per line, label
 order, optionally `name<TAB>readable name`), else from the labels.txt that
 export wrote beside the SavedModel or training wrote in the run directory;
 without any, class ids are printed. Checkpoints use their EMA weights and
 the run's eval preprocessing, exactly as the exported SavedModel would.
+Published weights (`--weights=TAG`, downloaded once) use the preprocessing
+and eval size of the recipe they were trained with, and the ImageNet class
+names that ship with the package (21k weights: class indices).
 """
 
 import os
@@ -24,6 +28,7 @@ import tensorflow as tf
 from effnetv2_tf import export
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.model import create_model
 from effnetv2_tf.training import checkpoints
@@ -32,8 +37,12 @@ flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
 flags.DEFINE_string("checkpoint", None,
                     "A run directory or checkpoint prefix of main.py / "
                     "main_tf2.py, or a .weights.h5/.h5 file (with --model).")
-flags.DEFINE_string("model", None, "Model name for a .h5 weights file; for a "
-                    "run checkpoint it must match the run's model.")
+flags.DEFINE_string("weights", None,
+                    "Published weights of --model: "
+                    f"{', '.join(pretrained.TAGS)} (or MODEL:TAG).")
+flags.DEFINE_string("model", None, "Model name for --weights or a .h5 "
+                    "weights file; for a run checkpoint it must match the "
+                    "run's model.")
 flags.DEFINE_integer("num_classes", 1000, "Class count of a .h5 file.")
 flags.DEFINE_multi_string("image", None, "Image file(s) to classify.")
 flags.DEFINE_string("labels", None, "labels.txt with the class names.")
@@ -74,8 +83,20 @@ def read_class_names(path):
 
 
 def load_predictor(saved_model=None, checkpoint=None, model_name=None,
-                   num_classes=1000):
-  """(fn: float images -> outputs dict, directory that may hold labels.txt)."""
+                   num_classes=1000, weights=None):
+  """(fn: float images -> outputs dict, the class names that come with
+  them: labels.txt beside them or the published weights' names, or [])."""
+  if weights:
+    return load_published(model_name, weights)
+  predict, label_dir = _load_own(saved_model, checkpoint, model_name,
+                                 num_classes)
+  labels_path = os.path.join(label_dir, tfrecord_format.LABELS_FILENAME)
+  return predict, (read_class_names(labels_path)
+                   if tf.io.gfile.exists(labels_path) else [])
+
+
+def _load_own(saved_model, checkpoint, model_name, num_classes):
+  """(serving fn, directory that may hold labels.txt)."""
   if saved_model:
     if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
       raise InferError(f"--saved_model {saved_model} holds no saved_model.pb.")
@@ -101,6 +122,23 @@ def load_predictor(saved_model=None, checkpoint=None, model_name=None,
   return module.serve, os.path.dirname(prefix)
 
 
+def load_published(model_name, weights):
+  """(serving fn, class names or None) of published weights."""
+  if not model_name and ":" not in weights:
+    raise InferError("--weights needs --model (or --weights=MODEL:TAG).")
+  try:
+    entry = pretrained.get(model_name, weights)
+  except pretrained.PretrainedError as err:
+    raise InferError(f"--weights: {err}") from None
+  model = create_model(entry.model, weights=entry.name)
+  prep, size = pretrained.preprocessing(entry)
+  module = export.ServingModule(model, size, prep)
+  names = pretrained.class_names(entry)
+  if names is None:
+    print(f"{entry.name}: {pretrained.NO_21K_NAMES}.", flush=True)
+  return module.serve, names or []
+
+
 def top_classes(outputs, class_names, k):
   """[(class id, name, probability)] of the first image, best first."""
   probabilities = outputs["probabilities"][0].numpy()
@@ -112,22 +150,23 @@ def top_classes(outputs, class_names, k):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if bool(FLAGS.saved_model) == bool(FLAGS.checkpoint):
-    raise app.UsageError("Give one of --saved_model and --checkpoint.")
+  if sum(map(bool, (FLAGS.saved_model, FLAGS.checkpoint,
+                     FLAGS.weights))) != 1:
+    raise app.UsageError(
+        "Give one of --saved_model, --checkpoint and --weights.")
   try:
-    predict, label_dir = load_predictor(FLAGS.saved_model, FLAGS.checkpoint,
-                                        FLAGS.model, FLAGS.num_classes)
-    labels_path = FLAGS.labels or os.path.join(
-        label_dir, tfrecord_format.LABELS_FILENAME)
-    class_names = (read_class_names(labels_path)
-                   if FLAGS.labels or tf.io.gfile.exists(labels_path) else [])
+    predict, class_names = load_predictor(
+        FLAGS.saved_model, FLAGS.checkpoint, FLAGS.model, FLAGS.num_classes,
+        FLAGS.weights)
+    if FLAGS.labels:
+      class_names = read_class_names(FLAGS.labels)
     for path in FLAGS.image:
       outputs = predict(read_image(path))
       print(f"{path}:")
       for rank, (class_id, name, p) in enumerate(
           top_classes(outputs, class_names, FLAGS.top_k), 1):
         print(f"  {rank}. {name} (class {class_id}): {p:.4f}")
-  except (InferError,) + export.USER_ERRORS as err:
+  except (InferError, pretrained.PretrainedError) + export.USER_ERRORS as err:
     print(f"infer.py: error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)
 

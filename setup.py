@@ -30,6 +30,8 @@ setuptools.setup(
     description="EfficientNetV2 (Tan and Le, 2021) on TensorFlow 2 / Keras 3",
     packages=setuptools.find_packages(include=["effnetv2_tf", "effnetv2_tf.*",
                                                "configs"]),
+    # The 1000 ImageNet class names (wnid<TAB>name) that infer.py prints.
+    package_data={"effnetv2_tf.data": ["imagenet_labels.txt"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         "keras==3.15.1",

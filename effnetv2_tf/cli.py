@@ -6,6 +6,7 @@ from absl import flags
 
 from configs import base
 from configs import datasets
+from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
 from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import distribute
@@ -33,10 +34,13 @@ def define_flags():
                       "Default: runs/<model>-<dataset_cfg>.")
   flags.DEFINE_string("data_dir", None, "Dataset location.")
   flags.DEFINE_string("init_checkpoint", None,
-                      "Initialise from a run directory, checkpoint, .h5 or "
-                      ".keras file (finetune; the head is skipped when the "
-                      "class count differs). With --mode=eval: the "
-                      "checkpoint to evaluate instead of --model_dir's latest.")
+                      "Initialise from published weights (TAG or MODEL:TAG; "
+                      f"tags: {', '.join(pretrained.TAGS)}; downloaded once "
+                      "into the Keras cache), a run directory, checkpoint, "
+                      ".h5 or .keras file (finetune; the head is replaced "
+                      "when the class count differs). With --mode=eval: the "
+                      "weights to evaluate instead of --model_dir's latest "
+                      "checkpoint, with their own recipe's preprocessing.")
   flags.DEFINE_bool("use_tpu", False, "Same as --strategy=tpu.")
   flags.DEFINE_string("tpu", None, "TPU name or grpc address.")
   flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
@@ -90,11 +94,18 @@ def config_from_flags(values, model_dir, extra_hparams=""):
   config.json beside --init_checkpoint for --mode=eval in a new
   `model_dir`. `extra_hparams` go after --hparam_str.
   """
-  config_dir = model_dir
+  base_name = f"{model_dir}/config.json"
   run_config = run_dir.read_config(model_dir)
   if run_config is None and values.mode == "eval" and values.init_checkpoint:
-    config_dir = _checkpoint_dir(values.init_checkpoint)
-    run_config = config_dir and run_dir.read_config(config_dir)
+    weights = published_weights(values)
+    if weights:  # published weights: evaluated on their own recipe
+      run_config = config_lib.build_config(
+          model_name=weights.model, dataset_cfg=weights.recipe).to_dict()
+      base_name = f"recipe {weights.recipe} of {weights.name}"
+    else:
+      config_dir = _checkpoint_dir(values.init_checkpoint)
+      run_config = config_dir and run_dir.read_config(config_dir)
+      base_name = f"{config_dir}/config.json"
   resuming = run_config is not None
   hparams = values.hparam_str
   if values.steps_per_loop:
@@ -105,19 +116,42 @@ def config_from_flags(values, model_dir, extra_hparams=""):
       hparams = ",".join(filter(None, [hparams, f"runtime.{flag}=true"]))
   hparams = ",".join(filter(None, [hparams, extra_hparams]))
   config = config_lib.build_config(
-      model_name=values.model if not resuming or flag_given(values, "model")
-      else None,
+      model_name=model_name(values)
+      if not resuming or flag_given(values, "model") else None,
       dataset_cfg=values.dataset_cfg
       if not resuming or flag_given(values, "dataset_cfg") else None,
       hparam_str=hparams, config_file=values.config_file,
       data_dir=values.data_dir, run_config=run_config)
   if resuming and not extra_hparams:
     changes = config_lib.changed_values(run_config, config)
-    print(f"Config: {config_dir}/config.json" + (
+    print(f"Config: {base_name}" + (
         ", overridden: " + ", ".join(f"{k} {old!r} -> {new!r}"
                                      for k, old, new in changes)
         if changes else ""), flush=True)
   return config
+
+
+def published_weights(values):
+  """The `pretrained.Pretrained` that --init_checkpoint names, or None (a
+  path; an existing path wins over a tag of the same name)."""
+  value = values.init_checkpoint
+  if not pretrained.is_tag(value) or os.path.exists(value):
+    return None
+  try:
+    return pretrained.get(
+        values.model if flag_given(values, "model") else None, value)
+  except pretrained.PretrainedError as err:
+    raise config_lib.ConfigError(f"--init_checkpoint: {err}") from None
+
+
+def model_name(values):
+  """--model, or the model of --init_checkpoint=MODEL:TAG without one."""
+  if (not flag_given(values, "model") and values.init_checkpoint and
+      ":" in values.init_checkpoint):
+    weights = published_weights(values)
+    if weights:
+      return weights.model
+  return values.model
 
 
 def _checkpoint_dir(path):
@@ -132,7 +166,7 @@ def _checkpoint_dir(path):
 def model_dir_from_flags(values):
   """--model_dir, or runs/<model>-<dataset_cfg>."""
   return values.model_dir or os.path.join(
-      "runs", f"{registry.get_model_spec(values.model).name}-"
+      "runs", f"{registry.get_model_spec(model_name(values)).name}-"
       f"{values.dataset_cfg.lower()}")
 
 

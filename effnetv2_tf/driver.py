@@ -15,6 +15,7 @@ from effnetv2_tf import cli
 from effnetv2_tf import export
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import config as config_lib
@@ -32,7 +33,8 @@ USER_ERRORS = (config_lib.ConfigError, FileNotFoundError,
                run_dir.RunDirError,
                sources.DataError, progressive.StageError,
                checkpoints.CheckpointMismatchError,
-               weights_lib.WeightsMismatchError, optim.OptimizerError,
+               weights_lib.WeightsMismatchError, pretrained.PretrainedError,
+               optim.OptimizerError,
                distribute.StrategyError,
                trainer_lib.TrainingError, xla.XlaError)
 
@@ -85,6 +87,10 @@ def run(values, trainer_cls):
     print(f"Restored {restored}: step {trainer.step} of "
           f"{trainer.total_steps}", flush=True)
   if not restored and values.init_checkpoint:
+    note = (None if given_eval else
+            checkpoints.scaling_note(config, values.init_checkpoint))
+    if note:
+      print(note, flush=True)
     trainer.init_from(values.init_checkpoint, whole=given_eval)
   elif values.mode == "eval" and not restored:
     raise FileNotFoundError(f"--mode=eval: no checkpoint in {model_dir}.")

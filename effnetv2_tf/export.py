@@ -3,6 +3,8 @@
   python -m effnetv2_tf.export --model_dir=runs/digits \
       --export_dir=runs/digits/export [--tflite] [--tflite_quantize] \
       [--feature_vector_dir=runs/digits/features]
+  python -m effnetv2_tf.export --model=efficientnetv2-s --weights=imagenet \
+      --export_dir=exports/efficientnetv2-s-imagenet
 
 Classifier SavedModel signatures:
   serving_default: float32 images 0..255 [B, H, W, 3] of any size;
@@ -11,7 +13,10 @@ Classifier SavedModel signatures:
 Each returns `probabilities`, `top5_classes` and `top5_probabilities`.
 Preprocessing is the run's evaluation one, read from its config.json
 (`recipes.Preprocessing`: the eval crop, resize method and input scaling),
-so served predictions match `main.py --mode=eval`. Export the EMA weights
+so served predictions match `main.py --mode=eval`; published weights
+(`--weights=TAG`) serve the preprocessing, eval size and class names of
+the recipe they were trained with (`pretrained.preprocessing`). Export the
+EMA weights
 (`Trainer.ema.swapped()`; from a checkpoint they are loaded by
 `checkpoints.load_run_model`).
 
@@ -37,6 +42,8 @@ import tensorflow as tf
 
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import run_dir
@@ -45,7 +52,7 @@ from effnetv2_tf.training import xla
 # Errors of a bad --model_dir/--checkpoint: one line, exit code 1.
 USER_ERRORS = (FileNotFoundError, run_dir.RunDirError,
                checkpoints.CheckpointMismatchError,
-               weights_lib.WeightsMismatchError)
+               weights_lib.WeightsMismatchError, pretrained.PretrainedError)
 
 TFLITE_FILENAME = "model.tflite"
 TFLITE_QUANT_FILENAME = "model_quant.tflite"
@@ -205,11 +212,25 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
   return written
 
 
+def export_published(model_name, weights, export_dir, jit_compile=False):
+  """Exports published weights (`--weights=TAG`) with their recipe's
+  preprocessing and (1k) the ImageNet class names; returns the path."""
+  entry = pretrained.get(model_name, weights)
+  model = model_lib.create_model(entry.model, weights=entry.name)
+  prep, image_size = pretrained.preprocessing(entry)
+  return export_saved_model(model, export_dir, image_size, prep,
+                            class_names=pretrained.class_names(entry) or (),
+                            jit_compile=jit_compile)
+
+
 def _define_flags():
   flags.DEFINE_string("model_dir", None, "Run directory (config.json and "
                       "checkpoints of main.py or main_tf2.py).")
   flags.DEFINE_string("checkpoint", None,
                       "A checkpoint prefix instead of the latest one.")
+  flags.DEFINE_string("model", None, "Model of --weights.")
+  flags.DEFINE_string("weights", None, "Export published weights instead: "
+                      f"{', '.join(pretrained.TAGS)} (or MODEL:TAG).")
   flags.DEFINE_string("export_dir", None, "Where the SavedModel goes.")
   flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
   flags.DEFINE_bool("tflite_quantize", False,
@@ -225,14 +246,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   values = flags.FLAGS
-  if not (values.model_dir or values.checkpoint):
-    raise app.UsageError("Give --model_dir (or --checkpoint).")
+  if not (values.model_dir or values.checkpoint or values.weights):
+    raise app.UsageError("Give --model_dir (or --checkpoint, or --weights).")
   try:
     run_dir.check_writable(values.export_dir, "--export_dir")
-    written = export_run(values.model_dir, values.export_dir,
-                         values.checkpoint, values.tflite,
-                         values.tflite_quantize, values.feature_vector_dir,
-                         values.jit_compile)
+    if values.weights:
+      written = [export_published(values.model, values.weights,
+                                  values.export_dir, values.jit_compile)]
+    else:
+      written = export_run(values.model_dir, values.export_dir,
+                           values.checkpoint, values.tflite,
+                           values.tflite_quantize, values.feature_vector_dir,
+                           values.jit_compile)
   except USER_ERRORS as err:
     print(f"export: error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -4,6 +4,7 @@ Usage:
   python -m effnetv2_tf.model_table
   python -m effnetv2_tf.model_table --models=efficientnetv2-s,efficientnet-b0 \
       --json_out=/tmp/model_table.json
+  python -m effnetv2_tf.model_table --pretrained   # the published weights
 
 Each model is built with 1000 classes at its registry eval size; FLOPs are
 multiply-adds counted by `effnetv2_tf.models.flops.count_flops`. The table
@@ -18,6 +19,7 @@ from absl import app
 from absl import flags
 import keras
 
+from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.flops import count_flops
 from effnetv2_tf.models.model import create_model
@@ -48,6 +50,10 @@ PAPER_FLOPS = {
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None,
                   "Comma-separated model names; default: all registered.")
+flags.DEFINE_bool("pretrained", False,
+                  "List the published weights (model:tag, classes, recipe, "
+                  "eval size, input scaling, source, URL) of --models "
+                  "instead; builds nothing.")
 flags.DEFINE_string("json_out", None,
                     "Optional path to write the rows as a JSON list.")
 
@@ -93,6 +99,18 @@ def format_table(rows):
   return "\n".join(lines)
 
 
+def format_pretrained(names):
+  """The published weights of `names`, one line each, and where the
+  alternative publisher's file is."""
+  entries = [e for e in pretrained.TABLE if e.model in names]
+  lines = [pretrained.describe(e) for e in entries]
+  lines += [f"  {e.name}: {e.why}; not taken: {e.alternative}"
+            for e in entries if e.alternative]
+  lines.append(f"Cache: {pretrained.cache_dirs()[0]}; mirror: set "
+               f"{pretrained.MIRROR_ENV}.")
+  return "\n".join(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -101,6 +119,9 @@ def main(argv):
     names = [registry.get_model_spec(n).name for n in names]
   except ValueError as err:
     raise app.UsageError(str(err)) from err
+  if FLAGS.pretrained:
+    print(format_pretrained(names), flush=True)
+    return
   rows = []
   for i, name in enumerate(names, 1):
     start = time.time()

@@ -14,8 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
     ("base", ("effnetv2_tf.tpu_env", "effnetv2_tf.fileio")),
     ("data", ("effnetv2_tf.data",)),
+    ("configs", ("configs",)),  # pure data: the recipes weights name
     ("models", ("effnetv2_tf.models",)),
-    ("training", ("effnetv2_tf.training", "configs")),
+    ("training", ("effnetv2_tf.training",)),
     ("entry", ("effnetv2_tf.driver", "effnetv2_tf.cli", "effnetv2_tf.export",
                "effnetv2_tf.plot", "effnetv2_tf.model_table",
                "effnetv2_tf.tools")),

@@ -291,7 +291,7 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   return keras.Model(inputs, x, name=spec.name)
 
 
-def create_model(name, num_classes=1000, include_top=True, weights=None,
+def create_model(name, num_classes=None, include_top=True, weights=None,
                  input_shape=None, include_preprocessing=False,
                  classifier_activation=None, input_scaling=None,
                  **overrides):
@@ -299,10 +299,17 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
 
   Args:
     name: a name from `list_models()`.
-    num_classes, include_top, input_shape, include_preprocessing,
-      classifier_activation, input_scaling: see `build_model`.
-    weights: None, a keras.applications weights file (`.weights.h5` or legacy
-      `.h5`), or a reference TF1 checkpoint prefix.
+    num_classes: size of the head; default: that of the weights (21843 for
+      the ImageNet-21k tag), else 1000. Another count than the weights'
+      keeps their backbone and initialises the head (a warning says so).
+    include_top, input_shape, include_preprocessing, classifier_activation:
+      see `build_model`.
+    weights: None; a published tag ('imagenet', 'imagenet21k',
+      'imagenet21k-ft1k', V1 'jft'; `pretrained.TABLE`), downloaded once
+      into the Keras cache; a keras.applications weights file
+      (`.weights.h5` or legacy `.h5`); or a reference TF1 checkpoint.
+    input_scaling: a `recipes.SCALINGS` name for `include_preprocessing`;
+      None: that of the tag's training recipe, else of the model's row.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
       bn_momentum, bn_epsilon, bn_synchronized, bn_fused, pointwise_matmul,
       activation, width_coefficient, depth_coefficient, blocks,
@@ -317,6 +324,15 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
     raise TypeError(
         f"create_model() got unknown override(s) {', '.join(unknown)}; "
         f"valid ones: {', '.join(OVERRIDABLE)}.")
+  path = entry = None
+  if weights is not None:
+    # Imported here: a model without weights needs no download code.
+    from effnetv2_tf.models import pretrained  # pylint: disable=g-import-not-at-top
+    path, entry = pretrained.resolve(spec.name, weights)
+    if entry and input_scaling is None:
+      input_scaling = pretrained.preprocessing(entry)[0].input_scaling
+  if num_classes is None:
+    num_classes = entry.num_classes if entry else 1000
   if int(num_classes) < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}.")
   overrides.setdefault("dropout_rate", spec.dropout_rate)
@@ -324,9 +340,9 @@ def create_model(name, num_classes=1000, include_top=True, weights=None,
   model = build_model(spec, options, int(num_classes), include_top,
                       input_shape, include_preprocessing,
                       classifier_activation, input_scaling)
-  if weights is not None:
+  if path is not None:
     from effnetv2_tf.models import weights as weights_lib  # pylint: disable=g-import-not-at-top
-    weights_lib.load_weights(model, weights)
+    weights_lib.load_weights(model, path)
   return model
 
 

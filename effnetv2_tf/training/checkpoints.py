@@ -1,6 +1,7 @@
 """`--init_checkpoint`: initialise a model from another run, skipping the head.
 
-Accepts a checkpoint of either driver (a directory with `config.json` or a
+Accepts published weights by tag (`pretrained.TABLE`: 'TAG' or
+'MODEL:TAG', fetched into the Keras cache), a checkpoint of either driver (a directory with `config.json` or a
 checkpoint prefix in one), a reference TF1 checkpoint, a keras.applications
 `.h5`/`.weights.h5` file or a `.keras` file. Weights are copied layer by
 layer by name; layers whose shapes differ (the classifier when the class
@@ -14,7 +15,9 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from effnetv2_tf.data import recipes
 from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import ema as ema_lib
 from effnetv2_tf.training import run_dir
@@ -102,7 +105,14 @@ def init_from(model, path):
 
   Raises:
     CheckpointMismatchError: when fewer than half of the model's weights could be loaded.
+    pretrained.PretrainedError: a tag not published for the model, or
+      weights that cannot be downloaded.
   """
+  named = path
+  path, entry = pretrained.resolve(model.name, path)
+  if entry:
+    print(f"init_checkpoint: {entry.name} ({entry.source}) from {path}",
+          flush=True)
   if path.endswith(".h5"):
     source = _keras_app_model(model, path)
   elif path.endswith(".keras"):
@@ -118,7 +128,7 @@ def init_from(model, path):
   total = len(model.weights)
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,
                total, path, ", ".join(skipped) or "none")
-  print(f"init_checkpoint: loaded {loaded}/{total} weights from {path}"
+  print(f"init_checkpoint: loaded {loaded}/{total} weights from {named}"
         + (f" (skipped {', '.join(skipped)})" if skipped else ""), flush=True)
   if loaded < MIN_LOADED_FRACTION * total:
     raise CheckpointMismatchError(
@@ -126,6 +136,23 @@ def init_from(model, path):
         f"this model by name and shape (first mismatch: {first}); is it the "
         "same architecture?")
   return loaded
+
+
+def scaling_note(run_config, value):
+  """A line when the run's input scaling differs from the one the published
+  weights `value` (a tag) were trained with, else None."""
+  if not pretrained.is_tag(value) or os.path.exists(value):
+    return None
+  entry = pretrained.get(run_config["model"]["name"], value)
+  theirs = pretrained.preprocessing(entry)[0].input_scaling
+  ours = run_dir.preprocessing(run_config).input_scaling
+  if theirs == ours:
+    return None
+  return (f"Input scaling: this run's {recipes.SCALING_FORMULAS[ours]} "
+          f"({run_config['data']['preprocessing']} preprocessing) differs "
+          f"from the {recipes.SCALING_FORMULAS[theirs]} that {entry.name} "
+          f"was trained with (recipe {entry.recipe}); finetuning adapts "
+          "the weights to it.")
 
 
 def _keras_app_model(model, path):

@@ -1,0 +1,426 @@
+"""Published weights by name: `create_model(name, weights="imagenet")`.
+
+`TABLE` holds every (model, tag) that the reference (google/automl) or
+keras.applications publishes for our variants, with its URL, file format,
+hash where one is published, class count and the recipe (a dataset config
+name) the weights were trained with; their input scaling, eval crop and eval
+size are read from that recipe (`preprocessing`), the one place they live.
+
+Tags:
+  imagenet          ImageNet-1k. keras.applications' file where it publishes
+                    one (the reference's checkpoint converted, with an md5
+                    hash, so the download is verified); the reference's
+                    checkpoint otherwise.
+  imagenet21k       ImageNet-21k pretraining, 21,843 sigmoid outputs
+                    (reference).
+  imagenet21k-ft1k  21k pretraining finetuned on 1k (reference).
+  jft               EfficientNet (V1) Noisy Student, JFT-300M + ImageNet
+                    (reference `effnetv2_model.get_model`).
+
+Downloads go through `keras.utils.get_file` (its progress bar) into the
+Keras cache (`$KERAS_HOME/models`, as keras.applications' own files, so a
+file keras already fetched is a cache hit), but never straight to the cached
+name: a `.part-<pid>` file is hashed and then renamed, and an archive is
+unpacked into a temporary folder that is renamed when complete, so an
+interrupted download or unpack is never taken for a cached one. A set
+`EFFNETV2_TF_WEIGHTS_URL` replaces every URL's folder with a mirror holding
+the files under their published names (https://, file:// or gs://).
+"""
+
+import dataclasses
+import glob
+import hashlib
+import os
+import shutil
+import tarfile
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from configs import datasets
+from effnetv2_tf.data import recipes
+from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.models import registry
+
+MIRROR_ENV = "EFFNETV2_TF_WEIGHTS_URL"
+TAGS = ("imagenet", "imagenet21k", "imagenet21k-ft1k", "jft")
+KERAS = "keras.applications"
+REFERENCE = "reference"
+
+# keras/src/applications/efficientnet_v2.py and efficientnet.py
+# (BASE_WEIGHTS_PATH, WEIGHTS_HASHES: md5 of `<name>.h5`).
+_KERAS_V2_URL = ("https://storage.googleapis.com/tensorflow/"
+                 "keras-applications/efficientnet_v2/")
+_KERAS_V1_URL = "https://storage.googleapis.com/keras-applications/"
+_KERAS_MD5 = {
+    "efficientnetv2-b0": "21ecbf6da12460d5c40bb2f29ceb2188",
+    "efficientnetv2-b1": "069f0534ff22adf035c89e2d9547a9dc",
+    "efficientnetv2-b2": "424e49f28180edbde1e94797771950a7",
+    "efficientnetv2-b3": "1f1fc43bd98a6e4fd8fdfd551e02c7a0",
+    "efficientnetv2-s": "e1d88a8495beba45748fedd0cecbe016",
+    "efficientnetv2-m": "a3bf6aa3276309f4fc6a34aa114c95cd",
+    "efficientnetv2-l": "27e6d408b53c7ebc868fefa357689935",
+    "efficientnet-b0": "902e53a9f72be733fc0bcb005b3ebbac",
+    "efficientnet-b1": "1d254153d4ab51201f1646940f018540",
+    "efficientnet-b2": "b15cce36ff4dcbd00b6dd88e7857a6ad",
+    # No efficientnet-b3: keras' EfficientNetB3 rounds channels otherwise
+    # (weights.py, _B3_NOTE), so the reference's checkpoint is the source.
+    "efficientnet-b4": "18c95ad55216b8f92d7e70b3a046e2fc",
+    "efficientnet-b5": "ace28f2a6363774853a83a0b21b9421a",
+    "efficientnet-b6": "165f6e37dce68623721b423839de8be5",
+    "efficientnet-b7": "8c03f828fec3ef71311cd463b6759d99",
+}
+# Reference URLs: efficientnetv2/effnetv2_model.py `get_model` (and its
+# README). For V1 'imagenet' that code points at the AdvProp checkpoints,
+# trained on (x - 127.5) / 127.5 inputs, not the mean/std scaling of V1's
+# recipe: they are listed as the alternative, not taken. keras.applications'
+# V1 files are the AutoAugment checkpoints (keras-applications PR 113),
+# which efficientdet/backbone/efficientnet_builder.py publishes as
+# ckptsaug/ (the source of efficientnet-b3 here).
+_REF = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
+_WHY_V2 = ("keras.applications' file: the reference's checkpoint converted, "
+           "with a published md5 (a verified download)")
+_WHY_V1 = ("keras.applications' file: the AutoAugment weights with a "
+           "published md5; the reference's 'imagenet' are AdvProp weights, "
+           "trained on (x - 127.5) / 127.5 inputs, not V1's mean/std")
+_V2_NAMES = ("efficientnetv2-b0", "efficientnetv2-b1", "efficientnetv2-b2",
+             "efficientnetv2-b3", "efficientnetv2-s", "efficientnetv2-m",
+             "efficientnetv2-l", "efficientnetv2-xl")
+_V1_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
+_NUM_CLASSES = {"imagenet": 1000, "imagenet21k": 21843,
+                "imagenet21k-ft1k": 1000, "jft": 1000}
+# The dataset config (configs/datasets.py) each tag's weights were trained
+# with: 1k at the model's own preprocessing row, 21k on the v2 row at
+# 224 px, the 21k -> 1k finetune on the finetune row.
+RECIPES = {"imagenet": "imagenet", "imagenet21k": "imagenet21k",
+           "imagenet21k-ft1k": "imagenetft", "jft": "imagenet"}
+
+
+class PretrainedError(ValueError):
+  """An unknown or unpublished tag, or weights that cannot be fetched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """One published set of weights."""
+  model: str
+  tag: str
+  url: str
+  file_format: str       # 'h5' (keras.applications) or 'tgz' (reference)
+  md5: str | None        # published hash, or None (the reference has none)
+  num_classes: int
+  recipe: str            # configs.datasets name: the training recipe
+  source: str            # KERAS or REFERENCE
+  alternative: str = ""  # the other publisher's URL for this (model, tag)
+  why: str = ""          # why the tag takes `url`, not `alternative`
+
+  @property
+  def name(self):
+    return f"{self.model}:{self.tag}"
+
+  @property
+  def filename(self):
+    return self.url.rsplit("/", 1)[-1]
+
+
+def _entries():
+  """Every published (model, tag), in registry order."""
+  rows = []
+  for model in _V2_NAMES:
+    ref = {"imagenet": f"{_REF}v2/{model}.tgz",
+           "imagenet21k": f"{_REF}v2/{model}-21k.tgz",
+           "imagenet21k-ft1k": f"{_REF}v2/{model}-21k-ft1k.tgz"}
+    if model == "efficientnetv2-xl":
+      del ref["imagenet"]  # the reference trained XL on 21k only
+    for tag, url in ref.items():
+      if tag == "imagenet" and model in _KERAS_MD5:
+        rows.append(Pretrained(model, tag, f"{_KERAS_V2_URL}{model}.h5", "h5",
+                               _KERAS_MD5[model], 1000, RECIPES[tag], KERAS,
+                               alternative=url, why=_WHY_V2))
+      else:
+        rows.append(Pretrained(model, tag, url, "tgz", None,
+                               _NUM_CLASSES[tag], RECIPES[tag], REFERENCE))
+  for model in _V1_NAMES:
+    keras_name = model.replace("-", "")  # efficientnetb0
+    advprop = f"{_REF}advprop/{model}.tar.gz"
+    if model in _KERAS_MD5:
+      rows.append(Pretrained(model, "imagenet", f"{_KERAS_V1_URL}"
+                             f"{keras_name}.h5", "h5", _KERAS_MD5[model],
+                             1000, RECIPES["imagenet"], KERAS,
+                             alternative=advprop, why=_WHY_V1))
+    else:
+      rows.append(Pretrained(model, "imagenet",
+                             f"{_REF}ckptsaug/{model}.tar.gz", "tgz", None,
+                             1000, RECIPES["imagenet"], REFERENCE,
+                             alternative=advprop, why=(
+                                 "keras' EfficientNetB3 does not fit (channel "
+                                 "rounding), so the reference's AutoAugment "
+                                 "checkpoint; its 'imagenet' are AdvProp "
+                                 "weights")))
+    rows.append(Pretrained(
+        model, "jft", f"{_REF}noisystudent/noisy_student_{model}.tar.gz",
+        "tgz", None, 1000, RECIPES["jft"], REFERENCE))
+  return tuple(rows)
+
+
+TABLE = _entries()
+
+
+def tags_of(model_name):
+  """The tags published for a model, in TAGS order."""
+  return [e.tag for e in TABLE if e.model == model_name]
+
+
+def is_tag(value):
+  """Whether `value` has the form of a tag: 'TAG' or 'MODEL:TAG'."""
+  return isinstance(value, str) and value.rsplit(":", 1)[-1] in TAGS
+
+
+def get(model_name, value):
+  """The entry of `value` ('TAG' or 'MODEL:TAG') for `model_name`.
+
+  Args:
+    model_name: a registered name (aliases allowed); None takes the model
+      from 'MODEL:TAG'.
+    value: a tag, or 'MODEL:TAG'.
+
+  Raises:
+    PretrainedError: one line naming the tags that model has.
+  """
+  model, _, tag = value.rpartition(":")
+  if model:
+    model = _model_name(model, value)
+    if model_name and _model_name(model_name, value) != model:
+      raise PretrainedError(
+          f"Weights {value!r} are for {model}, not for "
+          f"{_model_name(model_name, value)}.")
+  if not (model or model_name):
+    raise PretrainedError(f"Weights {value!r} need a model: give the model "
+                          f"name, or MODEL:{tag}.")
+  model = model or _model_name(model_name, value)
+  for entry in TABLE:
+    if entry.model == model and entry.tag == tag:
+      return entry
+  published = tags_of(model)
+  raise PretrainedError(
+      f"No published weights {tag!r} for {model}; it has: "
+      f"{', '.join(published) if published else 'none'} (tags: "
+      f"{', '.join(TAGS)}).")
+
+
+def _model_name(name, value):
+  try:
+    return registry.get_model_spec(name).name
+  except ValueError as err:
+    raise PretrainedError(f"Weights {value!r}: {err}") from None
+
+
+def resolve(model_name, weights):
+  """A weights argument as (path, entry or None).
+
+  An existing path is taken as the path, also when it reads like a tag (the
+  log says so); a tag is looked up (PretrainedError if unpublished) and
+  fetched; anything else is returned as a path for the loaders to judge.
+  """
+  path = os.fspath(weights)
+  if not is_tag(path):
+    return path, None
+  if os.path.exists(path):
+    logging.warning("Weights %r: an existing path, taken as the path, not "
+                    "as the tag.", path)
+    return path, None
+  entry = get(model_name, path)
+  return fetch(entry), entry
+
+
+# ---------------------------------------------------------------- recipe
+
+
+def preprocessing(entry):
+  """(recipes.Preprocessing, eval size) the weights were trained with.
+
+  Read from the entry's dataset config as `training.config.build_config`
+  resolves it: the config's preprocessing row (else the model's), its
+  single `data.<field>` values, its `model.eval_size` (else the model's).
+  """
+  spec = registry.get_model_spec(entry.model)
+  recipe = datasets.get_dataset_config(entry.recipe)
+  data = recipe.get("data", {})
+  row = recipes.get_row(data.get("preprocessing") or spec.preprocessing)
+  fields = {k: data[k] for k in recipes.FIELDS if data.get(k) is not None}
+  eval_size = recipe.get("model", {}).get("eval_size") or spec.eval_size
+  return dataclasses.replace(row, **fields), eval_size
+
+
+def describe(entry):
+  """One line: name, classes, recipe, scaling, source and URL."""
+  prep, size = preprocessing(entry)
+  hash_note = f"md5 {entry.md5}" if entry.md5 else "no published hash"
+  return (f"{entry.name:<35} {entry.num_classes:>6} classes  recipe "
+          f"{entry.recipe:<11} {size:>3} px "
+          f"{recipes.SCALING_FORMULAS[prep.input_scaling]:<22} "
+          f"{entry.source:<18} {entry.url} ({hash_note})")
+
+
+# The 1000 ImageNet-1k classes in label order (sorted wnids), each
+# `wnid<TAB>name`: the names of ../shared/data/imagenet-samples/, one file
+# per class, `<wnid>_<name>.JPEG` with '_' read as ' '.
+IMAGENET_LABELS = os.path.join(os.path.dirname(tfrecord_format.__file__),
+                               "imagenet_labels.txt")
+NO_21K_NAMES = ("the reference publishes no ImageNet-21k class list, so "
+                "classes are printed as indices")
+
+
+def class_names(entry):
+  """The readable class names of the weights' head, or None (21k)."""
+  if entry.num_classes != 1000:
+    return None
+  return [name for _, name in tfrecord_format.read_labels_file(
+      IMAGENET_LABELS)]
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def cache_dirs():
+  """Where weights are looked for, the last one written: keras.utils.
+  get_file's `models` folder of `$KERAS_HOME` (default ~/.keras), and when
+  that is not writable (a shared, read-only cache) then /tmp/.keras's too,
+  as get_file does."""
+  base = os.path.expanduser(os.environ.get("KERAS_HOME") or
+                            os.path.join("~", ".keras"))
+  folders = [os.path.join(base, "models")]
+  if not os.access(base, os.W_OK):
+    folders.append(os.path.join("/tmp", ".keras", "models"))
+  return folders
+
+
+def url_of(entry):
+  """The entry's URL, or the mirror's (`EFFNETV2_TF_WEIGHTS_URL`)."""
+  mirror = os.environ.get(MIRROR_ENV)
+  return f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
+
+
+def cached_path(entry, folder=None):
+  """The path `fetch` returns once cached: the h5 file, or the folder the
+  archive is unpacked into (its name without .tgz/.tar.gz)."""
+  folder = folder or cache_dirs()[-1]
+  if entry.file_format == "h5":
+    return os.path.join(folder, entry.filename)
+  return os.path.join(folder, entry.filename.split(".")[0])
+
+
+def fetch(entry):
+  """Downloads (once) and returns the local weights path of `entry`.
+
+  Returns:
+    The .h5 file, or the checkpoint prefix inside the unpacked archive.
+
+  Raises:
+    PretrainedError: offline, or a file that fails its hash (removed); the
+      line names the URL, the cache path and how to place the file by hand.
+  """
+  for folder in cache_dirs():
+    hit = _cached(entry, cached_path(entry, folder))
+    if hit:
+      return hit
+  target = cached_path(entry, folder)
+  os.makedirs(folder, exist_ok=True)
+  url = url_of(entry)
+  part = _download(entry, url, folder)
+  try:
+    if entry.md5:
+      got = md5_of(part)
+      if got != entry.md5:
+        raise PretrainedError(
+            f"{entry.name}: the file from {url} has md5 {got}, not the "
+            f"published {entry.md5}; removed it. {_by_hand(entry, target)}")
+      os.replace(part, target)
+    else:
+      _unpack(entry, part, target)
+  finally:
+    if os.path.exists(part):
+      os.remove(part)
+  logging.info("Cached %s at %s", entry.name, target)
+  return _cached(entry, target)
+
+
+def _cached(entry, target):
+  """The usable path at `target`, or None (absent, or a bad hash)."""
+  if entry.file_format == "h5":
+    if not os.path.isfile(target):
+      return None
+    if entry.md5 and md5_of(target) != entry.md5:
+      print(f"{entry.name}: {target} does not have the published md5 "
+            f"{entry.md5}; downloading it again.", flush=True)
+      return None
+    return target
+  indexes = glob.glob(os.path.join(glob.escape(target), "**", "*.index"),
+                      recursive=True)
+  if not indexes:
+    return None
+  # The newest checkpoint, if an archive holds several.
+  return max(indexes, key=os.path.getmtime)[:-len(".index")]
+
+
+def _download(entry, url, folder):
+  """The file at `url` under a per-process `.part` name in `folder`."""
+  part_name = f"{entry.filename}.part-{os.getpid()}"
+  part = os.path.join(folder, part_name)
+  print(f"Downloading {entry.name} from {url}", flush=True)
+  try:
+    if url.startswith(("http://", "https://", "file://", "ftp://")):
+      keras.utils.get_file(part_name, url, cache_dir=os.path.dirname(folder),
+                           cache_subdir=os.path.basename(folder),
+                           force_download=True)
+    else:  # gs:// and the other file systems TensorFlow knows
+      tf.io.gfile.copy(url, part, overwrite=True)
+  except Exception as err:  # pylint: disable=broad-except
+    if os.path.exists(part):
+      os.remove(part)
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    raise PretrainedError(
+        f"{entry.name}: cannot download {url} ({reason}). "
+        f"{_by_hand(entry, cached_path(entry, folder))}") from None
+  if not os.path.isfile(part):
+    raise PretrainedError(f"{entry.name}: {url} gave no file. "
+                          f"{_by_hand(entry, cached_path(entry, folder))}")
+  return part
+
+
+def _by_hand(entry, target):
+  where = (f"place {entry.filename} at {target}" if entry.file_format == "h5"
+           else f"unpack {entry.filename} into {target}/")
+  return (f"Offline? Download {entry.url} elsewhere and {where}, or set "
+          f"{MIRROR_ENV} to a folder or URL that holds {entry.filename}.")
+
+
+def _unpack(entry, archive, target):
+  """Unpacks `archive` into `target` through a temporary folder."""
+  tmp = f"{target}.unpacking-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    with tarfile.open(archive) as tar:
+      tar.extractall(tmp, filter="data")  # no paths outside `tmp`
+  except (tarfile.TarError, OSError, EOFError) as err:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise PretrainedError(
+        f"{entry.name}: the file from {url_of(entry)} is not a readable "
+        f"archive ({err}); removed it. {_by_hand(entry, target)}") from None
+  if not glob.glob(os.path.join(glob.escape(tmp), "**", "*.index"),
+                   recursive=True):
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise PretrainedError(
+        f"{entry.name}: the archive from {url_of(entry)} holds no "
+        f"TensorFlow checkpoint. {_by_hand(entry, target)}")
+  shutil.rmtree(target, ignore_errors=True)
+  os.replace(tmp, target)
+
+
+def md5_of(path):
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
