@@ -402,7 +402,14 @@ def _unpack(entry, archive, target):
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     with tarfile.open(archive) as tar:
-      tar.extractall(tmp, filter="data")  # no paths outside `tmp`
+      if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+        tar.extractall(tmp, filter="data")  # no paths outside `tmp`
+      else:
+        for member in tar.getmembers():
+          if (member.name.startswith("/") or member.issym() or
+              member.islnk() or ".." in member.name.split("/")):
+            raise tarfile.TarError(f"unsafe member {member.name!r}")
+        tar.extractall(tmp)  # noqa: S202 (members checked above)
   except (tarfile.TarError, OSError, EOFError) as err:
     shutil.rmtree(tmp, ignore_errors=True)
     raise PretrainedError(
