@@ -1,13 +1,17 @@
 """Published weights by tag: table, download, cache, hash, offline, recipe.
 
 A loopback HTTP server (127.0.0.1, started here) serves a reference-layout
-checkpoint archive the test writes from a tiny model; the mirror variable
+checkpoint archive the test writes from a tiny model, and a keras.applications
+EfficientNetV2B0 with random weights in the distributed `.h5` layout (its md5
+put into the table in place of the published one); the mirror variable
 points every URL at it, and KERAS_HOME at a temporary cache.
 """
 
+import dataclasses
 import functools
 import http.server
 import os
+import shutil
 import tarfile
 import threading
 
@@ -19,7 +23,11 @@ from effnetv2_tf.data import recipes
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import config as config_lib
+import test_weights
+from test_weights import _ours
 from test_weights import _write_checkpoint
+
+v2_files = test_weights.v2_files  # the fixture, shared
 
 TINY = {"width_coefficient": 0.25, "depth_coefficient": 0.34}
 
@@ -194,3 +202,21 @@ def test_finetune_from_a_tag_replaces_the_head(server, tmp_path):
       config_lib.build_config("efficientnetv2-b0", "smoke"),
       "imagenet21k-ft1k")
   assert note and "(x / 255 - 0.5) / 0.5" in note
+
+
+def test_keras_applications_file_by_tag_gives_keras_outputs(
+    server, v2_files, monkeypatch):
+  served, requests = server
+  _, x, expected, paths = v2_files
+  shutil.copy(paths["legacy"], served / "efficientnetv2-b0.h5")
+  table = tuple(
+      dataclasses.replace(e, md5=pretrained.md5_of(paths["legacy"]))
+      if e.name == "efficientnetv2-b0:imagenet" else e
+      for e in pretrained.TABLE)
+  monkeypatch.setattr(pretrained, "TABLE", table)
+  # include_preprocessing with the recipe's scaling (B0's legacy row:
+  # ImageNet mean/std), as keras.applications' own preprocessing layers.
+  y = _ours("efficientnetv2-b0", "imagenet")(x, training=False).numpy()
+  np.testing.assert_allclose(y, expected, rtol=0, atol=1e-4)
+  _ours("efficientnetv2-b0", "imagenet")
+  assert requests == ["/efficientnetv2-b0.h5"]  # the second call: cached
