@@ -123,20 +123,16 @@ def _load_own(saved_model, checkpoint, model_name, num_classes):
 
 
 def load_published(model_name, weights):
-  """(serving fn, class names or None) of published weights."""
+  """(serving fn, class names or []) of published weights."""
   if not model_name and ":" not in weights:
     raise InferError("--weights needs --model (or --weights=MODEL:TAG).")
   try:
-    entry = pretrained.get(model_name, weights)
+    model, options, names = export.load_published(model_name, weights)
   except pretrained.PretrainedError as err:
     raise InferError(f"--weights: {err}") from None
-  model = create_model(entry.model, weights=entry.name)
-  prep, size = pretrained.preprocessing(entry)
-  module = export.ServingModule(model, size, prep)
-  names = pretrained.class_names(entry)
   if names is None:
-    print(f"{entry.name}: {pretrained.NO_21K_NAMES}.", flush=True)
-  return module.serve, names or []
+    print(f"{weights}: {pretrained.NO_21K_NAMES}.", flush=True)
+  return export.ServingModule(model, **options).serve, names or []
 
 
 def top_classes(outputs, class_names, k):

@@ -134,12 +134,10 @@ def config_from_flags(values, model_dir, extra_hparams=""):
 def published_weights(values):
   """The `pretrained.Pretrained` that --init_checkpoint names, or None (a
   path; an existing path wins over a tag of the same name)."""
-  value = values.init_checkpoint
-  if not pretrained.is_tag(value) or os.path.exists(value):
-    return None
   try:
-    return pretrained.get(
-        values.model if flag_given(values, "model") else None, value)
+    return pretrained.lookup(
+        values.model if flag_given(values, "model") else None,
+        values.init_checkpoint)
   except pretrained.PretrainedError as err:
     raise config_lib.ConfigError(f"--init_checkpoint: {err}") from None
 

@@ -212,15 +212,22 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
   return written
 
 
-def export_published(model_name, weights, export_dir, jit_compile=False):
-  """Exports published weights (`--weights=TAG`) with their recipe's
-  preprocessing and (1k) the ImageNet class names; returns the path."""
+def load_published(model_name, weights):
+  """Published weights (`pretrained.get`) as (model, their serving options:
+  the recipe's eval size and preprocessing, their class names or None)."""
   entry = pretrained.get(model_name, weights)
   model = model_lib.create_model(entry.model, weights=entry.name)
   prep, image_size = pretrained.preprocessing(entry)
-  return export_saved_model(model, export_dir, image_size, prep,
-                            class_names=pretrained.class_names(entry) or (),
-                            jit_compile=jit_compile)
+  return (model, dict(image_size=image_size, preprocessing=prep),
+          pretrained.class_names(entry))
+
+
+def export_published(model_name, weights, export_dir, jit_compile=False):
+  """Exports published weights (`--weights=TAG`) with their recipe's
+  preprocessing and (1k) the ImageNet class names; returns the path."""
+  model, options, names = load_published(model_name, weights)
+  return export_saved_model(model, export_dir, **options,
+                            class_names=names or (), jit_compile=jit_compile)
 
 
 def _define_flags():

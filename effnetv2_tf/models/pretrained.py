@@ -216,22 +216,30 @@ def _model_name(name, value):
     raise PretrainedError(f"Weights {value!r}: {err}") from None
 
 
-def resolve(model_name, weights):
-  """A weights argument as (path, entry or None).
+def lookup(model_name, weights):
+  """The entry a weights argument names, or None for a path.
 
-  An existing path is taken as the path, also when it reads like a tag (the
-  log says so); a tag is looked up (PretrainedError if unpublished) and
-  fetched; anything else is returned as a path for the loaders to judge.
+  An existing path is the path, also when it reads like a tag; a tag is
+  looked up (PretrainedError if unpublished); anything else is a path for
+  the loaders to judge.
   """
   path = os.fspath(weights)
-  if not is_tag(path):
-    return path, None
-  if os.path.exists(path):
+  if not is_tag(path) or os.path.exists(path):
+    return None
+  return get(model_name, path)
+
+
+def resolve(model_name, weights):
+  """A weights argument as (local path, entry or None): `lookup`, with a
+  tag's weights fetched, and the log saying when a path reads like a tag."""
+  entry = lookup(model_name, weights)
+  if entry:
+    return fetch(entry), entry
+  path = os.fspath(weights)
+  if is_tag(path):
     logging.warning("Weights %r: an existing path, taken as the path, not "
                     "as the tag.", path)
-    return path, None
-  entry = get(model_name, path)
-  return fetch(entry), entry
+  return path, None
 
 
 # ---------------------------------------------------------------- recipe
@@ -343,7 +351,7 @@ def fetch(entry):
     if os.path.exists(part):
       os.remove(part)
   logging.info("Cached %s at %s", entry.name, target)
-  return _cached(entry, target)
+  return target if entry.file_format == "h5" else _checkpoint_in(target)
 
 
 def _cached(entry, target):
@@ -356,11 +364,16 @@ def _cached(entry, target):
             f"{entry.md5}; downloading it again.", flush=True)
       return None
     return target
-  indexes = glob.glob(os.path.join(glob.escape(target), "**", "*.index"),
+  return _checkpoint_in(target)
+
+
+def _checkpoint_in(folder):
+  """The checkpoint prefix below `folder` (the newest, if an archive holds
+  several), or None."""
+  indexes = glob.glob(os.path.join(glob.escape(folder), "**", "*.index"),
                       recursive=True)
   if not indexes:
     return None
-  # The newest checkpoint, if an archive holds several.
   return max(indexes, key=os.path.getmtime)[:-len(".index")]
 
 
@@ -415,8 +428,7 @@ def _unpack(entry, archive, target):
     raise PretrainedError(
         f"{entry.name}: the file from {url_of(entry)} is not a readable "
         f"archive ({err}); removed it. {_by_hand(entry, target)}") from None
-  if not glob.glob(os.path.join(glob.escape(tmp), "**", "*.index"),
-                   recursive=True):
+  if not _checkpoint_in(tmp):
     shutil.rmtree(tmp, ignore_errors=True)
     raise PretrainedError(
         f"{entry.name}: the archive from {url_of(entry)} holds no "

@@ -1,9 +1,10 @@
 """`--init_checkpoint`: initialise a model from another run, skipping the head.
 
 Accepts published weights by tag (`pretrained.TABLE`: 'TAG' or
-'MODEL:TAG', fetched into the Keras cache), a checkpoint of either driver (a directory with `config.json` or a
-checkpoint prefix in one), a reference TF1 checkpoint, a keras.applications
-`.h5`/`.weights.h5` file or a `.keras` file. Weights are copied layer by
+'MODEL:TAG', fetched into the Keras cache), a checkpoint of either driver
+(a directory with `config.json` or a checkpoint prefix in one), a reference
+TF1 checkpoint, a keras.applications `.h5`/`.weights.h5` file or a `.keras`
+file. Weights are copied layer by
 layer by name; layers whose shapes differ (the classifier when the class
 count changes, e.g. ImageNet-21k -> 1k) are skipped. EMA weights are used
 where the checkpoint has them.
@@ -141,9 +142,9 @@ def init_from(model, path):
 def scaling_note(run_config, value):
   """A line when the run's input scaling differs from the one the published
   weights `value` (a tag) were trained with, else None."""
-  if not pretrained.is_tag(value) or os.path.exists(value):
+  entry = pretrained.lookup(run_config["model"]["name"], value)
+  if entry is None:
     return None
-  entry = pretrained.get(run_config["model"]["name"], value)
   theirs = pretrained.preprocessing(entry)[0].input_scaling
   ours = run_dir.preprocessing(run_config).input_scaling
   if theirs == ours:
