@@ -36,7 +36,9 @@ from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.training import progressive
 
-SAMPLES_DIR = "/work/shared/data/imagenet-samples"
+# ../shared beside the checkout.
+SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                           "..", "shared", "data", "imagenet-samples")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Existing TFRecords (train-*); default: "
                     "convert --samples_dir into a temporary folder.")

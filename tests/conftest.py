@@ -1,6 +1,7 @@
 """Shared test setup: quiet TensorFlow, seeded Keras, tiny model builders."""
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -12,6 +13,11 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+
+# ../shared beside the checkout: the real data and reference tables.
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+SAMPLES = SHARED / "data" / "imagenet-samples"  # one JPEG per class
 
 
 @pytest.fixture(autouse=True)

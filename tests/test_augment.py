@@ -11,8 +11,10 @@ import tensorflow as tf
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import image_ops
 
-SAMPLES = "/work/shared/data/imagenet-samples"
-POLICY_CSV = "/work/shared/reference/autoaugment_v0.csv"
+from conftest import SAMPLES
+from conftest import SHARED
+
+POLICY_CSV = SHARED / "reference" / "autoaugment_v0.csv"
 H, W = 24, 40  # non-square, to catch height/width swaps
 
 

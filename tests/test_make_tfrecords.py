@@ -16,10 +16,9 @@ from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format as fmt
 
+from conftest import SAMPLES
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SAMPLES = REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
-if not SAMPLES.is_dir():
-  SAMPLES = pathlib.Path("/work/shared/data/imagenet-samples")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Tests of the per-stage training and the padded evaluation pipelines."""
 
-import pathlib
 import shutil
 
 import numpy as np
@@ -14,8 +13,7 @@ from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 from effnetv2_tf.training import progressive
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
-    "imagenet-samples")
+from conftest import SAMPLES
 SCALE = recipes.ROWS["v2"]  # the V2 preprocessing: (x - 128) / 128
 
 

@@ -1,6 +1,5 @@
 """Tests of per-example preprocessing and batch label mixing."""
 
-import pathlib
 
 import numpy as np
 import pytest
@@ -12,8 +11,7 @@ from effnetv2_tf.data import mix
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
-    "imagenet-samples")
+from conftest import SAMPLES
 TENCH = SAMPLES / "n01440764_tench.JPEG"
 
 

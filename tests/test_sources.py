@@ -11,8 +11,7 @@ import tensorflow_datasets as tfds
 
 from effnetv2_tf.data import sources
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
-    "imagenet-samples")
+from conftest import SAMPLES
 
 
 def _sample_files(n):

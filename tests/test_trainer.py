@@ -1,7 +1,6 @@
 """Tests of the custom training loop: stages, retracing, resume, EMA eval, finetune."""
 
 import json
-import pathlib
 import re
 import shutil
 
@@ -20,8 +19,7 @@ from effnetv2_tf.training import run_log
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / (
-    "imagenet-samples")
+from conftest import SAMPLES
 
 TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 
