@@ -67,7 +67,8 @@ def run(values, trainer_cls):
           f"{', '.join(unreadable[:5])}"
           + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5
              else ""), flush=True)
-  sources.check(source, ["train"] + (
+  # --mode=eval needs no training data (e.g. ImageNet's validation files).
+  sources.check(source, (["train"] if values.mode != "eval" else []) + (
       [config.data.eval_split] if values.mode != "train" else []))
   config = cli.with_data_class_count(values, model_dir, config, source)
   print(source.describe(), flush=True)

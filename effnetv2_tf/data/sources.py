@@ -169,10 +169,15 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
     raise DataNotFoundError(f"{name}: --data_dir is required for TFRecords.")
   train = _glob(data_dir, "train-*")
   validation = _glob(data_dir, "validation-*")
-  if not train:
+  if not train and not validation:
     raise DataNotFoundError(
-        f"{name}: no files match {os.path.join(data_dir, 'train-*')}. Make "
-        "them with `python -m effnetv2_tf.data.make_tfrecords`.")
+        f"{name}: no files match {os.path.join(data_dir, 'train-*')} or "
+        "validation-*. Make them with "
+        "`python -m effnetv2_tf.data.make_tfrecords`.")
+  if not train:  # validation files alone serve --mode=eval
+    files = {"validation": validation}
+    return _tfrecord_source(name, data_dir, num_classes, multi_label, files,
+                            split_sizes)
   files = {"train": train, "validation": validation}
   if multi_label and not validation:
     if len(train) <= eval_files:
@@ -189,6 +194,12 @@ def tfrecord_source(name, data_dir, num_classes, multi_label=False,
     files["train"] = files["train"][minival_files:]
   if not files["validation"]:
     del files["validation"]
+  return _tfrecord_source(name, data_dir, num_classes, multi_label, files,
+                          split_sizes)
+
+
+def _tfrecord_source(name, data_dir, num_classes, multi_label, files,
+                     split_sizes):
   sizes = _tfrecord_split_sizes(data_dir, files)
   sizes.update(split_sizes or {})
   # Our converter records the class count; the reference's files do not.

@@ -81,8 +81,12 @@ class Trainer:
             "replicas.")
     self.source = source or sources.from_config(config)
     self.num_classes = self.source.num_classes
+    # sources.check asks training data of every mode but eval; without
+    # it (validation files alone) the step counts only label eval's line.
+    train_examples = (self.source.num_examples("train") if "train" in
+                      self.source.split_sizes else 0)
     self.steps_per_epoch, self.total_steps = progressive.step_counts(
-        config, self.source.num_examples("train"), self.global_batch)
+        config, train_examples, self.global_batch)
     self.epoch_steps = (progressive.fit_epoch_steps(
         config, self.steps_per_epoch, self.total_steps) if whole_epochs
                         else 1)
