@@ -144,8 +144,11 @@ def plan_stages(config, total_steps, epoch_steps=1) -> List[Stage]:
   if total_steps < num_stages * epoch_steps:
     raise StageError(f"{total_steps} training steps cannot fill "
                      f"{num_stages} progressive stages"
-                     + (f" of whole {epoch_steps}-step epochs."
-                        if epoch_steps > 1 else "."))
+                     + (f" of whole {epoch_steps}-step epochs"
+                        if epoch_steps > 1 else "")
+                     + f"; set train.steps to at least "
+                     f"{num_stages * epoch_steps}, or progressive.num_stages "
+                     f"to at most {max(1, total_steps // epoch_steps)}.")
   per_stage = total_steps // num_stages // epoch_steps * epoch_steps
   stages, start = [], 0
   for i in range(num_stages):
