@@ -33,6 +33,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import time
 
 from absl import logging
 import keras
@@ -44,6 +45,11 @@ from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import registry
 
 MIRROR_ENV = "EFFNETV2_TF_WEIGHTS_URL"
+# A killed download's `.part-<pid>` file (or `.unpacking-<pid>` folder) is
+# removed by the next download once its process is gone and it has not
+# changed for this long (a download on another host of a shared cache keeps
+# writing, so it is left alone).
+STALE_AFTER_S = 600
 TAGS = ("imagenet", "imagenet21k", "imagenet21k-ft1k", "jft")
 KERAS = "keras.applications"
 REFERENCE = "reference"
@@ -335,6 +341,7 @@ def fetch(entry):
       return hit
   target = cached_path(entry, folder)
   os.makedirs(folder, exist_ok=True)
+  _remove_leftovers(entry, folder)
   url = url_of(entry)
   part = _download(entry, url, folder)
   try:
@@ -350,7 +357,7 @@ def fetch(entry):
   finally:
     if os.path.exists(part):
       os.remove(part)
-  logging.info("Cached %s at %s", entry.name, target)
+  print(f"Cached {entry.name} at {target}", flush=True)
   return target if entry.file_format == "h5" else _checkpoint_in(target)
 
 
@@ -367,6 +374,38 @@ def _cached(entry, target):
   return _checkpoint_in(target)
 
 
+def _remove_leftovers(entry, folder):
+  """Removes what killed downloads of `entry` left in `folder`."""
+  stems = (f"{entry.filename}.part-",
+           f"{os.path.basename(cached_path(entry, folder))}.unpacking-")
+  for name in os.listdir(folder):
+    stem = next((s for s in stems if name.startswith(s)), None)
+    pid = name[len(stem):] if stem else ""
+    path = os.path.join(folder, name)
+    if not pid.isdigit() or _alive(int(pid)):
+      continue
+    try:
+      if time.time() - os.path.getmtime(path) < STALE_AFTER_S:
+        continue
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+    except OSError:  # another process removed it first
+      continue
+    logging.info("Removed %s, left by an interrupted download.", path)
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
 def _checkpoint_in(folder):
   """The checkpoint prefix below `folder` (the newest, if an archive holds
   several), or None."""
@@ -381,13 +420,14 @@ def _download(entry, url, folder):
   """The file at `url` under a per-process `.part` name in `folder`."""
   part_name = f"{entry.filename}.part-{os.getpid()}"
   part = os.path.join(folder, part_name)
-  print(f"Downloading {entry.name} from {url}", flush=True)
   try:
     if url.startswith(("http://", "https://", "file://", "ftp://")):
+      # get_file prints the URL and a progress bar.
       keras.utils.get_file(part_name, url, cache_dir=os.path.dirname(folder),
                            cache_subdir=os.path.basename(folder),
                            force_download=True)
     else:  # gs:// and the other file systems TensorFlow knows
+      print(f"Copying {entry.name} from {url}", flush=True)
       tf.io.gfile.copy(url, part, overwrite=True)
   except Exception as err:  # pylint: disable=broad-except
     if os.path.exists(part):

@@ -63,6 +63,12 @@ def load_weights(model, weights):
     WeightsMismatchError: the file does not fit the model; the message
       names the first layer or variable that does not fit.
   """
+  load_weights_counted(model, weights)
+  return model
+
+
+def load_weights_counted(model, weights):
+  """`load_weights`; returns (weights loaded, layers left as initialised)."""
   path = os.fspath(weights)
   if os.path.isfile(path) and h5py.is_hdf5(path):
     layer_values = read_h5_weights(path)
@@ -80,7 +86,7 @@ def load_weights(model, weights):
         "%s: its classifier has another class count than this model's %d; "
         "loaded everything else, the head (%s) is newly initialised.", path,
         head[0].shape[-1], _HEAD)
-  return model
+  return len(pairs), [_HEAD] if head else []
 
 
 def _head_weights(model):

@@ -122,10 +122,12 @@ def init_from(model, path):
     prefix = run_dir.checkpoint_prefix(path)
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     if any(k.endswith("/stem/conv2d/kernel") for k in names):
-      weights_lib.load_weights(model, prefix)  # reference TF1 checkpoint
-      return len(model.weights)
-    source, _, _ = load_run_model(prefix)
-  loaded, skipped, first = copy_by_name(source, model)
+      source, first = None, None  # a reference TF1 checkpoint: by its names
+      loaded, skipped = weights_lib.load_weights_counted(model, prefix)
+    else:
+      source, _, _ = load_run_model(prefix)
+  if source is not None:
+    loaded, skipped, first = copy_by_name(source, model)
   total = len(model.weights)
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,
                total, path, ", ".join(skipped) or "none")
