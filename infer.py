@@ -23,9 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import tensorflow as tf
 
+# First: the TPU build's set-up and the quiet TensorFlow import (see
+# effnetv2_tf/__init__.py).
+import effnetv2_tf  # noqa: F401  pylint: disable=unused-import
 from effnetv2_tf import export
+import tensorflow as tf
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained

@@ -1,10 +1,14 @@
 """effnetv2_tf: EfficientNetV2 (Tan and Le, 2021) on TensorFlow 2 and Keras 3."""
 
 # Before anything imports TensorFlow: the TPU build stays on the CPU where
-# there is no TPU (see tpu_env).
+# there is no TPU (see tpu_env), and the import's C++ lines below
+# TF_CPP_MIN_LOG_LEVEL (which the drivers set) are dropped (see quiet_start).
+from effnetv2_tf import quiet_start
 from effnetv2_tf import tpu_env
 
 tpu_env.configure()
+with quiet_start.filtered_import():
+  import tensorflow  # noqa: F401  pylint: disable=unused-import
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from effnetv2_tf.models.model import create_model
