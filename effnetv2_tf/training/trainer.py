@@ -119,6 +119,7 @@ class Trainer:
         model=self.model, optimizer=self.optimizer, ema=self.ema, rng=rng)
     self.restored_path = None
     self._train_started = time.time()
+    self._skip_hint_shown = False
     self.ckpt_dir = model_dir if self.chief else os.path.join(
         model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
     self.manager = tf.train.CheckpointManager(
@@ -348,6 +349,14 @@ class Trainer:
             f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
             f"lr {lr:.3g} {speed}, elapsed {run_log.clock(elapsed)}"
             + (f", skipped {skipped}" if skipped else ""), flush=True)
+    if skipped and not self._skip_hint_shown:
+      self._skip_hint_shown = True
+      print(f"skipped {skipped} unreadable image(s) (tf.data logs each "
+            "error)" + (
+                "; `python -m effnetv2_tf.data.check_tfrecords --data_dir="
+                f"{self.source.data_dir}` names the records"
+                if isinstance(self.source, sources.TFRecordSource) else ""),
+            flush=True)
 
   # ------------------------------------------------------------------ eval
   def make_eval_step(self):
