@@ -95,3 +95,13 @@ def test_describe_line_has_every_value():
   # The magnitude only where RandAugment runs.
   assert "AutoAugment," in progressive.describe(stage, 4, "paper", "autoaug")
   assert "no augmentation," in progressive.describe(stage, 4, "paper", "")
+
+
+def test_remaining_cost_weighs_later_stages_by_their_pixels():
+  def stage(index, start, size):
+    return progressive.Stage(index, start, 10, size, 5.0, 0.0, 0.0, 0.1)
+  stages = [stage(0, 0, 100), stage(1, 10, 200), stage(2, 20, 150)]
+  # 5 steps left at 100 px, then 10 at 4x and 10 at 2.25x the pixels.
+  assert progressive.remaining_cost(stages, stages[0], 5) == 5 + 40 + 22.5
+  assert progressive.remaining_cost(stages, stages[2], 20) == 10
+  assert progressive.remaining_cost(stages, stages[2], 30) == 0

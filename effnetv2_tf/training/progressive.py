@@ -71,6 +71,18 @@ class Stage:
     return self.start_step + self.steps
 
 
+def remaining_cost(stages, stage, step):
+  """Steps left after `step` of `stage`, in steps of `stage`'s image size.
+
+  A step's cost grows with the image's pixels, so a later stage's step
+  counts (its size / this size) ** 2 of this stage's: the ETA at this
+  stage's measured rate then covers the larger stages to come.
+  """
+  later = sum(s.steps * (s.image_size / stage.image_size) ** 2
+              for s in stages if s.start_step >= stage.end_step)
+  return max(0, stage.end_step - step) + later
+
+
 def preset_ranges(config):
   """(min, max) dicts of `KEYS` for a config.
 

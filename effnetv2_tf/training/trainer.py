@@ -342,7 +342,8 @@ class Trainer:
       if images_per_sec is None:
         speed = "(first call: includes tracing)"
       else:
-        eta = (self.total_steps - step) * self.global_batch / images_per_sec
+        eta = (progressive.remaining_cost(self.stages, stage, step)
+               * self.global_batch / images_per_sec)
         speed = (f"{images_per_sec:.1f} images/s, ETA "
                  f"{run_log.clock(eta)}")
       print(f"step {step}/{self.total_steps} stage "
