@@ -18,6 +18,7 @@ LAYERS = (
     ("configs", ("configs",)),  # pure data: the recipes weights name
     ("models", ("effnetv2_tf.models",)),
     ("training", ("effnetv2_tf.training",)),
+    ("nas", ("effnetv2_tf.nas",)),  # trials train with the training code
     ("entry", ("effnetv2_tf.driver", "effnetv2_tf.cli", "effnetv2_tf.export",
                "effnetv2_tf.plot", "effnetv2_tf.model_table",
                "effnetv2_tf.tools")),
