@@ -35,6 +35,9 @@ def get_config():
       # Architecture scaling overrides (tests and smoke runs use tiny ones).
       width_coefficient=placeholder(float),
       depth_coefficient=placeholder(float),
+      # Block strings replacing the registry's, separated by spaces (an
+      # architecture search's winner: effnetv2_tf.nas writes it).
+      blocks=placeholder(str),
   )
   config.data = dict(
       name="imagenet",
@@ -48,6 +51,9 @@ def get_config():
       # 'trainval'). 21k without validation files: files 0-15 are the eval
       # split (eval_files), then minival_files more are 'minival'.
       minival_files=20,
+      # Digits: every Nth training digit is 'minival' (0: none), the
+      # architecture search's hold-out; the 360 eval digits stay unseen.
+      minival_every=0,
       eval_files=16,
       eval_split="validation",
       train_examples=placeholder(int),  # override the counted split sizes

@@ -431,7 +431,9 @@ class DigitsSource(Source):
     return ds.map(lambda x, y: {"image": x, "label": _one_hot(y, 10)})
 
 
-def digits_source(upscale=4):
+def digits_source(upscale=4, minival_every=0):
+  """The digits; with `minival_every` > 0 every such training digit (in
+  load_digits order) forms the 'minival' split instead."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   # 0..16 ink values -> 0..255, nearest-neighbour upscale, gray -> RGB.
@@ -441,6 +443,11 @@ def digits_source(upscale=4):
   held = np.arange(len(images)) % DIGITS_EVAL_EVERY == 0
   arrays = {"train": (images[~held], digits.target[~held]),
             "validation": (images[held], digits.target[held])}
+  if minival_every:
+    train_images, train_labels = arrays["train"]
+    mini = np.arange(len(train_labels)) % minival_every == 0
+    arrays["train"] = (train_images[~mini], train_labels[~mini])
+    arrays["minival"] = (train_images[mini], train_labels[mini])
   return DigitsSource(
       name="digits", num_classes=10, class_names=tuple("0123456789"),
       split_sizes={k: len(v[1]) for k, v in arrays.items()}, arrays=arrays)
@@ -456,7 +463,8 @@ FROM_CONFIG = {
     "tfds": lambda data, _: tfds_source(
         data.tfds_name, data.data_dir, train_split=data.tfds_train_split),
     "folder": lambda data, _: folder_source(data.data_dir),
-    "digits": lambda data, _: digits_source(),
+    "digits": lambda data, _: digits_source(
+        minival_every=data.minival_every),
 }
 # Sources read from `data.data_dir`, which they need.
 NEEDS_DATA_DIR = ("tfrecord", "folder")

@@ -361,6 +361,8 @@ def model_from_config(model_config, num_classes, dropout_rate=0.0,
   """
   overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
                if model_config.get(key) is not None}
+  if model_config.get("blocks"):  # space-separated block strings
+    overrides["blocks"] = tuple(model_config["blocks"].split())
   return create_model(model_config["name"], num_classes=num_classes,
                       dropout_rate=dropout_rate,
                       bn_synchronized=bn_synchronized, **overrides)

@@ -23,6 +23,7 @@ from effnetv2_tf import fileio
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
+from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import registry
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
@@ -185,6 +186,7 @@ RANGES = {
     "data.crop_padding": (">= 0", lambda v, c: v >= 0),
     "data.skip_crop_from_size": (">= 0", lambda v, c: v >= 0),
     "data.minival_files": (">= 0", lambda v, c: v >= 0),
+    "data.minival_every": (">= 0 (0: no minival split)", lambda v, c: v >= 0),
     "runtime.steps_per_loop": (">= 1", lambda v, c: v >= 1),
 }
 
@@ -200,6 +202,11 @@ def validate(config):
     if _value(config, key) not in allowed:
       raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}; "
                         f"valid: {', '.join(map(repr, allowed))}.")
+  if config.model.blocks is not None:
+    try:
+      block_strings.decode_all(config.model.blocks.split())
+    except ValueError as err:
+      raise ConfigError(f"Bad value for model.blocks: {err}") from None
   for key, value in flatten(config.progressive.to_dict()):
     if key.startswith(("min_", "max_")) and value is not None and value < 0:
       raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")
