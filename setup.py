@@ -46,6 +46,9 @@ setuptools.setup(
         "PyYAML==6.0.3",
         "scikit-learn==1.9.1",
         "matplotlib==3.11.2",
+        # The architecture search's trials (effnetv2_tf.nas): a SQLite
+        # study on one machine, a database server for several.
+        "optuna==5.1.0",
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}", TENSORBOARD[TF_VERSION]],

@@ -26,6 +26,20 @@ def _space(backbone, conv_types, num_layers, kernel_sizes, expand_ratios):
               expand_ratios=expand_ratios)
 
 
+# Proxy training per space (paper: about 10 epochs at a reduced image size,
+# accuracy on a minival split held out of the training set).
+PROXIES = {
+    # ImageNet: the reference's minival (train files 0-19, 25,000 images),
+    # 128 px, 10 epochs.
+    "paper": dict(dataset_cfg="imagenet", image_size=128, epochs=10.0,
+                  hparams="data.minival_files=20"),
+    # The digits: every 4th of the 1,437 training digits is minival (360),
+    # 1,077 train; a quarter-width model at 32 px, 10 epochs of batch 64.
+    "digits": dict(dataset_cfg="digits", image_size=32, epochs=10.0,
+                   hparams="data.minival_every=4,model.width_coefficient=0.25,"
+                   "train.warmup_epochs=1.0"),
+}
+
 SPACES = {
     # Paper section 3.3 on the EfficientNet (B0) backbone: {MBConv,
     # Fused-MBConv}, kernel {3x3, 5x5}, expansion {1, 4, 6}. The paper gives
@@ -46,6 +60,10 @@ def get_config(space="digits"):
                      f"{', '.join(SPACES)}.")
   config = ml_collections.ConfigDict()
   config.space = SPACES[space]
+  # Each trial: one stage at the proxy size, no mixup/dropout growth, the
+  # dataset config's recipe otherwise; `hparams` (`--hparam_str` syntax)
+  # override it further.
+  config.proxy = dict(PROXIES[space], steps=0, timing_steps=7)
   # The paper: w = -0.07 (step time), v = -0.05 (parameters).
   config.reward = dict(w=-0.07, v=-0.05)
   return config
