@@ -13,7 +13,9 @@ import pytest
 
 from configs import nas as nas_configs
 from effnetv2_tf.nas import search
+from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.nas import trial as trial_lib
+from effnetv2_tf.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROXY = ("--proxy_steps=2", "--proxy_image_size=16")
@@ -80,7 +82,13 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tmp_path):
   assert rows[0].startswith("trial,accuracy,step_time,params,reward")
   assert len(rows) == 1 + 1 + 3  # header, backbone, trials
   assert (out_dir / "results.png").stat().st_size > 0
-  assert "blocks" in (out_dir / "best.json").read_text()
+  # The winner is a config file main.py trains (here: built from it).
+  config = config_lib.build_config(dataset_cfg="digits",
+                                   config_file=str(out_dir / "best.json"))
+  best = next(r for r in rows[1:] if r.split(",")[5] == "True")
+  assert config.model.blocks == best.split('"')[1]
+  model = model_lib.model_from_config(config.model, 10)
+  assert model.name == "efficientnetv2-b0"
 
 
 @pytest.mark.slow

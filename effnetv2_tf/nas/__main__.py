@@ -21,6 +21,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import optuna
+import tensorflow as tf
 
 from configs import nas as nas_configs
 from effnetv2_tf.data import sources
@@ -81,6 +82,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial: ours
+  # Every trial is a new model, so tf.function's retracing warnings are
+  # expected here.
+  tf.get_logger().setLevel("ERROR")
   out_dir = FLAGS.out_dir or os.path.join("runs", f"nas-{FLAGS.space}")
   try:
     config = search_config(FLAGS)

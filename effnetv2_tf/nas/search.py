@@ -18,6 +18,7 @@ every reward (`reward.reward`).
 import contextlib
 import json
 import os
+import time
 import warnings
 
 import optuna
@@ -26,6 +27,7 @@ from effnetv2_tf import fileio
 from effnetv2_tf.nas import reward as reward_lib
 from effnetv2_tf.nas import space as space_lib
 from effnetv2_tf.nas import trial as trial_lib
+from effnetv2_tf.training import trainer as trainer_lib
 
 STUDY_NAME = "effnetv2-nas"
 METRICS = ("accuracy", "step_time", "params")
@@ -87,10 +89,12 @@ def measure_backbone(study, config, out_dir, echo=print):
   if "backbone" not in study.user_attrs:
     blocks = space_lib.backbone_blocks(config.space)
     echo(f"backbone {config.space.backbone}: training the proxy")
+    started = time.time()
     measured = trial_lib.run(config, blocks,
                              os.path.join(out_dir, "trials", "backbone"))
     study.set_user_attr("backbone", {
-        **{k: getattr(measured, k) for k in METRICS}, "blocks": blocks})
+        **{k: getattr(measured, k) for k in METRICS}, "blocks": blocks,
+        "seconds": time.time() - started})
     echo(_line("backbone", measured, config.reward, None))
   return study.user_attrs["backbone"]
 
@@ -118,11 +122,13 @@ def make_objective(config, out_dir, backbone, echo=print):
       if other.number != trial.number and other.params == values:
         raise optuna.TrialPruned(f"the candidate of trial {other.number}")
     blocks = space_lib.blocks_of(config.space, values)
+    started = time.time()
     measured = trial_lib.run(config, blocks, os.path.join(
         out_dir, "trials", f"{trial.number:04d}"))
     for key in METRICS:
       trial.set_user_attr(key, getattr(measured, key))
     trial.set_user_attr("blocks", list(blocks))
+    trial.set_user_attr("seconds", time.time() - started)  # wall, tracing too
     echo(_line(f"trial {trial.number}", measured, config.reward, backbone))
     return _reward(measured, backbone, config.reward)
   return objective
@@ -149,7 +155,8 @@ def run(config, out_dir, num_trials, storage=None, seed=0, heartbeat_s=60,
         n_trials=(num_trials - done) * MAX_ATTEMPTS_PER_TRIAL,
         callbacks=[optuna.study.MaxTrialsCallback(
             num_trials, states=(optuna.trial.TrialState.COMPLETE,))],
-        gc_after_trial=True)
+        # A candidate whose loss diverges fails its trial, not the search.
+        catch=(trainer_lib.TrainingError,), gc_after_trial=True)
   rows = results(study)
   write_outputs(rows, config, out_dir)
   return rows
@@ -159,11 +166,13 @@ def results(study):
   """One dict per finished trial, the backbone first, best reward marked."""
   backbone = study.user_attrs["backbone"]
   rows = [{"trial": "backbone", **{k: backbone[k] for k in METRICS},
-           "reward": backbone["accuracy"], "blocks": backbone["blocks"]}]
+           "reward": backbone["accuracy"], "seconds": backbone["seconds"],
+           "blocks": backbone["blocks"]}]
   for trial in completed(study):
     rows.append({"trial": trial.number,
                  **{k: trial.user_attrs[k] for k in METRICS},
-                 "reward": trial.value, "blocks": trial.user_attrs["blocks"]})
+                 "reward": trial.value, "seconds": trial.user_attrs["seconds"],
+                 "blocks": trial.user_attrs["blocks"]})
   best = max(rows, key=lambda r: r["reward"])
   for row in rows:
     row["best"] = row is best
@@ -174,7 +183,7 @@ def write_outputs(rows, config, out_dir):
   """results.csv / results.json, best.json (a --config_file for main.py),
   results.png."""
   header = ("trial", "accuracy", "step_time", "params", "reward", "best",
-            "blocks")
+            "seconds", "blocks")
   lines = [",".join(header)] + [
       ",".join(str(row[k]) if k != "blocks" else '"' + " ".join(row[k]) + '"'
                for k in header) for row in rows]
