@@ -6,7 +6,8 @@ absl::InitializeLog() is called are written to STDERR" and INFO lines (the
 oneDNN notice): four lines that `TF_CPP_MIN_LOG_LEVEL` does not stop (absl
 prints below-threshold messages before InitializeLog: abseil/abseil-cpp#1718
 and #1957, tensorflow/tensorflow#102212). No environment variable does, so
-the entry points import TensorFlow inside `filtered_import()`, which sends
+the package (`effnetv2_tf/__init__.py`) imports TensorFlow inside
+`filtered_import()`, which sends
 file descriptor 2 through a forked filter process for that import only:
 
   * a glog-style line (`I0000 00:00:1796237450.668119  5305 port.cc:153] ...`) is

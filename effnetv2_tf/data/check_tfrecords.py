@@ -30,13 +30,9 @@ def _records(files):
 
 
 def _encoded(record):
-  """The image bytes of our/ImageNet format or the reference 21k format."""
-  parsed = tf.io.parse_single_example(record, {
-      tfrecord_format.ENCODED_KEY: tf.io.FixedLenFeature([], tf.string, ""),
-      "image": tf.io.FixedLenFeature([], tf.string, "")})
-  ours = parsed[tfrecord_format.ENCODED_KEY]
-  return tf.cond(tf.strings.length(ours) > 0, lambda: ours,
-                 lambda: parsed["image"])
+  """The image bytes, as training reads them (`sources._parse_record`)."""
+  return tfrecord_format.image_bytes(
+      tf.io.parse_single_example(record, tfrecord_format.image_spec()))
 
 
 def _filename(record):

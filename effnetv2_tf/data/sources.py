@@ -85,9 +85,7 @@ def _one_hot(label, num_classes):
 def _parse_record(record, filename, num_classes, multi_label, label_offset):
   """Parses our/ImageNet format and the reference 21k format in one pass."""
   spec = {
-      tfrecord_format.ENCODED_KEY: tf.io.FixedLenFeature(
-          [], tf.string, default_value=""),
-      "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
+      **tfrecord_format.image_spec(),
       tfrecord_format.LABEL_KEY: tf.io.VarLenFeature(tf.int64),
       "labels": tf.io.VarLenFeature(tf.int64),
   }
@@ -95,9 +93,7 @@ def _parse_record(record, filename, num_classes, multi_label, label_offset):
   ours = tf.sparse.to_dense(parsed[tfrecord_format.LABEL_KEY]) - label_offset
   reference = tf.sparse.to_dense(parsed["labels"])  # 0-based already
   labels = tf.cond(tf.size(ours) > 0, lambda: ours, lambda: reference)
-  encoded = tf.cond(tf.strings.length(parsed[tfrecord_format.ENCODED_KEY]) > 0,
-                    lambda: parsed[tfrecord_format.ENCODED_KEY],
-                    lambda: parsed["image"])
+  encoded = tfrecord_format.image_bytes(parsed)
   labels = tf.cast(labels, tf.int32)
   in_range = tf.logical_and(
       tf.size(labels) > 0,

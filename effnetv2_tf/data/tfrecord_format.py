@@ -117,6 +117,23 @@ def feature_spec():
   }
 
 
+# The reference's ImageNet-21k records keep the image under 'image'.
+REFERENCE_21K_IMAGE_KEY = "image"
+
+
+def image_spec():
+  """Parse spec of the image bytes in our/ImageNet or the 21k layout."""
+  string = tf.io.FixedLenFeature([], tf.string, default_value="")
+  return {ENCODED_KEY: string, REFERENCE_21K_IMAGE_KEY: string}
+
+
+def image_bytes(parsed):
+  """The image bytes of a record parsed with `image_spec()` keys."""
+  ours = parsed[ENCODED_KEY]
+  return tf.cond(tf.strings.length(ours) > 0, lambda: ours,
+                 lambda: parsed[REFERENCE_21K_IMAGE_KEY])
+
+
 def parse_example(record):
   """Parses one serialized record; the label comes back as a dense vector."""
   parsed = tf.io.parse_single_example(record, feature_spec())

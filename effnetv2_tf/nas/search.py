@@ -18,7 +18,6 @@ every reward (`reward.reward`).
 import contextlib
 import json
 import os
-import time
 import warnings
 
 import optuna
@@ -30,7 +29,7 @@ from effnetv2_tf.nas import trial as trial_lib
 from effnetv2_tf.training import trainer as trainer_lib
 
 STUDY_NAME = "effnetv2-nas"
-METRICS = ("accuracy", "step_time", "params")
+METRICS = ("accuracy", "step_time", "params", "seconds")  # trial.Measured
 # At most this many sampled candidates per requested trial (duplicates in a
 # small space are pruned); the search stops early past it.
 MAX_ATTEMPTS_PER_TRIAL = 20
@@ -89,12 +88,10 @@ def measure_backbone(study, config, out_dir, echo=print):
   if "backbone" not in study.user_attrs:
     blocks = space_lib.backbone_blocks(config.space)
     echo(f"backbone {config.space.backbone}: training the proxy")
-    started = time.time()
     measured = trial_lib.run(config, blocks,
                              os.path.join(out_dir, "trials", "backbone"))
     study.set_user_attr("backbone", {
-        **{k: getattr(measured, k) for k in METRICS}, "blocks": blocks,
-        "seconds": time.time() - started})
+        **{k: getattr(measured, k) for k in METRICS}, "blocks": blocks})
     echo(_line("backbone", measured, config.reward, None))
   return study.user_attrs["backbone"]
 
@@ -122,13 +119,11 @@ def make_objective(config, out_dir, backbone, echo=print):
       if other.number != trial.number and other.params == values:
         raise optuna.TrialPruned(f"the candidate of trial {other.number}")
     blocks = space_lib.blocks_of(config.space, values)
-    started = time.time()
     measured = trial_lib.run(config, blocks, os.path.join(
         out_dir, "trials", f"{trial.number:04d}"))
     for key in METRICS:
       trial.set_user_attr(key, getattr(measured, key))
     trial.set_user_attr("blocks", list(blocks))
-    trial.set_user_attr("seconds", time.time() - started)  # wall, tracing too
     echo(_line(f"trial {trial.number}", measured, config.reward, backbone))
     return _reward(measured, backbone, config.reward)
   return objective
@@ -166,13 +161,11 @@ def results(study):
   """One dict per finished trial, the backbone first, best reward marked."""
   backbone = study.user_attrs["backbone"]
   rows = [{"trial": "backbone", **{k: backbone[k] for k in METRICS},
-           "reward": backbone["accuracy"], "seconds": backbone["seconds"],
-           "blocks": backbone["blocks"]}]
+           "reward": backbone["accuracy"], "blocks": backbone["blocks"]}]
   for trial in completed(study):
     rows.append({"trial": trial.number,
                  **{k: trial.user_attrs[k] for k in METRICS},
-                 "reward": trial.value, "seconds": trial.user_attrs["seconds"],
-                 "blocks": trial.user_attrs["blocks"]})
+                 "reward": trial.value, "blocks": trial.user_attrs["blocks"]})
   best = max(rows, key=lambda r: r["reward"])
   for row in rows:
     row["best"] = row is best

@@ -28,6 +28,7 @@ class Measured:
   accuracy: float   # top-1 on minival
   step_time: float  # seconds per training step (median)
   params: int
+  seconds: float    # the trial's wall time, tracing and eval included
 
 
 def proxy_overrides(search_config, blocks):
@@ -85,6 +86,7 @@ def step_time(trainer, steps):
 
 def run(search_config, blocks, trial_dir, source=None):
   """Trains and measures `blocks` in `trial_dir`; returns `Measured`."""
+  started = time.time()
   config = proxy_config(search_config, blocks)
   if tf.io.gfile.exists(trial_dir):  # what a killed try of it left
     tf.io.gfile.rmtree(trial_dir)
@@ -97,4 +99,5 @@ def run(search_config, blocks, trial_dir, source=None):
     accuracy = trainer.evaluate()["top1"]
     seconds = step_time(trainer, search_config.proxy.timing_steps)
     params = trainer.model.count_params()
-  return Measured(accuracy=accuracy, step_time=seconds, params=params)
+  return Measured(accuracy=accuracy, step_time=seconds, params=params,
+                  seconds=time.time() - started)
