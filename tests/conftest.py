@@ -14,6 +14,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from effnetv2_tf.models.layers import ScheduledDropout  # pylint: disable=g-import-not-at-top
+
 
 # ../shared beside the checkout: the real data and reference tables.
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
@@ -60,3 +62,31 @@ def assert_same_training_math(fast, plain, grad_rtol):
   np.testing.assert_allclose(fast(images, training=False),
                              plain(images, training=False), rtol=1e-4,
                              atol=1e-4)
+
+
+def observe_dropout(monkeypatch, trainer):
+  """Per stage, the fraction of head features its last train step dropped.
+
+  Read off the traced step itself (an assign inside the layer's call), so
+  a rate baked into the trace as a constant would show.
+  """
+  seen = tf.Variable(-1.0, trainable=False)
+  call = ScheduledDropout.call
+
+  def observed(self, inputs, training=False):
+    outputs = call(self, inputs, training=training)
+    if training:
+      seen.assign(tf.reduce_mean(tf.cast(tf.equal(outputs, 0.0),
+                                         tf.float32)))
+    return outputs
+
+  monkeypatch.setattr(ScheduledDropout, "call", observed)
+  rates = []
+  record = trainer.log.record_stage
+
+  def record_stage(entry):
+    rates.append(float(seen.numpy()))
+    record(entry)
+
+  trainer.log.record_stage = record_stage
+  return rates

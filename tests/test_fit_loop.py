@@ -15,6 +15,8 @@ from effnetv2_tf.training import progressive
 from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import trainer as trainer_lib
 
+from conftest import observe_dropout
+
 TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 
 
@@ -37,15 +39,18 @@ def test_plan_rounds_stages_to_whole_epochs():
     progressive.plan_stages(config, 40, epoch_steps=22)
 
 
-def test_fit_runs_two_stages_with_continuing_epochs(tmp_path):
-  trainer = _fit_trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2")
+def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch):
+  trainer = _fit_trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
+                         "progressive.min_dropout=0.1,"
+                         "progressive.max_dropout=0.6")
   assert trainer.epoch_steps == 4  # a stage of a tiny run is one epoch
+  rates = observe_dropout(monkeypatch, trainer)
   summary = trainer.train()
   assert trainer.step == 8
-  assert trainer.traces == 2  # retraced once per stage
+  assert trainer.traces == 1  # one trace serves both stage sizes
   assert trainer.fit_model.history.epoch == [1]  # stage 2 ran epoch 1
-  assert trainer.model.get_layer("top_dropout").rate == pytest.approx(
-      trainer.stages[-1].dropout)
+  # Each stage's rate in its last step (16 x 320 features; 5 std. dev.).
+  assert rates == pytest.approx([0.1, 0.6], abs=0.03)
   assert [s["image_size"] for s in summary["stages"]] == [16, 24]
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk["history"][-1]["step"] == 8

@@ -20,6 +20,7 @@ from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
 
 from conftest import SAMPLES
+from conftest import observe_dropout
 
 TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 
@@ -31,16 +32,28 @@ def _trainer(model_dir, hparams=""):
                                        tf.distribute.get_strategy())
 
 
-def test_stages_retrace_once_each_and_reach_the_model(tmp_path):
-  trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=3")
+DROPOUTS = "progressive.min_dropout=0.1,progressive.max_dropout=0.6"
+
+
+@pytest.mark.parametrize("retrace, traces", [("", 1), (
+    "runtime.retrace_per_stage=true", 2)])
+def test_stages_share_one_trace_and_each_its_dropout(tmp_path, monkeypatch,
+                                                     retrace, traces):
+  trainer = _trainer(tmp_path, ",".join(filter(None, [
+      "train.steps=8,runtime.steps_per_loop=3", DROPOUTS, retrace])))
   assert [s.image_size for s in trainer.stages] == [16, 24]
   assert [s.steps for s in trainer.stages] == [4, 4]
+  assert [s.dropout for s in trainer.stages] == pytest.approx([0.1, 0.6])
+  rates = observe_dropout(monkeypatch, trainer)
   summary = trainer.train()
   assert trainer.step == 8
-  # One trace per stage, although the last loop of each stage is shorter.
-  assert trainer.traces == 2
-  assert trainer.model.get_layer("top_dropout").rate == pytest.approx(
-      trainer.stages[-1].dropout)
+  # Without XLA one trace serves both sizes; retrace_per_stage (XLA's
+  # way) traces once per stage, although each stage's last loop is
+  # shorter.
+  assert trainer.traces == traces
+  # The head's 16 x 320 features: the dropped share is within 0.03
+  # (5 standard deviations) of each stage's rate.
+  assert rates == pytest.approx([0.1, 0.6], abs=0.03)
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk["preset"] == "paper" and on_disk["model"] == summary["model"]
   assert [s["image_size"] for s in on_disk["stages"]] == [16, 24]
@@ -72,7 +85,7 @@ def test_resume_mid_stage_continues_at_the_right_step(tmp_path, monkeypatch):
   assert resumed.step == 2
   resumed.train()
   assert resumed.step == 8
-  assert resumed.traces == 2  # the rest of stage 1, then stage 2
+  assert resumed.traces == 1  # the rest of stage 1, then stage 2
   assert [s["stage"] for s in resumed.summary["stages"]] == [0, 1]
 
 
@@ -102,11 +115,12 @@ def test_checkpoints_at_the_configured_steps_and_progress_lines(tmp_path,
   trainer.train()
   assert [int(p.rsplit("-", 1)[1]) for p in trainer.manager.checkpoints] == [
       3, 4, 6, 8]
-  assert trainer.traces == 2  # calls of 1 and 2 steps: no retrace
+  assert trainer.traces == 1  # calls of 1 and 2 steps, 2 sizes: one trace
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("step ")]
   # Each stage's first call is printed, then elapsed time and an ETA.
   assert sum("first call" in l for l in lines) == 2
+  assert sum("includes tracing" in l for l in lines) == 1  # stage 1's
   assert lines[0].startswith("step 1/8 stage 1/2")  # a 1-step first call
   assert re.search(r"images/s, ETA \d+:\d\d, elapsed \d+:\d\d$", lines[-1])
 
@@ -129,7 +143,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path,
   monkeypatch.setattr(step_lib, "cross_entropy",
                       lambda labels, logits: tf.fill(
                           [tf.shape(labels)[0]], np.nan))
-  # Stage 2's first call is its one tracing step, 5.
+  # Stage 2's first call is its one-step call, 5.
   with pytest.raises(trainer_lib.TrainingError, match=r"step 5 \(stage 2\)"):
     bad.train()
   assert bad.manager.latest_checkpoint == latest
@@ -186,7 +200,7 @@ def test_imagenet_tfrecords_through_four_paper_stages(tmp_path):
                                           tf.distribute.get_strategy())
   assert trainer.source.num_examples("train") == 24
   summary = trainer.train()
-  assert trainer.step == 4 and trainer.traces == 4
+  assert trainer.step == 4 and trainer.traces == 1
   assert [s["image_size"] for s in summary["stages"]] == [32, 42, 53, 64]
   assert [s["randaug_magnitude"] for s in summary["stages"]] == pytest.approx(
       [5, 25 / 3, 35 / 3, 15])
@@ -200,6 +214,26 @@ def test_dropout_raised_from_zero_reaches_the_layer():
   layer = model.get_layer("top_dropout")
   dropped = tf.function(lambda x: layer(x, training=True))(tf.ones([4000]))
   assert 0.45 < float(tf.reduce_mean(tf.cast(dropped == 0, tf.float32))) < 0.55
+
+
+def test_a_bound_dropout_rate_changes_without_a_retrace():
+  model = model_lib.model_from_config(
+      config_lib.build_config("efficientnetv2-b0", "smoke", TINY).model, 10,
+      0.0)
+  step_lib.schedule_dropout(model)
+  layer = model.get_layer("top_dropout")
+  drop = tf.function(lambda x: layer(x, training=True))
+  ones = tf.ones([20000])
+  for rate in (0.0, 0.3, 0.8):
+    step_lib.set_dropout(model, rate)
+    out = drop(ones).numpy()
+    # Kept values are scaled by 1 / (1 - rate), so the mean stays 1.
+    assert np.mean(out == 0) == pytest.approx(rate, abs=0.02)
+    assert np.unique(out[out > 0]) == pytest.approx([1 / (1 - rate)])
+  assert drop.experimental_get_tracing_count() == 1
+  # Inference ignores it; the layer has no weights (reference counts).
+  assert np.all(layer(ones, training=False).numpy() == 1)
+  assert not layer.weights
 
 
 @pytest.fixture

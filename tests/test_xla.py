@@ -22,6 +22,8 @@ from effnetv2_tf.training import fit_loop
 from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import xla
 
+from conftest import observe_dropout
+
 # On the smoke config (configs/datasets.py), shallower and in one stage.
 TINY = ("model.depth_coefficient=0.1,progressive.num_stages=1,"
         "progressive.max_image_size=16,model.eval_size=16,"
@@ -326,6 +328,30 @@ def test_default_is_off_on_cpu_and_explicit_wins():
   assert xla.resolve(None, default)[0] is False
   assert xla.resolve(True, default) == (True, "XLA on (runtime.jit_compile="
                                         "true)")
+
+
+def test_xla_retraces_per_stage_and_only_xla_insists():
+  assert xla.resolve_retrace(None, jit_compile=False)[0] is False
+  assert xla.resolve_retrace(None, jit_compile=True)[0] is True
+  assert xla.resolve_retrace(True, jit_compile=False) == (
+      True, "retraced per stage (runtime.retrace_per_stage=true)")
+  with pytest.raises(xla.XlaError, match="needs each stage's static"):
+    xla.resolve_retrace(False, jit_compile=True)
+
+
+@needs_xla_cpu
+@pytest.mark.slow
+def test_xla_stages_trace_their_own_static_step(tmp_path, monkeypatch):
+  trainer = _trainer(tmp_path, "progressive.num_stages=2,train.steps=4,"
+                     "progressive.min_image_size=8,progressive.min_dropout=0.1,"
+                     "progressive.max_dropout=0.6")
+  assert trainer.retrace_per_stage
+  spec = trainer._train_dataset(trainer.stages[0]).element_spec  # pylint: disable=protected-access
+  assert spec["images"].shape.as_list() == [16, 8, 8, 3]
+  rates = observe_dropout(monkeypatch, trainer)
+  trainer.train()
+  assert trainer.traces == 2
+  assert rates == pytest.approx([0.1, 0.6], abs=0.03)
 
 
 def test_inputs_with_unknown_shapes_are_refused_for_xla():

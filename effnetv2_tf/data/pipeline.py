@@ -117,7 +117,8 @@ class TrainInput:
 
 
 def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
-                        input_context=None, split="train"):
+                        input_context=None, split="train",
+                        static_image_size=True):
   """The endless training stream of one progressive-learning stage.
 
   Args:
@@ -130,6 +131,9 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
     seed: base seed; use a different one per stage (e.g. seed + stage).
     input_context: `tf.distribute.InputContext` for per-replica input.
     split: source split to read.
+    static_image_size: False gives the images the static shape
+      [B, None, None, 3], so every stage's dataset has one element_spec
+      and a step traced for one stage serves the others.
 
   Returns:
     A `tf.data.Dataset` of dicts: 'images' float32 [B, S, S, 3], 'labels'
@@ -162,6 +166,12 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
     images, labels = mix.mix_batch(batch["images"], labels,
                                    stage.mixup_alpha, stage.cutmix_alpha,
                                    batch_seed)
+    if not static_image_size:
+      # Forgets the static height and width (the values pass unchanged):
+      # tf.data has no op that relaxes an element's shape, and this one
+      # is an identity on the data.
+      images = tf.raw_ops.PlaceholderWithDefault(
+          input=images, shape=[images.shape[0], None, None, images.shape[3]])
     return {"images": images, "labels": labels,
             "skipped": batch["skipped"][-1]}
 

@@ -42,3 +42,48 @@ class StochasticDepth(keras.layers.Layer):
     config = super().get_config()
     config.update({"survival_prob": self.survival_prob, "seed": self.seed})
     return config
+
+
+class _RateCell:
+  """Holds a rate variable out of Keras' and TensorFlow's tracking, so the
+  model's weights, parameter count and checkpoints stay the reference's."""
+
+  def __init__(self, variable):
+    self.variable = variable
+
+
+@keras.saving.register_keras_serializable(package="effnetv2_tf")
+class ScheduledDropout(keras.layers.Dropout):
+  """The head's dropout, whose rate progressive learning raises per stage.
+
+  Paper Algorithm 1 changes the dropout rate at every stage. Keras'
+  `Dropout` reads `rate` as a Python float while a step is traced, so a
+  new rate needs a new trace. After `bind_rate(variable)` the training
+  call reads the rate from that variable instead, so one traced train
+  step serves every stage (`training.step.set_dropout` assigns it).
+  Unbound, or at inference, it is Keras' `Dropout`.
+  """
+
+  def __init__(self, rate, **kwargs):
+    # Keras makes the noise seed only for a rate > 0 at construction; a
+    # stage that raises the rate from 0 later needs it.
+    super().__init__(max(float(rate), 0.5), **kwargs)
+    self.rate = float(rate)
+    self._rate_cell = None
+
+  def bind_rate(self, variable):
+    """Training calls read the rate from `variable` from now on."""
+    self._rate_cell = _RateCell(variable)
+
+  @property
+  def rate_variable(self):
+    return self._rate_cell.variable if self._rate_cell else None
+
+  def call(self, inputs, training=False):
+    if self._rate_cell is None or not training:
+      return super().call(inputs, training=training)
+    rate = ops.cast(self._rate_cell.variable, inputs.dtype)
+    noise = keras.random.uniform(ops.shape(inputs), dtype=inputs.dtype,
+                                 seed=self.seed_generator)
+    return ops.where(noise >= rate, inputs / (1.0 - rate),
+                     ops.zeros_like(inputs))

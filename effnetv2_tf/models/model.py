@@ -19,6 +19,7 @@ from keras import layers
 from effnetv2_tf.data import recipes
 from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import registry
+from effnetv2_tf.models.layers import ScheduledDropout
 from effnetv2_tf.models.layers import StochasticDepth
 
 
@@ -275,11 +276,7 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
   if include_top:
     # Always present (rate may be 0) so progressive learning can set it.
-    # Keras creates the RNG state only when constructed with rate > 0; a
-    # stage that raises the rate from 0 later needs it.
-    dropout = layers.Dropout(0.5, name="top_dropout")
-    dropout.rate = options.dropout_rate
-    x = dropout(x)
+    x = ScheduledDropout(options.dropout_rate, name="top_dropout")(x)
     x = layers.Dense(
         num_classes, activation=classifier_activation,
         kernel_initializer=_dense_init(num_classes),

@@ -1,8 +1,9 @@
 """main.py's training loop: a custom tf.distribute loop (paper Algorithm 1).
 
-Each stage gets its own input pipeline and a freshly traced `train_loop`
-that runs `runtime.steps_per_loop` steps of the shared step
-(`step.make_train_step`) per device call; checkpoints, summary.json and
+Each stage gets its own input pipeline; a `train_loop` runs
+`runtime.steps_per_loop` steps of the shared step (`step.make_train_step`)
+per device call, traced anew per stage only where XLA needs static shapes
+(`Trainer.retrace_per_stage`); checkpoints, summary.json and
 evaluation are `trainer.Trainer`'s. With --deterministic the input
 iterator is saved in checkpoints, so a resumed run continues the data
 stream where it stopped.
@@ -22,6 +23,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
   """`Trainer` whose stages run in a custom `tf.function` loop."""
 
   checkpoints_input = True
+  _train_loop = None
 
   def _track_iterator(self, iterator, stage):
     """--deterministic: the stage's input position goes into checkpoints.
@@ -46,7 +48,13 @@ class CustomLoopTrainer(trainer_lib.Trainer):
           f"{path}", flush=True)
 
   def _make_train_loop(self):
-    """A new tf.function: `steps` optimizer steps per call, on device."""
+    """The stage's tf.function: `steps` optimizer steps per call, on device.
+
+    A new one per stage with `retrace_per_stage`, else the first one again
+    (its input has no static image size, so it does not retrace).
+    """
+    if self._train_loop is not None and not self.retrace_per_stage:
+      return self._train_loop
     step_fn = self.make_compiled_step()
 
     @tf.function
@@ -61,6 +69,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
             self.strategy.experimental_local_results(per_replica_skipped)))
       return total / tf.cast(steps, tf.float32), skipped
 
+    self._train_loop = train_loop
     return train_loop
 
   def _train_stage(self, stage):
@@ -77,8 +86,8 @@ class CustomLoopTrainer(trainer_lib.Trainer):
       # A call ends at the stage end, at a multiple of steps_per_loop and
       # at every checkpoint step, so train.checkpoint_every is exact
       # whatever steps_per_loop is (the steps are a tensor: no retrace). A
-      # stage's first call, which traces, is one step: a first line (and a
-      # clean retrace time) early.
+      # stage's first call, which may trace, is one step: a first line (and
+      # a clean retrace time) early.
       steps = 1 if clock.first_call is None else min(
           steps_per_loop - start_step % steps_per_loop,
           stage.end_step - start_step,

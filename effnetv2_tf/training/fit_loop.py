@@ -8,8 +8,9 @@ What changes is the loop: one `fit` call per progressive stage, with
 learning rate follows `optimizer.iterations`, so it does too), and
 `FitModel.train_step` runs the custom loop's own step
 (`step.make_train_step`: kernel-only weight decay, soft mixup/CutMix
-targets, EMA update). The stage's dropout is set on the model and the
-train function rebuilt, so the new rate is traced in. Progress,
+targets, EMA update). The stage's dropout is set on the model's rate
+variable; the train function is rebuilt per stage only where XLA needs
+static shapes (`Trainer.retrace_per_stage`). Progress,
 TensorBoard scalars, stage timings and periodic saves go through the same
 `run_log` helpers as the custom loop's; fit adds only its progress bar.
 
@@ -208,16 +209,21 @@ class FitTrainer(trainer_lib.Trainer):
                       "replicas (keras-team/keras#19246).", execution,
                       self.replicas)
       execution = 1
+    retrace = self.retrace_per_stage or (
+        execution != self.fit_model.steps_per_execution)
     self.fit_model.steps_per_execution = execution
     every = self.config.train.checkpoint_every
     if every and every % execution:
       print(f"train.checkpoint_every={every}: fit checks it after each "
             f"{execution}-step execution, so a save comes at the first "
             f"execution end past each multiple of {every}.", flush=True)
-    # A new step (new size and dropout, compiled again under XLA) in a
-    # new train function.
+    # With retrace_per_stage a new step (new size, compiled again under
+    # XLA) in a new train function; otherwise the step and the train
+    # function of the first stage, unless the execution length (a
+    # constant of Keras' traced loop) changed.
     self.fit_model.step_fn = self.make_compiled_step()
-    self.fit_model.train_function = None
+    if retrace:
+      self.fit_model.train_function = None
     recorder = StageRecorder(self, stage)
     # NanGuard first (no recording or saving of a NaN), the recorder before
     # the checkpoint (summary.json, saved with it, then has its step).

@@ -107,7 +107,7 @@ class RunLog:
   def progress(self, step, loss, learning_rate, images_per_sec):
     """History and TensorBoard scalars of one device call (or fit batch).
 
-    `images_per_sec` is None for a stage's first call, which traces.
+    `images_per_sec` is None for a stage's first call (which may trace).
     """
     self.summary["history"].append(
         {"step": step, "loss": loss, "learning_rate": learning_rate})

@@ -32,9 +32,22 @@ def topk_hits(labels, logits, mask):
   return tf.stack([top1, top5, tf.reduce_sum(mask)])
 
 
+def schedule_dropout(model):
+  """Gives the head dropout a rate variable (create it under the strategy's
+  scope), so `set_dropout` reaches steps traced before it (paper
+  Algorithm 1's per-stage dropout without a retrace)."""
+  layer = model.get_layer("top_dropout")
+  layer.bind_rate(tf.Variable(layer.rate, trainable=False, dtype=tf.float32,
+                              name="top_dropout_rate"))
+
+
 def set_dropout(model, rate):
-  """Sets the head dropout rate; a train step traced afterwards uses it."""
-  model.get_layer("top_dropout").rate = float(rate)
+  """Sets the head dropout rate: read by every traced step once
+  `schedule_dropout` bound it, else by steps traced afterwards."""
+  layer = model.get_layer("top_dropout")
+  layer.rate = float(rate)
+  if layer.rate_variable is not None:
+    layer.rate_variable.assign(float(rate))
 
 
 def make_deterministic(seed):

@@ -3,8 +3,10 @@
 Read top to bottom: `Trainer.__init__` builds data source, stage plan,
 model, optimizer, EMA and checkpointing under the strategy; `train` walks
 the progressive stages, each with its own input pipeline and a freshly
-traced step (the image size changes, so it must retrace, exactly once per
-stage); `evaluate` runs the padded eval pipeline with the EMA weights.
+traced step where XLA needs static shapes (TPUs, jit_compile: exactly one
+trace per stage), else one step traced with an unknown image size for all
+stages (`xla.resolve_retrace`); the dropout rate reaches either through a
+variable; `evaluate` runs the padded eval pipeline with the EMA weights.
 A subclass runs one stage (`_train_stage`): `custom_loop.CustomLoopTrainer`
 (main.py) and `fit_loop.FitTrainer` (main_tf2.py).
 """
@@ -72,6 +74,10 @@ class Trainer:
           "stages restart their data order.")
     self.jit_compile, self.xla_choice = xla.resolve(
         config.runtime.jit_compile, strategy)
+    self.retrace_per_stage, retrace_choice = xla.resolve_retrace(
+        config.runtime.retrace_per_stage,
+        self.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy))
+    self.xla_choice += f"; {retrace_choice}"
     self.global_batch = config.train.batch_size
     for key, batch in (("train.batch_size", self.global_batch),
                        ("eval.batch_size", config.eval.batch_size)):
@@ -103,6 +109,7 @@ class Trainer:
           config.model, self.num_classes,
           dropout_rate=self.stages[0].dropout,
           bn_synchronized=self.replicas > 1)
+      step_lib.schedule_dropout(self.model)
       self.schedule = optim.build_schedule(
           config.train, self.global_batch, self.steps_per_epoch,
           self.total_steps)
@@ -126,6 +133,7 @@ class Trainer:
         self.checkpoint, self.ckpt_dir,
         max_to_keep=config.train.keep_checkpoints)
     self.traces = 0  # train-step traces, both loops (`make_compiled_step`)
+    self._traces_before_stage = 0
     self.step_function = None  # the current stage's (compiled) step
     self.log = run_log.RunLog(model_dir, self.chief, {
         "model": config.model.name, "dataset": config.data.name,
@@ -244,8 +252,8 @@ class Trainer:
     def dataset_fn(context):
       return self._checked_input(pipeline.build_train_dataset(
           self.source, context.get_per_replica_batch_size(self.global_batch),
-          stage, self.train_input, seed=seed, input_context=context),
-                                 "the training input")
+          stage, self.train_input, seed=seed, input_context=context,
+          static_image_size=self.retrace_per_stage), "the training input")
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -266,11 +274,14 @@ class Trainer:
   def make_compiled_step(self):
     """`make_step_fn()`'s step, XLA-compiled when runtime.jit_compile is on.
 
-    A new function each call, so each stage traces (and compiles) its own
-    step with its image size and dropout rate; kept as `self.step_function`.
+    With `retrace_per_stage`, a new function each call, so each stage
+    traces (and compiles) its own step with its static image size;
+    otherwise the first one, for every stage. Kept as `self.step_function`.
     Counts `self.traces` once per graph the step is traced into (the
     replicas of a mirrored trace share it).
     """
+    if self.step_function is not None and not self.retrace_per_stage:
+      return self.step_function
     step_fn = self.make_step_fn()
     graphs = []
 
@@ -294,6 +305,7 @@ class Trainer:
         continue
       print(progressive.describe(stage, num_stages, self.summary["preset"],
                                  self.config.data.augname), flush=True)
+      self._traces_before_stage = self.traces
       record = self._train_stage(stage)
       if eval_every_stage:
         record.update(self.evaluate())
@@ -329,7 +341,8 @@ class Trainer:
                       echo=True):
     """History, TensorBoard scalars and (`echo`) the progress line.
 
-    `images_per_sec` is None for a stage's first call, which traces.
+    `images_per_sec` is None for a stage's first call (which traces, when
+    the stage needs a trace).
     """
     step = self.step
     lr = float(self.schedule(step))
@@ -340,7 +353,9 @@ class Trainer:
                  step % every < self.config.runtime.steps_per_loop):
       elapsed = time.time() - self._train_started
       if images_per_sec is None:
-        speed = "(first call: includes tracing)"
+        speed = ("(first call: includes tracing)"
+                 if self.traces > self._traces_before_stage else
+                 "(first call)")
       else:
         eta = (progressive.remaining_cost(self.stages, stage, step)
                * self.global_batch / images_per_sec)

@@ -56,6 +56,29 @@ def resolve(setting, strategy):
   return on, f"XLA {'on' if on else 'off'} ({why})"
 
 
+def resolve_retrace(setting, jit_compile):
+  """Whether each stage traces its own step (static image size), and why.
+
+  XLA (jit_compile, and always on TPUs) compiles for static shapes, so
+  there every stage retraces, as in the paper. Elsewhere one step traced
+  with an unknown image size serves all stages: its step time equals the
+  static one's (benchmarks/polymorphic_step.py) and later stages skip
+  their retrace.
+  """
+  if setting is None:
+    setting = jit_compile
+    why = "default with XLA" if jit_compile else "default without XLA"
+  elif jit_compile and not setting:
+    raise XlaError(
+        "runtime.retrace_per_stage=false with XLA-compiled steps: XLA "
+        "needs each stage's static image size; leave it unset.")
+  else:
+    why = "runtime.retrace_per_stage=" + str(bool(setting)).lower()
+  return bool(setting), (
+      f"{'retraced per stage' if setting else 'one trace for every stage size'}"
+      f" ({why})")
+
+
 def compiled(fn, jit_compile):
   """`fn` as an XLA-compiled tf.function when `jit_compile`, else as is."""
   return tf.function(fn, jit_compile=True) if jit_compile else fn
