@@ -28,6 +28,7 @@ from absl import flags
 # effnetv2_tf/__init__.py).
 import effnetv2_tf  # noqa: F401  pylint: disable=unused-import
 from effnetv2_tf import export
+from effnetv2_tf import quiet_start
 import tensorflow as tf
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
@@ -149,6 +150,7 @@ def top_classes(outputs, class_names, k):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  quiet_start.quiet_info_logs(FLAGS)
   if sum(map(bool, (FLAGS.saved_model, FLAGS.checkpoint,
                      FLAGS.weights))) != 1:
     raise app.UsageError(

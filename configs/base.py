@@ -41,6 +41,7 @@ def get_config():
   )
   config.data = dict(
       name="imagenet",
+      dataset_cfg="imagenet",  # the --dataset_cfg this config was built on
       source="tfrecord",   # tfrecord | tfds | folder | digits
       tfds_name="",
       tfds_train_split="train",

@@ -193,7 +193,7 @@ def with_data_class_count(values, model_dir, config, source):
         f"({config.data.name}) has {count} classes; drop the key to use "
         f"{count}.")
   print(f"model.num_classes: {count}, the data's class count (the "
-        f"{config.data.name} config says {config.model.num_classes})",
+        f"{config.data.dataset_cfg} config says {config.model.num_classes})",
         flush=True)
   return config_from_flags(values, model_dir,
                            extra_hparams=f"model.num_classes={count}")

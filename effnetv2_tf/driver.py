@@ -5,6 +5,7 @@ config, write the same config.json/summary.json/checkpoints and export the
 same SavedModel; they differ only in the trainer class that runs a stage.
 """
 
+import math
 import sys
 
 from absl import app
@@ -13,6 +14,7 @@ import keras
 
 from effnetv2_tf import cli
 from effnetv2_tf import export
+from effnetv2_tf import quiet_start
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
@@ -76,6 +78,15 @@ def run(values, trainer_cls):
   if reads_only:
     trainer.leave_model_dir_as_is()
   print(f"Steps: {trainer.xla_choice}", flush=True)
+  if values.mode != "eval":  # checked before anything is written
+    run_dir.check_free_space(
+        model_dir, 2 * trainer.checkpoint_bytes(), "--model_dir",
+        "a checkpoint (written beside the previous one)")
+  if values.export_dir:
+    run_dir.check_free_space(
+        values.export_dir, sum(math.prod(w.shape) * 4
+                               for w in trainer.model.weights),
+        "--export_dir", "the SavedModel")
   if trainer.chief and values.mode != "eval":  # eval leaves the run as is
     config_lib.save_config(config, model_dir)
     if trainer.class_names:  # for export from a checkpoint
@@ -118,10 +129,7 @@ def main(argv, values, trainer_cls, prog):
   """absl `main` body: runs, turning user errors into one line + exit 1."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not cli.flag_given(values, "verbosity", default=False):
-    # The run prints what a user follows; TensorFlow's and our INFO log
-    # lines (saver timings, strategy details) come with --verbosity=0.
-    logging.set_verbosity(logging.WARNING)
+  quiet_start.quiet_info_logs(values)
   try:
     run(values, trainer_cls)
   except USER_ERRORS as err:

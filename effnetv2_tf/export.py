@@ -40,10 +40,12 @@ from absl import flags
 import keras
 import tensorflow as tf
 
+from effnetv2_tf import quiet_start
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import pretrained
+from effnetv2_tf.models import registry
 from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import run_dir
@@ -190,11 +192,26 @@ def convert_tflite(saved_model_dir, quantize=False):
 
 def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
                tflite_quantize=False, feature_vector_dir=None,
-               jit_compile=False):
-  """Exports a run's checkpoint (EMA weights); returns the written paths."""
+               jit_compile=False, model_name=None):
+  """Exports a run's checkpoint (EMA weights); returns the written paths.
+
+  `model_name` (--model), when given, must be the run's model.
+  """
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint or model_dir,
       what="--checkpoint" if checkpoint else "--model_dir")
+  run_model = run_config["model"]["name"]
+  if model_name:
+    try:
+      given = registry.get_model_spec(model_name).name
+    except ValueError as err:
+      raise run_dir.RunDirError(str(err)) from None
+    if given != run_model:
+      raise run_dir.RunDirError(
+          f"--model {model_name} differs from the run's model {run_model} "
+          "(config.json); drop --model.")
+  print(f"Exporting {run_model} ({prefix}, EMA weights) at "
+        f"{run_config['model']['eval_size']} px", flush=True)
   options = serving_options(run_config)
   labels = tfrecord_format.read_labels(os.path.dirname(prefix)) or []
   written = [export_saved_model(
@@ -235,7 +252,8 @@ def _define_flags():
                       "checkpoints of main.py or main_tf2.py).")
   flags.DEFINE_string("checkpoint", None,
                       "A checkpoint prefix instead of the latest one.")
-  flags.DEFINE_string("model", None, "Model of --weights.")
+  flags.DEFINE_string("model", None, "Model of --weights (with --model_dir: "
+                      "must be the run's).")
   flags.DEFINE_string("weights", None, "Export published weights instead: "
                       f"{', '.join(pretrained.TAGS)} (or MODEL:TAG).")
   flags.DEFINE_string("export_dir", None, "Where the SavedModel goes.")
@@ -253,6 +271,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   values = flags.FLAGS
+  quiet_start.quiet_info_logs(values)
   if not (values.model_dir or values.checkpoint or values.weights):
     raise app.UsageError("Give --model_dir (or --checkpoint, or --weights).")
   try:
@@ -264,7 +283,7 @@ def main(argv):
       written = export_run(values.model_dir, values.export_dir,
                            values.checkpoint, values.tflite,
                            values.tflite_quantize, values.feature_vector_dir,
-                           values.jit_compile)
+                           values.jit_compile, values.model)
   except USER_ERRORS as err:
     print(f"export: error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -110,3 +110,17 @@ def filtered_import():
     os.dup2(saved, 2)  # closes the pipe's last writer: the filter ends
     os.close(saved)
     os.waitpid(pid, 0)
+
+
+def quiet_info_logs(flag_values):
+  """absl INFO lines (ours and TensorFlow's Python logger's: saver timings,
+  strategy details) only when the command line gives --verbosity, so a
+  command's output is what a user follows. Call it at the top of an absl
+  `main`."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  try:
+    given = flag_values["verbosity"].present
+  except (KeyError, TypeError, AttributeError):
+    given = False
+  if not given:
+    logging.set_verbosity(logging.WARNING)

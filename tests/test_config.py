@@ -73,6 +73,9 @@ def test_scientific_notation_is_a_float():
     ("train.lr_schedule=linear", "valid: 'exponential'"),
     ("model.train_size=-5", "model.train_size"),
     ("progressive.max_mixup=-1", "progressive.max_mixup"),
+    ("train.checkpoint_every=-1",
+     r"train.checkpoint_every: -1; valid: >= 1, or null \(once per stage\)"),
+    ("train.warmup_epochs=-1", r"train.warmup_epochs: -1.0; valid: >= 0\."),
     ("train", "expected key=value"),
 ])
 def test_bad_overrides_name_the_key(hparams, message):
@@ -148,6 +151,21 @@ def test_a_runs_config_json_is_the_base_of_its_rerun():
   with pytest.raises(config_lib.ConfigError, match="run on 'digits', not "
                      "'imagenet'"):
     config_lib.build_config(None, "imagenet", run_config=saved)
+  # digits reads the same data as smoke, with another recipe.
+  with pytest.raises(config_lib.ConfigError, match="holds a run of "
+                     "--dataset_cfg=smoke, not digits; drop the flag"):
+    config_lib.build_config(None, "digits", run_config=saved)
+
+
+def test_config_json_names_its_data_from_any_directory(tmp_path,
+                                                       monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.build_config("efficientnetv2-b0", "folderft",
+                                   data_dir="photos")
+  assert config.data.data_dir == str(tmp_path / "photos")
+  assert config_lib.build_config(
+      "efficientnetv2-b0", "imagenet",
+      data_dir="gs://bucket/imagenet").data.data_dir == "gs://bucket/imagenet"
 
 
 def test_every_dataset_config_builds():

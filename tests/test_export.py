@@ -197,3 +197,35 @@ def test_export_cli_names_a_missing_run(tmp_path):
   assert f"--export_dir {tmp_path}/a_file is a file" in result.stderr
   assert "Traceback" not in result.stderr
   assert (tmp_path / "a_file").read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_export_cli_of_a_run_is_quiet_and_keeps_its_model(tmp_path):
+  config = config_lib.build_config("efficientnetv2-b0", "smoke")
+  model = model_lib.model_from_config(config.model, 10, 0.1)
+  tf.train.Checkpoint(model=model, ema=ema_lib.ExponentialMovingAverage(
+      model, 0.9)).save(str(tmp_path / "ckpt"))
+  config_lib.save_config(config, str(tmp_path))
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+
+  def export_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "effnetv2_tf.export", f"--model_dir={tmp_path}",
+         f"--export_dir={tmp_path}/out", *args], capture_output=True,
+        text=True, env=env, timeout=300, check=False)
+
+  other = export_cli("--model=efficientnetv2-b1")
+  assert other.returncode == 1
+  assert other.stderr == (
+      "export: error: --model efficientnetv2-b1 differs from the run's model "
+      "efficientnetv2-b0 (config.json); drop --model.\n")
+  assert not (tmp_path / "out").exists()
+  result = export_cli()
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("Exporting efficientnetv2-b0 (") and (
+      lines[0].endswith("EMA weights) at 24 px"))  # smoke's eval size
+  assert lines[-1] == f"Wrote {tmp_path}/out"
+  # absl's INFO lines (ours, TensorFlow's saver) only with --verbosity.
+  assert not [l for l in result.stderr.splitlines() if l.startswith("I")]
+

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -39,7 +40,8 @@ def test_plan_rounds_stages_to_whole_epochs():
     progressive.plan_stages(config, 40, epoch_steps=22)
 
 
-def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch):
+def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
+                                                   capsys):
   trainer = _fit_trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
                          "progressive.min_dropout=0.1,"
                          "progressive.max_dropout=0.6")
@@ -51,6 +53,14 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch):
   assert trainer.fit_model.history.epoch == [1]  # stage 2 ran epoch 1
   # Each stage's rate in its last step (16 x 320 features; 5 std. dev.).
   assert rates == pytest.approx([0.1, 0.6], abs=0.03)
+  # main.py's progress lines: each stage's first call, then ETA and time.
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith("step ")]
+  assert lines[0].startswith("step 2/8 stage 1/2 loss ")
+  assert "(first call: includes tracing), elapsed" in lines[0]
+  assert sum("first call" in l for l in lines) == 2
+  assert re.search(r"step 8/8 stage 2/2 loss \S+ lr \S+ [\d.]+ images/s, "
+                   r"ETA 0:00, elapsed \d+:\d\d$", lines[-1])
   assert [s["image_size"] for s in summary["stages"]] == [16, 24]
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk["history"][-1]["step"] == 8

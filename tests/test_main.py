@@ -26,8 +26,9 @@ TINY = "train.steps=6,runtime.steps_per_loop=3"
 DRIVERS = ["main.py", "main_tf2.py"]
 
 
-def _run(*args, driver="main.py"):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+def _run(*args, driver="main.py", python_path=()):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, [*python_path, ROOT])),
+             TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, str(ROOT / driver), *args],
                         capture_output=True, text=True, env=env, timeout=600,
                         check=False)
@@ -56,7 +57,7 @@ def test_folder_problems_stop_before_training(tmp_path, counts, message):
   assert result.returncode == 1
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-  assert list((tmp_path / "run").iterdir()) == []  # nothing written yet
+  assert not (tmp_path / "run").exists()  # nothing written, not even it
 
 
 @pytest.mark.parametrize("flag", ["--model_dir", "--export_dir"])
@@ -71,7 +72,39 @@ def test_unusable_directories_are_one_line_up_front(tmp_path, flag):
     assert f"{flag} {path} {message}" in result.stderr
     assert "Traceback" not in result.stderr
   assert a_file.read_text() == "kept"
-  assert not (tmp_path / "run" / "config.json").exists()  # nothing trained
+  assert not (tmp_path / "run").exists()  # nothing trained or made
+
+
+@pytest.mark.parametrize("flag, what, driver", [
+    ("--model_dir", "a checkpoint (written beside the previous one)",
+     "main.py"),
+    ("--export_dir", "the SavedModel", "main_tf2.py")])
+def test_a_full_disk_is_one_line_up_front(tmp_path, flag, what, driver):
+  # The drivers see 256 KiB free on the disk of nospace/ (a sitecustomize
+  # in the subprocess); the smoke model's weights alone take more.
+  hook = tmp_path / "hook"
+  hook.mkdir()
+  (hook / "sitecustomize.py").write_text(
+      "import collections, shutil\n"
+      "Usage = collections.namedtuple('Usage', 'total used free')\n"
+      "shutil.disk_usage = lambda path: Usage(2**40, 2**40 - 2**18, 2**18 if "
+      "'nospace' in str(path) else 2**39)\n")
+  (tmp_path / "nospace").mkdir()
+  paths = {"--model_dir": tmp_path / "run", "--export_dir": tmp_path / "export"}
+  paths[flag] = tmp_path / "nospace" / flag[2:]
+  paths["--model_dir"].mkdir()
+  (paths["--model_dir"] / "kept.txt").write_text("kept")
+  result = _run("--model=efficientnetv2-b0", "--dataset_cfg=smoke",
+                f"--hparam_str={TINY}", *(f"{k}={v}" for k, v in paths.items()),
+                python_path=[hook], driver=driver)
+  assert result.returncode == 1
+  assert result.stderr.startswith(
+      f"{driver}: error: {flag} {paths[flag]}: 0.2 MiB free on its disk, but "
+      f"{what} needs ")
+  assert "free space or use another" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert [p.name for p in paths["--model_dir"].iterdir()] == ["kept.txt"]
+  assert not paths["--export_dir"].exists()
 
 
 def _digits_folder(root):

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -299,7 +300,12 @@ def test_cli_converts_and_reports(samples, tmp_path):
                     "--num_shards=2", "--layout=flat", "--log_every=5")
   assert result.returncode == 0, result.stderr
   assert "wrote 10 examples of 10 classes in 2 shards" in result.stdout
-  assert "images/s" in result.stderr
+  # A progress line every 5 images, on stdout; absl's INFO lines are off.
+  progress = [l for l in result.stdout.splitlines()
+              if re.match(r"train: (5|10)/10 images, [\d.]+ images/s, 0 "
+                          r"skipped, elapsed \d+s, ETA \d+s$", l)]
+  assert len(progress) == 2, result.stdout
+  assert result.stderr == ""
   info = json.loads((out / "dataset_info.json").read_text())
   assert info["splits"] == {"train": 10}
   assert sorted(p.name for p in out.glob("train-*")) == [

@@ -1,7 +1,10 @@
 """Tests of the progressive-learning schedule (paper Algorithm 1, Table 6)."""
 
+import dataclasses
+
 import pytest
 
+from effnetv2_tf.data import recipes
 from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import progressive
 
@@ -86,15 +89,25 @@ def test_random_resize_draws_stage_values_every_k_epochs():
   assert all(v in allowed for v in _values(stages))
 
 
-def test_describe_line_has_every_value():
+def test_describe_line_names_the_augmentation_used():
   stage = _stages("efficientnetv2-m")[1]
-  line = progressive.describe(stage, 4, "paper")
-  for part in ("stage 2/4", "paper", "image size 212", "RandAugment magnitude",
-               "mixup alpha", "cutmix alpha", "dropout"):
+  v2 = recipes.ROWS["v2"]  # random crop and flip (reference preprocessing.py)
+  line = progressive.describe(stage, 4, "paper", v2, "randaug")
+  for part in ("stage 2/4 (paper preset)", "image size 212",
+               "random crop, flip, RandAugment magnitude", "mixup alpha",
+               "cutmix alpha", "dropout"):
     assert part in line
   # The magnitude only where RandAugment runs.
-  assert "AutoAugment," in progressive.describe(stage, 4, "paper", "autoaug")
-  assert "no augmentation," in progressive.describe(stage, 4, "paper", "")
+  assert "flip, AutoAugment," in progressive.describe(stage, 4, "paper", v2,
+                                                      "autoaug")
+  # The finetune recipe: whole image, flip, cutout; one stage, no preset.
+  first = _stages("efficientnetv2-m")[0]
+  finetune = recipes.ROWS["finetune"]
+  line = progressive.describe(first, 1, "paper", finetune, "")
+  assert line.startswith("stage 1/1: ") and " flip, cutout, mixup" in line
+  bare = dataclasses.replace(finetune, random_flip=False, cutout=False)
+  assert "no augmentation," in progressive.describe(first, 1, "paper", bare,
+                                                    "")
 
 
 def test_remaining_cost_weighs_later_stages_by_their_pixels():

@@ -90,6 +90,13 @@ def test_check_names_what_a_run_lacks(tmp_path):
   digits.num_classes = 1
   with pytest.raises(sources.DataError, match="at least two"):
     sources.check(digits, ["train"])
+  # TFRecords without validation files: how to write them.
+  _write_records(tmp_path / "train-00000-of-00001", [_imagenet_example(1)])
+  records = sources.tfrecord_source("imagenet", str(tmp_path), num_classes=5)
+  with pytest.raises(sources.DataError, match=r"Write validation-\* files "
+                     r"\(python -m effnetv2_tf.data.make_tfrecords "
+                     r"--split=validation\), or set data.eval_split"):
+    sources.check(records, ["train", "validation"])
 
 
 def test_tfrecords_minival_holds_out_first_files(tmp_path):
@@ -200,6 +207,32 @@ def test_folder_source_train_val_subfolders(tmp_path):
   _make_folder(tmp_path / "val", per_class=1)
   source = sources.folder_source(str(tmp_path))
   assert source.split_sizes == {"train": 6, "validation": 3}
+
+
+def test_folder_source_train_alone_holds_out_every_tenth(tmp_path):
+  _make_folder(tmp_path / "train", per_class=10)
+  source = sources.folder_source(str(tmp_path))
+  assert source.class_names == ("Bird", "cat", "dog")
+  assert source.split_sizes == {"train": 27, "validation": 3}
+  assert source.split_rule.startswith(f"{tmp_path}/train, every 10th")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda val: shutil.rmtree(val / "cat"), "lacks the class folder"
+     r"\(s\) cat of .*/train; make its class folders those of"),
+    (lambda val: shutil.copytree(val / "cat", val / "cow"),
+     r"has class folder\(s\) cow that"),
+    (lambda val: [f.unlink() for f in val.glob("*/*")], "holds no images"),
+])
+def test_a_validation_folder_that_does_not_fit_is_named(tmp_path, change,
+                                                        message):
+  _make_folder(tmp_path / "train", per_class=2)
+  _make_folder(tmp_path / "validation", per_class=1)
+  change(tmp_path / "validation")
+  with pytest.raises(sources.DataError,
+                     match=f"/validation {message}.*remove .*/validation "
+                     "to hold out every 10th training image"):
+    sources.folder_source(str(tmp_path))
 
 
 def test_folder_source_errors(tmp_path):

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from effnetv2_tf import quiet_start
 from effnetv2_tf.data import tfrecord_format
 
 SPLITS = ("train", "validation")
@@ -86,6 +87,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  quiet_start.quiet_info_logs(FLAGS)
   if not FLAGS.data_dir:
     raise app.UsageError("Give --data_dir.")
   found = 0

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from effnetv2_tf import fileio
+from effnetv2_tf import quiet_start
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.data.sources import IMAGE_EXTENSIONS
 
@@ -180,8 +181,11 @@ class _Progress:
     self.done += 1
     self.skipped += int(skipped)
     if self.done % self.every == 0 or self.done == self.total:
-      logging.info("%s: %d/%d images, %.1f images/s, %d skipped", self.split,
-                   self.done, self.total, self.rate(), self.skipped)
+      elapsed = time.time() - self.start
+      eta = (self.total - self.done) / max(self.rate(), 1e-9)
+      print(f"{self.split}: {self.done}/{self.total} images, "
+            f"{self.rate():.1f} images/s, {self.skipped} skipped, elapsed "
+            f"{elapsed:.0f}s, ETA {eta:.0f}s", flush=True)
 
   def rate(self):
     return self.done / max(time.time() - self.start, 1e-9)
@@ -280,9 +284,8 @@ def convert(image_dir, output_dir, num_shards, split="train",
             for i, (name, readable) in enumerate(classes)}
   random.Random(seed).shuffle(files)
   tf.io.gfile.makedirs(output_dir)
-  logging.info("%s: %d images of %d classes from %s -> %d shards in %s",
-               split, len(files), len(classes), image_dir, num_shards,
-               output_dir)
+  print(f"{split}: {len(files)} images of {len(classes)} classes from "
+        f"{image_dir} -> {num_shards} shards in {output_dir}", flush=True)
   progress = _Progress(split, len(files), log_every)
   bounds = np.linspace(0, len(files), num_shards + 1).astype(int)
   shards, skipped = {}, []
@@ -309,6 +312,7 @@ def convert(image_dir, output_dir, num_shards, split="train",
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  quiet_start.quiet_info_logs(FLAGS)
   try:
     summary = convert(FLAGS.image_dir, FLAGS.output_dir, FLAGS.num_shards,
                       split=FLAGS.split, layout=FLAGS.layout, seed=FLAGS.seed,

@@ -373,36 +373,57 @@ class FolderSource(Source):
     return sorted(bad)
 
 
+def _hold_out(files, labels, eval_every):
+  """(train files, labels), (validation files, labels): every
+  `eval_every`th image held out."""
+  train, held = ([], []), ([], [])
+  for i, (path, label) in enumerate(zip(files, labels)):
+    part = held if i % eval_every == eval_every - 1 else train
+    part[0].append(path)
+    part[1].append(label)
+  return train, held
+
+
 def folder_source(root, eval_every=10):
-  """Builds a FolderSource, failing clearly on a missing or empty root."""
+  """Builds a FolderSource, failing clearly on a missing or empty root.
+
+  `root/train/` (alone, or with `validation/` or `val/`) holds the
+  training classes; without a validation folder, or with no split folders
+  at all (`root/<class>/`), every `eval_every`th image is held out.
+  """
   if not root or not tf.io.gfile.isdir(root):
     raise DataNotFoundError(f"Image folder {root!r} does not exist.")
-  split_dirs = {"train": "train", "validation": None}
-  for candidate in ("validation", "val"):
-    if tf.io.gfile.isdir(os.path.join(root, candidate)):
-      split_dirs["validation"] = candidate
-  if tf.io.gfile.isdir(os.path.join(root, "train")) and split_dirs[
-      "validation"]:
-    classes, train_f, train_y = _list_folder(os.path.join(root, "train"))
-    val_classes, val_f, val_y = _list_folder(
-        os.path.join(root, split_dirs["validation"]))
-    if val_classes != classes:
-      raise DataError(
-          f"{root}: train and validation class folders differ.")
-    split_rule = f"{root}/train and {root}/{split_dirs['validation']}"
-  else:
-    classes, files, labels = _list_folder(root)
-    split_rule = (f"every {eval_every}th image held out for validation; "
-                  "give train/ and validation/ folders to choose")
-    held = [i % eval_every == eval_every - 1 for i in range(len(files))]
-    train_f = [f for f, h in zip(files, held) if not h]
-    train_y = [y for y, h in zip(labels, held) if not h]
-    val_f = [f for f, h in zip(files, held) if h]
-    val_y = [y for y, h in zip(labels, held) if h]
-  if not train_f:
+  subdirs = {d.rstrip("/") for d in tf.io.gfile.listdir(root)
+             if tf.io.gfile.isdir(os.path.join(root, d))}
+  val_dir = next((d for d in ("validation", "val") if d in subdirs), None)
+  split_layout = "train" in subdirs and subdirs <= {"train", "validation",
+                                                    "val"}
+  image_root = os.path.join(root, "train") if split_layout else root
+  classes, files, labels = _list_folder(image_root)
+  if not files:
     raise DataNotFoundError(
         f"No images (*{', *'.join(IMAGE_EXTENSIONS)}, any case) found under "
-        f"{root}/<class>/.")
+        f"{image_root}/<class>/.")
+  hold_out = (f"every {eval_every}th image held out for validation; give "
+              "train/ and validation/ folders to choose")
+  if split_layout and val_dir:
+    val_classes, val_f, val_y = _list_folder(os.path.join(root, val_dir))
+    missing = [c for c in classes if c not in val_classes]
+    extra = [c for c in val_classes if c not in classes]
+    if missing or extra or not val_f:
+      what = (f"lacks the class folder(s) {', '.join(missing)} of "
+              f"{image_root}" if missing else
+              f"has class folder(s) {', '.join(extra)} that {image_root} "
+              "lacks" if extra else "holds no images")
+      raise DataError(
+          f"{root}/{val_dir} {what}; make its class folders those of "
+          f"{image_root}, or remove {root}/{val_dir} to hold out every "
+          f"{eval_every}th training image.")
+    (train_f, train_y), (val_f, val_y) = (files, labels), (val_f, val_y)
+    split_rule = f"{image_root} and {root}/{val_dir}"
+  else:
+    (train_f, train_y), (val_f, val_y) = _hold_out(files, labels, eval_every)
+    split_rule = (f"{image_root}, " if split_layout else "") + hold_out
   examples = {"train": (train_f, train_y), "validation": (val_f, val_y)}
   return FolderSource(
       name="folder", num_classes=len(classes),
@@ -500,10 +521,15 @@ def check(source, splits):
       known = ", ".join(f"{k} ({v})" for k, v in source.split_sizes.items())
       key = ("data.eval_split" if split != "train" else
              "data.train_examples")
+      make = (
+          "Add images (a folder holds out every 10th one, or give "
+          "validation/)" if isinstance(source, FolderSource) else
+          f"Write {split}-* files (python -m effnetv2_tf.data.make_tfrecords"
+          f" --split={split})" if isinstance(source, TFRecordSource) else
+          "Make the split")
       raise DataError(
           f"{source.name}: the {split!r} split is "
           f"{'empty' if size == 0 else 'missing'} (splits: {known}). "
-          + ("Add images (a folder holds out every 10th one) or make "
-             f"the split, or set {key} to another split; --mode=train "
+          + (f"{make}, or set {key} to another split; --mode=train "
              "needs none." if split != "train" else
              f"Add training data, or set {key}."))

@@ -19,11 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 import optuna
 import tensorflow as tf
 
 from configs import nas as nas_configs
+from effnetv2_tf import quiet_start
 from effnetv2_tf.data import sources
 from effnetv2_tf.nas import search
 from effnetv2_tf.nas import space as space_lib
@@ -80,7 +80,7 @@ def search_config(values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  quiet_start.quiet_info_logs(FLAGS)
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial: ours
   # Every trial is a new model, so tf.function's retracing warnings are
   # expected here.

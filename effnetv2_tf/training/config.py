@@ -174,6 +174,13 @@ RANGES = {
     "train.epochs": ("> 0", lambda v, c: v > 0),
     "train.steps": (">= 1, or null", lambda v, c: v is None or v >= 1),
     "train.lr_base": (">= 0", lambda v, c: v >= 0),
+    "train.min_steps": (">= 0", lambda v, c: v >= 0),
+    "train.warmup_epochs": (">= 0", lambda v, c: v >= 0),
+    "train.weight_decay": (">= 0", lambda v, c: v >= 0),
+    "train.keep_checkpoints": (">= 1", lambda v, c: v >= 1),
+    "train.checkpoint_every": (">= 1, or null (once per stage)",
+                               lambda v, c: v is None or v >= 1),
+    "train.log_every": (">= 1", lambda v, c: v >= 1),
     "train.ema_decay": ("in [0, 1)", lambda v, c: 0.0 <= v < 1.0),
     "train.label_smoothing": ("in [0, 1)", lambda v, c: 0.0 <= v < 1.0),
     "progressive.num_stages": (">= 1", lambda v, c: v >= 1),
@@ -234,11 +241,18 @@ def _apply_run_config(config, run_config, model_name, dataset_given):
     raise ConfigError(f"config.json holds a run on {old_data!r}, not "
                       f"{config.data.name!r} (--dataset_cfg); use another "
                       "--model_dir.")
+  old_cfg = run_config["data"].get("dataset_cfg")  # None: an older run
+  if dataset_given and old_cfg and config.data.dataset_cfg != old_cfg:
+    raise ConfigError(f"config.json holds a run of --dataset_cfg={old_cfg}, "
+                      f"not {config.data.dataset_cfg}; drop the flag to go "
+                      "on with it, or use another --model_dir.")
   for key, value in flatten(run_config):
     try:
       set_value(config, key, value)
     except ConfigError as err:  # a key of another version of this code
       logging.warning("config.json: %s; ignored.", err)
+  if not old_cfg and not dataset_given:
+    config.data.dataset_cfg = old_data  # a run written before the key
 
 
 def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
@@ -268,6 +282,7 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
           dataset_cfg or "imagenet"))
     except ValueError as err:
       raise ConfigError(str(err)) from None
+    config.data.dataset_cfg = (dataset_cfg or "imagenet").lower()
   if run_config is not None:
     _apply_run_config(config, run_config, model_name,
                       dataset_given=dataset_cfg is not None)
@@ -279,6 +294,10 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
     apply_overrides(config, load_config_file(config_file))
   for key, value in parse_hparam_str(hparam_str).items():
     set_value(config, key, value)
+  if config.data.data_dir and "://" not in config.data.data_dir:
+    # config.json's data_dir must work from any working directory (an
+    # eval, export or resume started elsewhere).
+    config.data.data_dir = os.path.abspath(config.data.data_dir)
   try:
     _fill_defaults(config)
   except ValueError as err:

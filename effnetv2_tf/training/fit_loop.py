@@ -12,14 +12,15 @@ targets, EMA update). The stage's dropout is set on the model's rate
 variable; the train function is rebuilt per stage only where XLA needs
 static shapes (`Trainer.retrace_per_stage`). Progress,
 TensorBoard scalars, stage timings and periodic saves go through the same
-`run_log` helpers as the custom loop's; fit adds only its progress bar.
+`run_log` helpers as the custom loop's, and so do the progress lines
+(loss, learning rate, images/s, ETA, elapsed time; main.py's), in place of
+fit's own bar, which knows neither the stages nor the run's end.
 
 Stages are whole fit epochs (`progressive.fit_epoch_steps`); only the
 run's last epoch may be cut short, by `StopAtStep`.
 """
 
 import math
-import sys
 
 from absl import logging
 import keras
@@ -34,7 +35,7 @@ from effnetv2_tf.training import trainer as trainer_lib
 class LatestValue(keras.metrics.Metric):
   """The last value seen, summed over replicas when read (skipped images).
 
-  Not in `FitModel.metrics`, so it neither shows in the progress bar nor is
+  Not in `FitModel.metrics`, so it is not a fit log value and not
   reset at epoch starts; `StageRecorder` reads it.
   """
 
@@ -171,7 +172,7 @@ class StageRecorder(_ExecutionCallback):
     trainer = self._trainer
     rate = self.clock.stop(trainer.step - self._start_step)
     trainer.record_progress(self._stage, float(logs["loss"]), rate,
-                            int(self.model.skipped.result()), echo=False)
+                            int(self.model.skipped.result()))
 
 
 class FitTrainer(trainer_lib.Trainer):
@@ -236,6 +237,6 @@ class FitTrainer(trainer_lib.Trainer):
           initial_epoch=self.step // epoch_steps,
           epochs=math.ceil(stage.end_step / epoch_steps),
           steps_per_epoch=epoch_steps, callbacks=callbacks, shuffle=False,
-          verbose=1 if sys.stdout.isatty() else 2)
+          verbose=0)  # StageRecorder prints the progress lines
     self.save()
     return recorder.clock.stage_record(stage)

@@ -211,15 +211,27 @@ def plan(config, total_steps, steps_per_epoch, epoch_steps=1):
   return plan_stages(config, total_steps, epoch_steps)
 
 
-def describe(stage, num_stages, preset, augname="randaug"):
+def augmentation(prep, augname, magnitude):
+  """What the training input does to each image, in words ("random crop,
+  flip, RandAugment magnitude 10"); "no augmentation" when nothing."""
+  parts = (["random crop"] if prep.train_crop else []) + (
+      ["flip"] if prep.random_flip else []) + (
+          [{"randaug": f"RandAugment magnitude {magnitude:g}",
+            "autoaug": "AutoAugment"}[augname]] if augname else []) + (
+                ["cutout"] if prep.cutout else [])
+  return ", ".join(parts) or "no augmentation"
+
+
+def describe(stage, num_stages, preset, prep, augname):
   """The one log line printed at each stage start.
 
-  The RandAugment magnitude is shown only where RandAugment runs.
+  Names the augmentation each image gets (the RandAugment magnitude only
+  where RandAugment runs) and the preset only for several stages.
   """
-  augment = {"randaug": f"RandAugment magnitude {stage.randaug_magnitude:g}",
-             "autoaug": "AutoAugment"}.get(augname, "no augmentation")
-  return (f"stage {stage.index + 1}/{num_stages} ({preset} preset): "
+  how = f" ({preset} preset)" if num_stages > 1 else ""
+  return (f"stage {stage.index + 1}/{num_stages}{how}: "
           f"steps {stage.start_step}-{stage.end_step} ({stage.steps}), "
-          f"image size {stage.image_size}, {augment}, mixup alpha "
-          f"{stage.mixup_alpha:g}, cutmix alpha {stage.cutmix_alpha:g}, "
+          f"image size {stage.image_size}, "
+          f"{augmentation(prep, augname, stage.randaug_magnitude)}, mixup "
+          f"alpha {stage.mixup_alpha:g}, cutmix alpha {stage.cutmix_alpha:g}, "
           f"dropout {stage.dropout:g}")

@@ -12,6 +12,8 @@ training loop, step or optimizer.
 
 import json
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -27,24 +29,61 @@ class RunDirError(OSError):
   """A directory that cannot take a run's files; the message says why."""
 
 
-def check_writable(path, flag):
-  """Makes sure `path` is a directory this process can write, up front.
+def _nearest_existing(path):
+  """`path` or its nearest ancestor that exists."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
 
-  Creates it if missing; a file in its place, or no permission to write,
-  is a RunDirError naming `flag`. Nothing already in it is touched (the
-  probe file has a name of its own and is removed).
+
+def check_writable(path, flag):
+  """Makes sure `path` is (or can become) a directory this process can
+  write, up front.
+
+  A file in its place, or no permission to write, is a RunDirError naming
+  `flag`. Nothing is created and nothing already there is touched: the
+  probe is a uniquely named folder in `path` or, while `path` does not
+  exist yet, in its nearest existing ancestor, removed again.
   """
   if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
     raise RunDirError(f"{flag} {path} is a file, not a directory.")
-  probe = os.path.join(path, f".write_probe_{os.getpid()}")
+  if "://" in path:  # a bucket: only writing tells; its folders are names
+    probe = os.path.join(path, f".write_probe_{os.getpid()}")
+    try:
+      with tf.io.gfile.GFile(probe, "w") as f:
+        f.write("")
+      tf.io.gfile.remove(probe)
+    except tf.errors.OpError as err:
+      raise RunDirError(f"{flag} {path} is not writable: {err.message}"
+                        ) from None
+    return
+  parent = _nearest_existing(path)
+  if not os.path.isdir(parent):
+    raise RunDirError(f"{flag} {path} is not writable: {parent} is a file, "
+                      "not a directory.")
   try:
-    tf.io.gfile.makedirs(path)
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("")
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as err:
-    reason = getattr(err, "message", None) or err.strerror or str(err)
-    raise RunDirError(f"{flag} {path} is not writable: {reason}") from None
+    os.rmdir(tempfile.mkdtemp(prefix=".write_probe_", dir=parent))
+  except OSError as err:
+    raise RunDirError(f"{flag} {path} is not writable: {err.strerror} "
+                      f"({parent})") from None
+
+
+def check_free_space(path, needed_bytes, flag, what):
+  """RunDirError when the disk of `path` (local) has less than
+  `needed_bytes` free for `what`; checked before the run writes it."""
+  if "://" in path:
+    return
+  free = shutil.disk_usage(_nearest_existing(path)).free
+  if free < needed_bytes:
+    raise RunDirError(
+        f"{flag} {path}: {_mib(free)} free on its disk, but {what} needs "
+        f"{_mib(needed_bytes)}; free space or use another {flag}. Nothing "
+        "was written.")
+
+
+def _mib(num_bytes):
+  return f"{num_bytes / 2**20:,.1f} MiB"
 
 
 def read_config(model_dir):

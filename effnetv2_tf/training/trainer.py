@@ -162,7 +162,10 @@ class Trainer:
 
   def describe(self):
     """The line printed before training."""
-    return (f"Training {self.config.model.name} on {self.config.data.name}: "
+    data = self.config.data
+    dataset = data.name + (f" ({data.dataset_cfg})"
+                           if data.dataset_cfg != data.name else "")
+    return (f"Training {self.config.model.name} on {dataset}: "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) at "
             f"batch {self.global_batch}, {len(self.stages)} "
             f"stage{'s' if len(self.stages) > 1 else ''}, "
@@ -183,6 +186,14 @@ class Trainer:
           f"--init_checkpoint {path}: only {loaded} of {total} weights "
           "fit; cannot evaluate it (another class count or model?).")
     return loaded
+
+  def checkpoint_bytes(self):
+    """About what one checkpoint takes on disk: weights, optimizer slots
+    and the EMA's shadows."""
+    variables = (self.model.variables + self.optimizer.variables +
+                 self.ema.shadows)
+    return sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size
+               for v in variables)
 
   @contextlib.contextmanager
   def ema_model(self):
@@ -304,7 +315,8 @@ class Trainer:
       if stage.end_step <= self.step:
         continue
       print(progressive.describe(stage, num_stages, self.summary["preset"],
-                                 self.config.data.augname), flush=True)
+                                 self.preprocessing, self.config.data.augname),
+            flush=True)
       self._traces_before_stage = self.traces
       record = self._train_stage(stage)
       if eval_every_stage:
@@ -337,9 +349,9 @@ class Trainer:
           f"(stage {stage.index + 1}); stopping. The latest checkpoint "
           f"({self.manager.latest_checkpoint}) is the last good one.")
 
-  def record_progress(self, stage, loss, images_per_sec, skipped,
-                      echo=True):
-    """History, TensorBoard scalars and (`echo`) the progress line.
+  def record_progress(self, stage, loss, images_per_sec, skipped):
+    """History, TensorBoard scalars and the progress line (every
+    train.log_every steps, at a stage's first call and at its end).
 
     `images_per_sec` is None for a stage's first call (which traces, when
     the stage needs a trace).
@@ -349,8 +361,8 @@ class Trainer:
     self.log.progress(step, loss, lr, images_per_sec)
     every = self.config.train.log_every
     # A stage's first call is printed too: a first sign of life per stage.
-    if echo and (images_per_sec is None or step == stage.end_step or
-                 step % every < self.config.runtime.steps_per_loop):
+    if (images_per_sec is None or step == stage.end_step or
+        step % every < self.config.runtime.steps_per_loop):
       elapsed = time.time() - self._train_started
       if images_per_sec is None:
         speed = ("(first call: includes tracing)"
