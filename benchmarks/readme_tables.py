@@ -19,6 +19,9 @@ is replaced. The tables and the JSON files they read:
   progressive  progressive.json (progressive.py): per schedule seconds,
                retrace_seconds, seconds_without_retrace and
                stages[].image_size, steps, images_per_sec
+  peers        peers.json (peers.py): per task, variant, size and batch
+               the images_per_sec of keras.applications, ours, timm and
+               timm channels-last
 
 Ratios are computed from the numbers shown. Only the standard library is
 used (no TensorFlow), so the check runs in a fraction of a second.
@@ -205,8 +208,34 @@ def render_progressive(results_dir):
   return text + "\n\n" + wrap(note)
 
 
+PEERS = ("keras.applications", "ours", "timm", "timm channels-last")
+
+
+def render_peers(results_dir):
+  data = load(results_dir, "peers.json")
+  rates, rows = {}, []
+  for r in data["results"]:
+    key = (r["task"], r["variant"], r["size"], r["batch"])
+    rates.setdefault(key, {})[r["model"]] = r["images_per_sec"]
+  for (task, variant, size, batch), row in rates.items():
+    best_peer = row.get("timm channels-last")
+    rows.append([f"{task} {model_name('efficientnetv2-' + variant)}, "
+                 f"{size} px, batch {batch}"] +
+                [f"{row[m]:.1f}" if m in row else "" for m in PEERS] +
+                [f"{row['ours'] / best_peer:.2f}" if best_peer else ""])
+  text = table(["images/s", *PEERS, "ours / timm channels-last"], "lrrrrr",
+               rows)
+  note = (f"{machine(data)} ({data['machine']['cpu']}), PyTorch "
+          "side as installed by benchmarks/README.md; the same SGD step "
+          "(momentum 0.9) on every side, inference a `tf.function` of the "
+          "model / `torch.inference_mode()`; median of "
+          f"{data['rounds']} rounds of {data['steps']} steps, each round "
+          "timing every model in turn (`benchmarks/results/peers.json`).")
+  return text + "\n\n" + wrap(note)
+
+
 RENDERERS = {"digits": render_digits, "speed": render_speed,
-             "progressive": render_progressive}
+             "progressive": render_progressive, "peers": render_peers}
 
 
 def render_all(results_dir=RESULTS_DIR):

@@ -11,6 +11,7 @@ A subclass runs one stage (`_train_stage`): `custom_loop.CustomLoopTrainer`
 (main.py) and `fit_loop.FitTrainer` (main_tf2.py).
 """
 
+import concurrent.futures
 import contextlib
 import math
 import os
@@ -134,6 +135,7 @@ class Trainer:
         max_to_keep=config.train.keep_checkpoints)
     self.traces = 0  # train-step traces, both loops (`make_compiled_step`)
     self._traces_before_stage = 0
+    self._inputs_ahead = {}  # stage index -> Future of its training input
     self.step_function = None  # the current stage's (compiled) step
     self.log = run_log.RunLog(model_dir, self.chief, {
         "model": config.model.name, "dataset": config.data.name,
@@ -258,6 +260,12 @@ class Trainer:
 
   # ----------------------------------------------------------------- input
   def _train_dataset(self, stage):
+    """The stage's (distributed) training input: built ahead by `train`'s
+    builder thread, else now."""
+    ahead = self._inputs_ahead.pop(stage.index, None)
+    return ahead.result() if ahead else self._build_train_dataset(stage)
+
+  def _build_train_dataset(self, stage):
     seed = self.config.train.seed + 1000 * stage.index
 
     def dataset_fn(context):
@@ -308,20 +316,33 @@ class Trainer:
 
   # ----------------------------------------------------------------- train
   def train(self, eval_every_stage=False):
-    """Runs (or resumes) every stage; returns the summary dict."""
+    """Runs (or resumes) every stage; returns the summary dict.
+
+    The stages' input pipelines are built in a thread, the first at once
+    and the others while it trains (tf.data's graph building is Python;
+    the step runs outside the GIL), so later stages start without waiting
+    for theirs.
+    """
     self._train_started = time.time()
     num_stages = len(self.stages)
-    for stage in self.stages:
-      if stage.end_step <= self.step:
-        continue
-      print(progressive.describe(stage, num_stages, self.summary["preset"],
-                                 self.preprocessing, self.config.data.augname),
-            flush=True)
-      self._traces_before_stage = self.traces
-      record = self._train_stage(stage)
-      if eval_every_stage:
-        record.update(self.evaluate())
-      self.log.record_stage(record)
+    todo = [stage for stage in self.stages if stage.end_step > self.step]
+    builder = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+      for stage in todo:  # one worker: in stage order, the first at once
+        self._inputs_ahead[stage.index] = builder.submit(
+            self._build_train_dataset, stage)
+      for stage in todo:
+        print(progressive.describe(stage, num_stages, self.summary["preset"],
+                                   self.preprocessing,
+                                   self.config.data.augname), flush=True)
+        self._traces_before_stage = self.traces
+        record = self._train_stage(stage)
+        if eval_every_stage:
+          record.update(self.evaluate())
+        self.log.record_stage(record)
+    finally:  # a failed stage does not wait for the later inputs
+      builder.shutdown(cancel_futures=True)
+      self._inputs_ahead.clear()
     return self.summary
 
   def _train_stage(self, stage):

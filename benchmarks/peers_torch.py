@@ -1,0 +1,101 @@
+"""The PyTorch side of peers.py: timm's EfficientNetV2 in a worker process.
+
+Started by benchmarks/peers.py with the Python of --torch_python (one that
+imports torch and timm; TensorFlow is not needed). It reads one JSON
+command a line on stdin and answers each with one JSON line on stdout:
+
+- {"cmd": "setup", "task": "train"|"inference", "model": timm name,
+   "batch_file": .npz of images (NHWC float32) and labels, "warmup": N}
+  builds `timm.create_model(model, num_classes=1000)` (dropout and drop
+  path 0.2, as ours) twice, as is
+  (NCHW) and in channels-last memory format, runs N untimed steps of
+  each, answers {"rows": [{"model", "params", "trainable"}, ...],
+  "torch": version, "timm": version};
+- {"cmd": "round", "steps": N} times N steps of each model in turn and
+  answers {"rates": [images/s, ...]};
+- end of input exits.
+
+The train step is peers.py's on the TensorFlow side: SGD (lr 0.01,
+momentum 0.9), softmax cross-entropy, float32; inference is the model in
+eval mode under torch.inference_mode().
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import timm
+import torch
+
+
+def _runner(task, model_name, images, labels, channels_last):
+  """Returns run(steps) -> images/s of one model; `images` NCHW."""
+  torch.manual_seed(0)
+  # Dropout 0.2 and stochastic depth up to 0.2, as ours (B0 and S: survival
+  # 0.8) and keras.applications train, so every step does the same work.
+  model = timm.create_model(model_name, num_classes=1000, drop_rate=0.2,
+                            drop_path_rate=0.2)
+  x = images.clone()
+  if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+  if task == "train":
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+      optimizer.zero_grad(set_to_none=True)
+      loss = loss_fn(model(x), labels)
+      loss.backward()
+      optimizer.step()
+  else:
+    model.eval()
+
+    def step():
+      with torch.inference_mode():
+        model(x)
+
+  def run(steps):
+    step()  # untimed: warms up again after the other models ran
+    started = time.perf_counter()
+    for _ in range(steps):
+      step()
+    return steps * len(x) / (time.perf_counter() - started)
+
+  # Keras' count_params() includes batch norm's moving statistics, which
+  # torch keeps as buffers: count them too, so the columns compare.
+  stats = sum(b.numel() for n, b in model.named_buffers() if "running" in n)
+  trainable = sum(p.numel() for p in model.parameters())
+  name = "timm channels-last" if channels_last else "timm"
+  return {"model": name, "params": trainable + stats,
+          "trainable": trainable}, run
+
+
+def main():
+  torch.set_num_threads(os.cpu_count())
+  runners = []
+  for line in sys.stdin:
+    command = json.loads(line)
+    if command["cmd"] == "setup":
+      batch = np.load(command["batch_file"])
+      images = torch.from_numpy(
+          np.ascontiguousarray(batch["images"].transpose(0, 3, 1, 2)))
+      labels = torch.from_numpy(batch["labels"].astype(np.int64))
+      runners = [_runner(command["task"], command["model"], images, labels,
+                         channels_last) for channels_last in (False, True)]
+      for _, run in runners:
+        run(command["warmup"])
+      answer = {"rows": [row for row, _ in runners],
+                "torch": torch.__version__, "timm": timm.__version__}
+    elif command["cmd"] == "round":
+      answer = {"rates": [run(command["steps"]) for _, run in runners]}
+    else:
+      raise ValueError(f"unknown command {command['cmd']!r}")
+    print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+  main()
