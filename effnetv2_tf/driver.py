@@ -5,7 +5,6 @@ config, write the same config.json/summary.json/checkpoints and export the
 same SavedModel; they differ only in the trainer class that runs a stage.
 """
 
-import math
 import sys
 
 from absl import app
@@ -84,8 +83,7 @@ def run(values, trainer_cls):
         "a checkpoint (written beside the previous one)")
   if values.export_dir:
     run_dir.check_free_space(
-        values.export_dir, sum(math.prod(w.shape) * 4
-                               for w in trainer.model.weights),
+        values.export_dir, trainer_lib.variable_bytes(trainer.model.weights),
         "--export_dir", "the SavedModel")
   if trainer.chief and values.mode != "eval":  # eval leaves the run as is
     config_lib.save_config(config, model_dir)

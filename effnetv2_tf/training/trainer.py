@@ -38,6 +38,12 @@ from effnetv2_tf.training import xla
 SUM = tf.distribute.ReduceOp.SUM
 
 
+def variable_bytes(variables):
+  """The bytes `variables` (Keras or TensorFlow) hold."""
+  return sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size
+             for v in variables)
+
+
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. a non-finite loss); says step and stage."""
 
@@ -193,10 +199,8 @@ class Trainer:
   def checkpoint_bytes(self):
     """About what one checkpoint takes on disk: weights, optimizer slots
     and the EMA's shadows."""
-    variables = (self.model.variables + self.optimizer.variables +
-                 self.ema.shadows)
-    return sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size
-               for v in variables)
+    return variable_bytes(self.model.variables + self.optimizer.variables +
+                          self.ema.shadows)
 
   @contextlib.contextmanager
   def ema_model(self):
