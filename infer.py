@@ -36,6 +36,7 @@ from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.model import create_model
 from effnetv2_tf.training import checkpoints
+from effnetv2_tf.training import run_dir
 
 flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
 flags.DEFINE_string("checkpoint", None,
@@ -118,10 +119,7 @@ def _load_own(saved_model, checkpoint, model_name, num_classes):
     return module.serve, os.path.dirname(checkpoint)
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint, what="--checkpoint")
-  name = run_config["model"]["name"]
-  if model_name and model_spec(model_name).name != name:
-    raise InferError(f"--model {model_name} differs from the checkpoint's "
-                     f"model {name}.")
+  run_dir.check_model_flag(model_name, run_config, "the checkpoint")
   module = export.ServingModule(model, **export.serving_options(run_config))
   return module.serve, os.path.dirname(prefix)
 

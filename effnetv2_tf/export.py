@@ -46,7 +46,6 @@ from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import fold_bn
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import pretrained
-from effnetv2_tf.models import registry
 from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import run_dir
@@ -205,16 +204,8 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint or model_dir,
       what="--checkpoint" if checkpoint else "--model_dir")
+  run_dir.check_model_flag(model_name, run_config)
   run_model = run_config["model"]["name"]
-  if model_name:
-    try:
-      given = registry.get_model_spec(model_name).name
-    except ValueError as err:
-      raise run_dir.RunDirError(str(err)) from None
-    if given != run_model:
-      raise run_dir.RunDirError(
-          f"--model {model_name} differs from the run's model {run_model} "
-          "(config.json); drop --model.")
   print(f"Exporting {run_model} ({prefix}, EMA weights) at "
         f"{run_config['model']['eval_size']} px", flush=True)
   options = serving_options(run_config)

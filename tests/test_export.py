@@ -17,6 +17,7 @@ from effnetv2_tf.data import recipes
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf.training import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
@@ -175,6 +176,20 @@ def test_infer_prints_five_classes_of_a_photograph(exported, tmp_path):
   assert missing.returncode == 1
   assert "none.jpg does not exist" in missing.stderr
   assert "Traceback" not in missing.stderr
+
+
+def test_a_model_flag_other_than_the_runs_is_one_error_for_export_and_infer():
+  # export.py and infer.py share this check of --model against config.json.
+  run_config = {"model": {"name": "efficientnetv2-b0"}}
+  run_dir.check_model_flag(None, run_config)
+  run_dir.check_model_flag("efficientnetv2-b0", run_config)
+  with pytest.raises(run_dir.RunDirError) as err:
+    run_dir.check_model_flag("efficientnetv2-s", run_config, "the checkpoint")
+  assert str(err.value) == (
+      "--model efficientnetv2-s differs from the checkpoint's model "
+      "efficientnetv2-b0 (config.json); drop --model.")
+  with pytest.raises(run_dir.RunDirError, match="--model: .*efficientnetv2-zz"):
+    run_dir.check_model_flag("efficientnetv2-zz", run_config)
 
 
 @pytest.mark.slow

@@ -91,6 +91,22 @@ def read_config(model_dir):
   return fileio.read_json(os.path.join(model_dir, CONFIG_FILENAME))
 
 
+def check_model_flag(model_name, run_config, source="the run"):
+  """RunDirError unless --model `model_name` (None: not given) names the
+  model of `run_config` (a run's config.json dict); `source` names where
+  that config came from in the message."""
+  if not model_name:
+    return
+  run_model = run_config["model"]["name"]
+  try:
+    given = registry.get_model_spec(model_name).name
+  except ValueError as err:
+    raise RunDirError(f"--model: {err}") from None
+  if given != run_model:
+    raise RunDirError(f"--model {model_name} differs from {source}'s model "
+                      f"{run_model} (config.json); drop --model.")
+
+
 def preprocessing(run_config):
   """The run's `recipes.Preprocessing`.
 
