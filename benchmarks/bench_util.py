@@ -3,6 +3,8 @@
 import json
 import os
 import platform
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -80,3 +82,73 @@ def write_results(path, payload):
   with open(path, "w") as f:
     json.dump({"machine": machine, **payload}, f, indent=2)
   print(f"Wrote {path}")
+
+
+# (group, name fragments): an op (TensorFlow op type or PyTorch operator,
+# lowercased, '_' removed) joins the first group one of whose fragments
+# it contains. PyTorch runs depthwise convolutions through the same
+# operators as dense ones, so both are one group on both sides.
+KERNEL_GROUPS = (
+    ("convolutions and matmuls", ("conv", "matmul", "aten::mm", "addmm")),
+    ("batch norm", ("batchnorm",)),
+    ("swish (sigmoid, silu)", ("sigmoid", "swish", "silu")),
+    ("threads waiting (TensorFlow's IDLE)", ("idle",)),
+    ("other (element-wise, copies, optimizer, loss)", ("",)),
+)
+
+
+def kernel_groups(ms_per_op):
+  """{group: ms per step} of {op name: ms per step} (KERNEL_GROUPS)."""
+  totals = {group: 0.0 for group, _ in KERNEL_GROUPS}
+  for name, ms in ms_per_op.items():
+    key = name.lower().replace("_", "")
+    group = next(g for g, parts in KERNEL_GROUPS
+                 if any(p in key for p in parts))
+    totals[group] += ms
+  return totals
+
+
+TORCH_INSTALL = ("python3.11 -m venv ../peers-venv && ../peers-venv/bin/pip "
+                 "install torch==2.14.1 torchvision==0.29.1 timm, then "
+                 "--torch_python=../peers-venv/bin/python (benchmarks/"
+                 "README.md)")
+
+
+def torch_python(requested):
+  """The Python for timm's side: `requested` (an error if it cannot import
+  torch and timm), else this one if it can, else None after one line."""
+  python = requested or sys.executable
+  found = subprocess.run([python, "-c", "import torch, timm"],
+                         capture_output=True, check=False).returncode == 0
+  if found:
+    return python
+  if requested:
+    raise SystemExit(f"--torch_python={python} cannot import torch and timm.")
+  print(f"timm rows skipped: {python} cannot import torch and timm; "
+        f"install them with: {TORCH_INSTALL}", flush=True)
+  return None
+
+
+class TorchWorker:
+  """benchmarks/peers_torch.py in `python` (one that imports torch and
+  timm): one JSON command line each way (see that file)."""
+
+  SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "peers_torch.py")
+
+  def __init__(self, python):
+    self.process = subprocess.Popen([python, self.SCRIPT],
+                                    stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+
+  def ask(self, **command):
+    self.process.stdin.write(json.dumps(command) + "\n")
+    self.process.stdin.flush()
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.SCRIPT} ended (exit {self.process.wait()})")
+    return json.loads(line)
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait()

@@ -5,26 +5,34 @@ Times, in one run, for each row (task x variant):
 - keras.applications' EfficientNetV2B0/S (random weights, logits);
 - ours, `effnetv2_tf.create_model(name, num_classes=1000)` with its
   defaults (fused batch norm; 1x1 convolutions as matmuls in training);
+  for inference also as export serves it: "ours, BN folded" (the model of
+  `fold_bn.fold_batch_norms`, a `tf.function`) and "ours, SavedModel"
+  (`export.export_saved_model`, reloaded, its `preprocessed` signature:
+  softmax and top-5 added);
 - timm's TF-ported `tf_efficientnetv2_b0` / `tf_efficientnetv2_s`
   (`timm.create_model(name, num_classes=1000)` with dropout and drop
   path 0.2, as ours and keras.applications train), in NCHW and in
   channels-last memory format, when some Python imports torch and timm.
 
-Train: the same step on every side, SGD (lr 0.01, momentum 0.9), softmax
+Train: the same step on every side, SGD (lr 0.01, momentum 0.9) or, task
+train_rmsprop, the paper's RMSProp (decay 0.9, momentum 0.9, epsilon 1e-3
+inside the square root: Keras' RMSprop, timm's RMSpropTF), softmax
 cross-entropy, float32 (TensorFlow: `bench_util.lean_train_step`, a
 `tf.function`; PyTorch: eager, `torch.set_num_threads(os.cpu_count())`).
 Inference: a `tf.function` of the model (training=False) / the model in
 eval mode under `torch.inference_mode()`. Rows: train and inference of B0
-at 224 px batch 32 and of V2-S at 128 px batch 16. Each model is built and
-warmed up (--warmup steps, excluded); then rounds time every model of the
-row in turn, the PyTorch ones in a worker process
+at 224 px batch 32 (also its eval size) and of V2-S at 128 px batch 16,
+inference of V2-S at its eval size, 384 px (batch 16). Each model is
+built and warmed up (--warmup steps, excluded); then rounds time every
+model of the row in turn, the PyTorch ones in a worker process
 (`benchmarks/peers_torch.py`, JSON over a pipe) that idles while
 TensorFlow runs, so drift in the machine's speed hits all alike; the
 median round is reported with the ratio to ours.
 
-  PYTHONPATH=. python benchmarks/peers.py [--models=b0,s]
-      [--tasks=train,inference] [--rounds=3] [--steps=4] [--warmup=2]
-      [--torch_python=/work/peers-venv/bin/python]
+  PYTHONPATH=. python benchmarks/peers.py [--models=b0,s,s-eval]
+      [--tasks=train,train_rmsprop,inference] [--rounds=3] [--steps=4]
+      [--warmup=2]
+      [--torch_python=../peers-venv/bin/python]
       [--json_out=benchmarks/results/peers.json]
 
 --torch_python defaults to this interpreter if it imports timm; without
@@ -37,10 +45,7 @@ another process held one of the 2 cores, TensorFlow's far less; the
 output and JSON give the load average at the start and end.
 """
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -52,11 +57,18 @@ import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
+from effnetv2_tf import export
+from effnetv2_tf.data import recipes
+from effnetv2_tf.models import fold_bn
+from effnetv2_tf.models import registry
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["b0", "s"], "Variants: b0 (224 px, batch 32), "
-                  "s (128 px, batch 16).")
-flags.DEFINE_list("tasks", ["train", "inference"], "train and/or inference.")
+flags.DEFINE_list("models", ["b0", "s", "s-eval"],
+                  "Variants: b0 (224 px, batch 32), s (128 px, batch 16), "
+                  "and for inference only s-eval (384 px, batch 16).")
+flags.DEFINE_list("tasks", ["train", "train_rmsprop", "inference"],
+                  "train (SGD), train_rmsprop (the paper's optimizer) and/or "
+                  "inference.")
 flags.DEFINE_integer("image_size", 0, "Image size for every variant (0: the "
                      "variant's).")
 flags.DEFINE_integer("batch_size", 0, "Batch size for every variant (0: the "
@@ -69,39 +81,35 @@ flags.DEFINE_string("torch_python", None, "A Python that imports torch and "
 flags.DEFINE_string("json_out", "benchmarks/results/peers.json",
                     "Where to write the results ('' to skip).")
 
-SETTINGS = {  # variant -> (ours, timm's, size, batch)
-    "b0": ("efficientnetv2-b0", "tf_efficientnetv2_b0", 224, 32),
-    "s": ("efficientnetv2-s", "tf_efficientnetv2_s", 128, 16),
+# variant -> (ours, timm's, size, batch, tasks). B0's eval size is its 224
+# px (the reference's effnetv2_configs.py, our registry); V2-S's is 384.
+SETTINGS = {
+    "b0": ("efficientnetv2-b0", "tf_efficientnetv2_b0", 224, 32,
+           ("train", "train_rmsprop", "inference")),
+    "s": ("efficientnetv2-s", "tf_efficientnetv2_s", 128, 16,
+          ("train", "train_rmsprop", "inference")),
+    "s-eval": ("efficientnetv2-s", "tf_efficientnetv2_s", 384, 16,
+               ("inference",)),
 }
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "peers_torch.py")
-INSTALL = ("python3.11 -m venv /work/peers-venv && /work/peers-venv/bin/pip "
-           "install torch==2.14.1 torchvision==0.29.1 timm, then "
-           "--torch_python=/work/peers-venv/bin/python")
+# Inference rows of ours as served: export's model (batch norms folded)
+# as a tf.function, and the reloaded SavedModel's `preprocessed` signature.
+FOLDED, SAVED = "ours, BN folded", "ours, SavedModel"
 
 
-def _torch_python():
-  """The Python for the timm rows, or None (after saying why)."""
-  python = FLAGS.torch_python or sys.executable
-  found = subprocess.run([python, "-c", "import torch, timm"],
-                         capture_output=True, check=False).returncode == 0
-  if found:
-    return python
-  if FLAGS.torch_python:
-    raise SystemExit(f"--torch_python={python} cannot import torch and timm.")
-  print(f"timm rows skipped: {python} cannot import torch and timm; "
-        f"install them with: {INSTALL}", flush=True)
-  return None
-
-
-def _tf_runner(task, model, images, labels):
-  """Returns run(steps) -> images/s of a train step or a forward pass."""
+def _tf_runner(task, model, images, labels, forward=None):
+  """Returns run(steps) -> images/s of a train step or a forward pass
+  (`forward`, default a tf.function of `model`, returns a tensor)."""
   x, y = tf.constant(images), tf.constant(labels)
-  if task == "train":
-    train = bench_util.lean_train_step(model)
+  if task.startswith("train"):
+    # The paper's RMSProp (decay 0.9, momentum 0.9, epsilon 0.001), as
+    # timm's RMSpropTF is configured in peers_torch.py.
+    optimizer = keras.optimizers.RMSprop(
+        0.01, rho=0.9, momentum=0.9,
+        epsilon=1e-3) if task == "train_rmsprop" else None
+    train = bench_util.lean_train_step(model, optimizer)
     step = lambda: train(x, y)
   else:
-    forward = tf.function(lambda t: model(t, training=False))
+    forward = forward or tf.function(lambda t: model(t, training=False))
     step = lambda: forward(x)
 
   def run(steps):
@@ -115,50 +123,53 @@ def _tf_runner(task, model, images, labels):
   return run
 
 
-def _tf_rows(variant, task, size, images, labels):
-  """(row, run) of keras.applications' model and ours, warmed up."""
+def _served(model, name, size, tmp):
+  """[(row name, forward)]: ours folded as export serves it, and exported
+  (with registry model `name`'s eval preprocessing) and reloaded."""
+  folded = fold_bn.fold_batch_norms(model)
+  path = os.path.join(tmp, f"saved_{size}")
+  preprocessing = registry.get_model_spec(name).preprocessing
+  export.export_saved_model(model, path, size,
+                            recipes.get_row(preprocessing))
+  loaded = tf.saved_model.load(path)
+  predict = loaded.signatures["preprocessed"]
+  # The signature reads the variables of `loaded`: keep it referenced.
+  saved = lambda x, keep=loaded: predict(images=x)["probabilities"]
+  return [(FOLDED, tf.function(lambda x: folded(x, training=False))),
+          (SAVED, saved)]
+
+
+def _tf_rows(variant, task, size, images, labels, tmp):
+  """(row, run) of keras.applications' model and ours (for inference also
+  as served), warmed up. Every row of ours counts the unfolded model's
+  parameters: the same network."""
   ours = SETTINGS[variant][0]
   shape = (size, size, 3)
+  framework = f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
   for name, build in (
       ("keras.applications",
        lambda: bench_util.applications_model(ours, shape)),
       ("ours", lambda: effnetv2_tf.create_model(ours, num_classes=1000,
                                                 input_shape=shape))):
     model = build()
-    run = _tf_runner(task, model, images, labels)
-    run(FLAGS.warmup)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
-    yield {"framework": f"TensorFlow {tf.__version__}, Keras "
-                        f"{keras.__version__}", "model": name,
-           "params": model.count_params(), "trainable": trainable}, run
-
-
-class _Worker:
-  """The PyTorch process of peers_torch.py: one JSON line each way."""
-
-  def __init__(self, python):
-    self.process = subprocess.Popen([python, WORKER], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True)
-
-  def ask(self, **command):
-    self.process.stdin.write(json.dumps(command) + "\n")
-    self.process.stdin.flush()
-    line = self.process.stdout.readline()
-    if not line:
-      raise RuntimeError(f"{WORKER} ended (exit {self.process.wait()})")
-    return json.loads(line)
-
-  def close(self):
-    self.process.stdin.close()
-    self.process.wait()
+    row = {"framework": framework, "model": name,
+           "params": model.count_params(), "trainable": trainable}
+    forwards = [(name, None)]
+    if name == "ours" and task == "inference":
+      forwards += _served(model, ours, size, tmp)
+    for row_name, forward in forwards:
+      run = _tf_runner(task, model, images, labels, forward)
+      run(FLAGS.warmup)
+      yield dict(row, model=row_name), run
 
 
 def _row(worker, tmp, variant, task):
   """Times one task x variant; returns its result rows."""
-  ours, timm_name, size, batch = SETTINGS[variant]
+  ours, timm_name, size, batch, _ = SETTINGS[variant]
   size, batch = FLAGS.image_size or size, FLAGS.batch_size or batch
   images, labels = bench_util.random_batch(size, batch)
-  runners = list(_tf_rows(variant, task, size, images, labels))
+  runners = list(_tf_rows(variant, task, size, images, labels, tmp))
   if worker:
     path = os.path.join(tmp, f"{variant}_{size}_{batch}.npz")
     np.savez(path, images=images, labels=labels)
@@ -187,14 +198,15 @@ def _row(worker, tmp, variant, task):
 def main(argv):
   del argv
   load = [os.getloadavg()[0]]  # other work on the cores skews the rows
-  python = _torch_python()
-  worker = _Worker(python) if python else None
+  python = bench_util.torch_python(FLAGS.torch_python)
+  worker = bench_util.TorchWorker(python) if python else None
   rows = []
   try:
     with tempfile.TemporaryDirectory() as tmp:
       for task in FLAGS.tasks:
         for variant in FLAGS.models:
-          rows += _row(worker, tmp, variant, task)
+          if task in SETTINGS[variant][4]:
+            rows += _row(worker, tmp, variant, task)
   finally:
     if worker:
       worker.close()
@@ -207,6 +219,8 @@ def main(argv):
     for variant in FLAGS.models:
       block = [r for r in rows if r["task"] == task and
                r["variant"] == variant]
+      if not block:
+        continue
       first = block[0]
       print(f"\n{task} {variant} {first['size']} px batch {first['batch']}"
             "\n\n| framework | model | params | images/s | ratio to ours |"

@@ -4,7 +4,8 @@ Started by benchmarks/peers.py with the Python of --torch_python (one that
 imports torch and timm; TensorFlow is not needed). It reads one JSON
 command a line on stdin and answers each with one JSON line on stdout:
 
-- {"cmd": "setup", "task": "train"|"inference", "model": timm name,
+- {"cmd": "setup", "task": "train"|"train_rmsprop"|"inference",
+   "model": timm name,
    "batch_file": .npz of images (NHWC float32) and labels, "warmup": N}
   builds `timm.create_model(model, num_classes=1000)` (dropout and drop
   path 0.2, as ours) twice, as is
@@ -13,10 +14,14 @@ command a line on stdin and answers each with one JSON line on stdout:
   "torch": version, "timm": version};
 - {"cmd": "round", "steps": N} times N steps of each model in turn and
   answers {"rates": [images/s, ...]};
+- {"cmd": "profile", "steps": N} runs N steps of the channels-last model
+  of the last setup under `torch.profiler` (CPU) and answers {"ops":
+  {op name: self time in ms per step}, "wall_ms": ms per step};
 - end of input exits.
 
 The train step is peers.py's on the TensorFlow side: SGD (lr 0.01,
-momentum 0.9), softmax cross-entropy, float32; inference is the model in
+momentum 0.9) or timm's RMSpropTF (decay 0.9, momentum 0.9, epsilon 1e-3),
+softmax cross-entropy, float32; inference is the model in
 eval mode under torch.inference_mode().
 """
 
@@ -27,6 +32,7 @@ import time
 
 import numpy as np
 import timm
+from timm.optim import RMSpropTF
 import torch
 
 
@@ -41,9 +47,13 @@ def _runner(task, model_name, images, labels, channels_last):
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
-  if task == "train":
+  if task.startswith("train"):
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if task == "train_rmsprop":  # TensorFlow's RMSProp, as Keras' in peers.py
+      optimizer = RMSpropTF(model.parameters(), lr=0.01, alpha=0.9,
+                            eps=1e-3, momentum=0.9)
+    else:
+      optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
@@ -65,6 +75,8 @@ def _runner(task, model_name, images, labels, channels_last):
       step()
     return steps * len(x) / (time.perf_counter() - started)
 
+  run.step = step  # for the profile command
+
   # Keras' count_params() includes batch norm's moving statistics, which
   # torch keeps as buffers: count them too, so the columns compare.
   stats = sum(b.numel() for n, b in model.named_buffers() if "running" in n)
@@ -72,6 +84,20 @@ def _runner(task, model_name, images, labels, channels_last):
   name = "timm channels-last" if channels_last else "timm"
   return {"model": name, "params": trainable + stats,
           "trainable": trainable}, run
+
+
+def _profile(step, steps):
+  """{"ops": {name: self ms per step}, "wall_ms"} of `steps` calls."""
+  step()
+  with torch.profiler.profile(
+      activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    started = time.perf_counter()
+    for _ in range(steps):
+      step()
+    wall = time.perf_counter() - started
+  ops = {e.key: e.self_cpu_time_total / 1e3 / steps
+         for e in prof.key_averages()}
+  return {"ops": ops, "wall_ms": 1e3 * wall / steps}
 
 
 def main():
@@ -90,6 +116,8 @@ def main():
         run(command["warmup"])
       answer = {"rows": [row for row, _ in runners],
                 "torch": torch.__version__, "timm": timm.__version__}
+    elif command["cmd"] == "profile":
+      answer = _profile(runners[-1][1].step, command["steps"])
     elif command["cmd"] == "round":
       answer = {"rates": [run(command["steps"]) for _, run in runners]}
     else:

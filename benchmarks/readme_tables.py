@@ -13,15 +13,16 @@ is replaced. The tables and the JSON files they read:
   speed        train_step.json (train_step.py): the `fit` rows of
                keras.applications and ours, images_per_sec;
                inference.json (inference.py): keras.applications and
-               "ours (fused BN)", ms_per_call at batch 1, images_per_sec
+               "ours (BN folded)", ms_per_call at batch 1, images_per_sec
                above; memory.json (memory.py): applications_mib and
                ours_mib at the largest size
   progressive  progressive.json (progressive.py): per schedule seconds,
                retrace_seconds, seconds_without_retrace and
                stages[].image_size, steps, images_per_sec
-  peers        peers.json (peers.py): per task, variant, size and batch
-               the images_per_sec of keras.applications, ours, timm and
-               timm channels-last
+  peers        peers.json (peers.py): per task, ours_model, size and
+               batch the images_per_sec of keras.applications, ours (and
+               for inference "ours, BN folded" and "ours, SavedModel"),
+               timm and timm channels-last
 
 Ratios are computed from the numbers shown. Only the standard library is
 used (no TensorFlow), so the check runs in a fraction of a second.
@@ -41,7 +42,7 @@ README = ROOT / "README.md"
 
 DRIVER_NAMES = {"main.py": "main.py (custom loop)",
                 "main_tf2.py": "main_tf2.py (Model.fit)"}
-OURS_INFERENCE = "ours (fused BN)"
+OURS_INFERENCE = "ours (BN folded)"
 OPTIMIZERS = {"rmsprop": "RMSProp (the paper's)",
               "sgd": "SGD with momentum"}
 
@@ -208,27 +209,36 @@ def render_progressive(results_dir):
   return text + "\n\n" + wrap(note)
 
 
-PEERS = ("keras.applications", "ours", "timm", "timm channels-last")
+PEERS = ("keras.applications", "ours", "ours, BN folded", "ours, SavedModel",
+         "timm", "timm channels-last")
+
+
+TASKS = {"train": "train (SGD)", "train_rmsprop": "train (RMSProp)"}
 
 
 def render_peers(results_dir):
   data = load(results_dir, "peers.json")
   rates, rows = {}, []
   for r in data["results"]:
-    key = (r["task"], r["variant"], r["size"], r["batch"])
+    key = (r["task"], r["ours_model"], r["size"], r["batch"])
     rates.setdefault(key, {})[r["model"]] = r["images_per_sec"]
-  for (task, variant, size, batch), row in rates.items():
+  for (task, ours, size, batch), row in rates.items():
     best_peer = row.get("timm channels-last")
-    rows.append([f"{task} {model_name('efficientnetv2-' + variant)}, "
-                 f"{size} px, batch {batch}"] +
+    ratios = [f"{row[m] / best_peer:.2f}" if best_peer and m in row else ""
+              for m in ("ours", "ours, SavedModel")]
+    rows.append([f"{TASKS.get(task, task)} {model_name(ours)}, {size} px, "
+                 f"batch {batch}"] +
                 [f"{row[m]:.1f}" if m in row else "" for m in PEERS] +
-                [f"{row['ours'] / best_peer:.2f}" if best_peer else ""])
-  text = table(["images/s", *PEERS, "ours / timm channels-last"], "lrrrrr",
-               rows)
+                ratios)
+  text = table(["images/s", *PEERS, "ours / timm channels-last",
+                "SavedModel / timm channels-last"], "l" + "r" * 8, rows)
   note = (f"{machine(data)} ({data['machine']['cpu']}), PyTorch "
-          "side as installed by benchmarks/README.md; the same SGD step "
-          "(momentum 0.9) on every side, inference a `tf.function` of the "
-          "model / `torch.inference_mode()`; median of "
+          "side as installed by benchmarks/README.md; the same train step "
+          "on every side (SGD with momentum 0.9, or the paper's RMSProp: "
+          "Keras' RMSprop and timm's RMSpropTF), inference a `tf.function` "
+          "of the model / `torch.inference_mode()` (ours also with its batch norms "
+          "folded as export serves it, and the exported SavedModel's "
+          "`preprocessed` signature); median of "
           f"{data['rounds']} rounds of {data['steps']} steps, each round "
           "timing every model in turn (`benchmarks/results/peers.json`).")
   return text + "\n\n" + wrap(note)
