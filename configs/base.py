@@ -122,9 +122,9 @@ def get_config():
       jit_compile=placeholder(bool),
       # A new train step traced per progressive stage, with its static
       # image size; default (None): on wherever XLA compiles the step
-      # (TPUStrategy, jit_compile) or several mirrored replicas run it,
-      # which need static shapes; off on one CPU or GPU, where one step
-      # traced with an unknown image size serves every stage
+      # (TPUStrategy, jit_compile), which needs static shapes; off on CPUs
+      # and GPUs (also several mirrored replicas), where one step traced
+      # with an unknown image size serves every stage
       # (benchmarks/polymorphic_step.py: the same step time).
       retrace_per_stage=placeholder(bool),
   )

@@ -41,7 +41,7 @@ def _trainer(cls, model_dir, strategy):
   return cls(config, model_dir, strategy)
 
 
-def one_step_comparison(tmp):
+def one_step_comparison(tmp, mirrored_strategy):
   rng = np.random.default_rng(0)
   images = rng.normal(size=(8, 16, 16, 3)).astype(np.float32)
   labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]
@@ -50,8 +50,6 @@ def one_step_comparison(tmp):
 
   single = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "single"),
                     tf.distribute.get_strategy())
-  mirrored_strategy = tf.distribute.MirroredStrategy(
-      [d.name for d in tf.config.list_logical_devices("CPU")])
   mirrored = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "mirrored"),
                       mirrored_strategy)
   mirrored.model.set_weights(single.model.get_weights())
@@ -106,6 +104,7 @@ def short_runs(tmp, strategy):
         int(v.shape[0]) for v in first["images"].values]
     trainer.train()
     steps[name] = trainer.step
+    steps[name + "_traces"] = trainer.traces
     steps[name + "_loss_finite"] = bool(all(
         np.isfinite(h["loss"]) for h in trainer.summary["history"]))
   return steps
@@ -148,11 +147,13 @@ def fused_optimizers(strategy):
 
 def main():
   tmp = sys.argv[1]
-  result = one_step_comparison(tmp)
-  # One strategy for the rest: a second one in the process can reuse the
-  # first's collective instance keys.
+  # One strategy for everything, as in a driver: a second MirroredStrategy
+  # in the process reuses the first's collective instance keys, and a step
+  # traced with an unknown image size then failed on a key the first had
+  # used ("Shape mismatch in the collective instance").
   strategy = tf.distribute.MirroredStrategy(
       [d.name for d in tf.config.list_logical_devices("CPU")])
+  result = one_step_comparison(tmp, strategy)
   result.update(short_runs(tmp, strategy))
   result["fused_optimizers"] = fused_optimizers(strategy)
   try:

@@ -59,6 +59,10 @@ def test_synchronized_bn_uses_the_global_batch(report):
 def test_both_drivers_train_under_mirrored_strategy(report):
   assert report["main"] == 4 and report["main_loss_finite"]
   assert report["main_tf2"] == 4 and report["main_tf2_loss_finite"]
+  # Two stages (16 and 24 px), one trace of the step each: the replicas'
+  # collectives run with an unknown image size too.
+  assert report["main_traces"] == 1
+  assert report["main_tf2_traces"] == 1
 
 
 @pytest.mark.slow

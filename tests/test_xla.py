@@ -337,11 +337,6 @@ def test_xla_retraces_per_stage_and_only_xla_insists():
       True, "retraced per stage (runtime.retrace_per_stage=true)")
   with pytest.raises(xla.XlaError, match="needs each stage's static"):
     xla.resolve_retrace(False, jit_compile=True)
-  # Several mirrored replicas too (their collectives need static shapes).
-  assert xla.resolve_retrace(None, jit_compile=False, replicas=2) == (
-      True, "retraced per stage (default with 2 mirrored replicas)")
-  with pytest.raises(xla.XlaError, match="with 2 mirrored replicas"):
-    xla.resolve_retrace(False, jit_compile=False, replicas=2)
 
 
 @needs_xla_cpu

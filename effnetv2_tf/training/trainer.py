@@ -83,8 +83,7 @@ class Trainer:
         config.runtime.jit_compile, strategy)
     self.retrace_per_stage, retrace_choice = xla.resolve_retrace(
         config.runtime.retrace_per_stage,
-        self.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy),
-        strategy.num_replicas_in_sync)
+        self.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy))
     self.xla_choice += f"; {retrace_choice}"
     self.global_batch = config.train.batch_size
     for key, batch in (("train.batch_size", self.global_batch),

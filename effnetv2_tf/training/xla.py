@@ -56,28 +56,24 @@ def resolve(setting, strategy):
   return on, f"XLA {'on' if on else 'off'} ({why})"
 
 
-def resolve_retrace(setting, jit_compile, replicas=1):
+def resolve_retrace(setting, jit_compile):
   """Whether each stage traces its own step (static image size), and why.
 
   XLA (jit_compile, and always on TPUs) compiles for static shapes, so
-  there every stage retraces, as in the paper; so do several mirrored
-  replicas, whose synchronized batch norms' collectives, traced with an
-  unknown image size, were issued in different orders on 2 CPU replicas
-  ("Shape mismatch in the collective instance", TensorFlow 2.21). Elsewhere
-  one step traced with an unknown image size serves all stages: its step
-  time equals the static one's (benchmarks/polymorphic_step.py) and later
-  stages skip their retrace.
+  there every stage retraces, as in the paper. Elsewhere one step traced
+  with an unknown image size serves all stages, also under several
+  mirrored replicas (their synchronized batch norms' collectives reduce
+  per-channel vectors, whose shapes do not depend on the image size): its
+  step time equals the static one's (benchmarks/polymorphic_step.py) and
+  later stages skip their retrace.
   """
-  needs_static = ("XLA" if jit_compile else
-                  f"{replicas} mirrored replicas" if replicas > 1 else None)
   if setting is None:
-    setting = needs_static is not None
-    why = (f"default with {needs_static}" if needs_static else
-           "default without XLA")
-  elif needs_static and not setting:
+    setting = bool(jit_compile)
+    why = "default with XLA" if jit_compile else "default without XLA"
+  elif jit_compile and not setting:
     raise XlaError(
-        f"runtime.retrace_per_stage=false with {needs_static}: the step "
-        "needs each stage's static image size there; leave it unset.")
+        "runtime.retrace_per_stage=false with XLA: the step needs each "
+        "stage's static image size there; leave it unset.")
   else:
     why = "runtime.retrace_per_stage=" + str(bool(setting)).lower()
   return bool(setting), (
