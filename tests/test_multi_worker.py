@@ -72,6 +72,8 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path, driver):
   for stdout in outputs:
     # 2 workers x 1 CPU = 2 replicas of one global batch of 16.
     assert "at batch 16, 2 stages" in stdout
+    # The replicas' collectives run on one step traced for both sizes.
+    assert "one trace for every stage size" in stdout
     # Eval shards the 360 test images between the workers and sums.
     assert "(24 px, 360 images" in stdout
   summary = json.loads((model_dir / "summary.json").read_text())
