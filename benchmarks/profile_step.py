@@ -45,6 +45,7 @@ flags.DEFINE_string("torch_python", None, "A Python that imports torch and "
 flags.DEFINE_string("json_out", "", "Where to write the kernel groups "
                     "('' to skip).")
 
+
 def op_type_table(logdir, steps):
   """[(op type, ms per step, share)] from xprof, or None without xprof."""
   try:
