@@ -94,6 +94,13 @@ SETTINGS = {
 # Inference rows of ours as served: export's model (batch norms folded)
 # as a tf.function, and the reloaded SavedModel's `preprocessed` signature.
 FOLDED, SAVED = "ours, BN folded", "ours, SavedModel"
+flags.register_validator(
+    "models", lambda names: set(names) <= set(SETTINGS),
+    f"--models takes some of {', '.join(SETTINGS)}")
+flags.register_validator(
+    "tasks", lambda names: set(names) <= {"train", "train_rmsprop",
+                                          "inference"},
+    "--tasks takes some of train, train_rmsprop, inference")
 
 
 def _tf_runner(task, model, images, labels, forward=None):
