@@ -78,8 +78,8 @@ class ServingModule:
 
   def __init__(self, model, image_size, preprocessing, jit_compile=False):
     # Batch norms folded into their convolutions: the same logits (within
-    # float32 rounding), 1.13-1.14x the images/s of B0 and S on the CPU
-    # (benchmarks/README.md, "Inference").
+    # float32 rounding), 1.12-1.18x the images/s of B0 and S on the CPU
+    # (benchmarks/README.md, "Batch norm folded at export" and peers.py).
     self.model = model if model is None else fold_bn.fold_batch_norms(model)
     self.image_size = int(image_size)
     self._prep = preprocessing
