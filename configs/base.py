@@ -76,7 +76,7 @@ def get_config():
       steps=placeholder(int),  # overrides epochs when set
       min_steps=0,             # finetuning: at least this many steps
       batch_size=4096,
-      optimizer="rmsprop",
+      optimizer="rmsprop",     # or momentum, sgd, adam (optim.OPTIMIZERS)
       rmsprop_rho=0.9,
       momentum=0.9,
       epsilon=1e-3,

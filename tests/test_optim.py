@@ -109,8 +109,48 @@ def test_ema_swap_restores_raw_weights():
     np.testing.assert_array_equal(a, r)
 
 
-def test_unknown_optimizer():
-  config = config_lib.build_config("efficientnetv2-b0", "digits",
-                                   "train.optimizer=lamb")
-  with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
-    optim.build_optimizer(config.train, 0.1)
+def test_unknown_optimizer_is_a_config_error():
+  with pytest.raises(config_lib.ConfigError,
+                     match="Bad value for train.optimizer: 'lamb'; valid: "
+                           "'rmsprop', 'momentum', 'sgd', 'adam'"):
+    config_lib.build_config("efficientnetv2-b0", "digits",
+                            "train.optimizer=lamb")
+
+
+def _updates(name, gradient, steps=2, fused=True):
+  """A scalar w = 1 after `steps` updates of `gradient` at lr 0.1."""
+  config = config_lib.build_config(
+      "efficientnetv2-b0", "imagenet",
+      f"train.optimizer={name},train.fused_optimizer={fused}")
+  optimizer = optim.build_optimizer(config.train, 0.1)
+  w = tf.Variable(1.0)
+  values = []
+  for _ in range(steps):
+    optimizer.apply_gradients([(tf.constant(gradient), w)])
+    values.append(float(w.numpy()))
+  return values
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sgd_and_momentum_are_the_references(fused):
+  # Reference utils.py L152-159 (main_tf2.py L42-48): 'sgd' is plain
+  # gradient descent, 'momentum' momentum 0.9 without Nesterov. By hand,
+  # g = 0.5, lr = 0.1: sgd 1 - 0.05 = 0.95, then 0.90; momentum (Keras'
+  # m = 0.9 m - lr g, w += m, as main_tf2.py's SGD): m -0.05, w 0.95;
+  # m -0.095, w 0.855 (Nesterov would step to 0.905 first).
+  np.testing.assert_allclose(_updates("sgd", 0.5, fused=fused), [0.95, 0.9],
+                             rtol=1e-6)
+  np.testing.assert_allclose(_updates("momentum", 0.5, fused=fused),
+                             [0.95, 0.855], rtol=1e-6)
+
+
+def test_adam_takes_the_references_epsilon():
+  # Reference main_tf2.py L55: Keras' Adam(learning_rate), epsilon 1e-7
+  # (not train.epsilon, RMSProp's 1e-3). One step, g = 1e-7, by Keras'
+  # update with beta1 0.9, beta2 0.999: w -= lr sqrt(1 - 0.999) / (1 - 0.9)
+  # * m / (sqrt(v) + eps), m = 0.1 g, v = 0.001 g^2.
+  g, eps = 1e-7, 1e-7
+  m, v = 0.1 * g, 0.001 * g * g
+  expected = 1 - 0.1 * np.sqrt(0.001) / 0.1 * m / (np.sqrt(v) + eps)
+  np.testing.assert_allclose(_updates("adam", g, steps=1), [expected],
+                             rtol=1e-5)

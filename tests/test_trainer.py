@@ -170,12 +170,33 @@ def test_finetune_skips_the_head_and_loads_ema(tmp_path):
 
 
 def test_topk_hits_multi_label():
-  labels = tf.constant([[0.5, 0.5, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])
-  logits = tf.constant([[0.0, 9, 1, 0, 0, 0], [9.0, 8, 7, 6, 5, 0]])
-  hits = step_lib.topk_hits(labels, logits, tf.constant([1.0, 1.0]))
-  np.testing.assert_array_equal(hits.numpy(), [1, 1, 2])
-  masked = step_lib.topk_hits(labels, logits, tf.constant([1.0, 0.0]))
-  np.testing.assert_array_equal(masked.numpy(), [1, 1, 1])
+  # Reference main.py L279-283: acc_top1/acc_top5 score tf.argmax of the
+  # multi-hot target (its lowest-index label); L263-270: precision@1 counts
+  # the arg-max when it is any of the labels. By hand, per example:
+  #   1: labels {0, 1}, arg-max 1, top-5 {1, 0, 2, 3, 4}: acc_top1 miss
+  #      (1 != 0), acc_top5 hit, precision@1 hit;
+  #   2: labels {5}, arg-max 0, top-5 {0..4}: all three miss;
+  #   3: labels {2, 4}, arg-max 2: all three hit.
+  labels = tf.constant([[0.5, 0.5, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0],
+                        [0, 0, 0.5, 0, 0.5, 0]])
+  logits = tf.constant([[2.0, 9, 1, 0.5, 0.2, -1], [9.0, 8, 7, 6, 5, 0],
+                        [0.0, 1, 9, 2, 3, 4]])
+  hits = step_lib.topk_hits(labels, logits, tf.constant([1.0, 1.0, 1.0]))
+  np.testing.assert_array_equal(hits.numpy(), [1, 2, 2, 3])
+  masked = step_lib.topk_hits(labels, logits, tf.constant([1.0, 0.0, 0.0]))
+  np.testing.assert_array_equal(masked.numpy(), [0, 1, 1, 1])
+
+
+def test_topk_hits_one_hot_counts_precision_as_top1():
+  # One label per example: the lowest-index label is the label, so
+  # acc_top1 and precision@1 count the same hits (main.py L263-283).
+  labels = tf.one_hot([3, 0, 6], 7)
+  logits = tf.constant([[0.0, 1, 2, 9, 3, 4, 5], [0.0, 9, 8, 7, 6, 5, 4],
+                        [9.0, 8, 7, 6, 5, 4, 3]])
+  hits = step_lib.topk_hits(labels, logits, tf.ones([3]))
+  # 1: arg-max 3 hit; 2: label 0 is last but one (rank 7), a miss in top-5;
+  # 3: label 6 is ranked 7th, a miss.
+  np.testing.assert_array_equal(hits.numpy(), [1, 1, 1, 3])
 
 
 @pytest.mark.slow
@@ -263,3 +284,17 @@ def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy):
   # then three calls of 12.
   assert len(losses) == 5 and all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 0.3
+
+
+def test_multi_label_eval_reports_the_reference_names(tmp_path, capsys):
+  # On multi-label data evaluate adds precision@1 beside acc_top1/acc_top5
+  # (main.py L262-283). The smoke digits are one-hot, so the two top-1
+  # scores must agree (property of one label per example).
+  trainer = _trainer(tmp_path, "train.steps=2")
+  trainer.source.multi_label = True
+  result = trainer.evaluate(use_ema=False)
+  assert result["precision@1"] == result["top1"]
+  assert 0 <= result["top1"] <= result["top5"] <= 1
+  line = capsys.readouterr().out.splitlines()[-1]
+  assert re.search(r"acc_top1 [\d.]+ acc_top5 [\d.]+ \(lowest-index label\) "
+                   r"precision@1 [\d.]+ \(any label\)", line), line

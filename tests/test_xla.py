@@ -166,13 +166,14 @@ def test_xla_step_matches_the_plain_step_in_float32(float32_steps):
 
 @pytest.fixture(scope="module")
 def sgd_float32_step(tmp_path_factory):
-  """The float32 plain step with SGD: (hparams, batch, start, loss, deltas).
+  """The float32 plain step with SGD and momentum: (hparams, batch, start,
+  loss, deltas).
 
   SGD because its update is linear in the gradient. RMSProp's first step is
   about lr * sign(g) * sqrt(10), which turns the mixed policies' rounding of
   near-zero gradients into full-size sign flips in plain and XLA steps alike.
   """
-  hparams = COMPARED + ",train.optimizer=sgd"
+  hparams = COMPARED + ",train.optimizer=momentum"
   reference = _trainer(tmp_path_factory.mktemp("sgd32"), hparams)
   batch = _first_batch(reference)
   start = [v.numpy() for v in _state(reference)]

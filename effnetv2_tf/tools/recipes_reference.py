@@ -315,4 +315,19 @@ DEVIATIONS = (
      "Own folders are small: 10,000 steps would be about 450 epochs of "
      "1,437 images, and batch 512 more than a folder of a few hundred "
      "images holds; 15 epochs with the 1-epoch warmup stay the recipe's."),
+    ("D19", "reference", (),
+     "Optimizers by the reference's names (sgd: plain gradient descent; "
+     "momentum: not Nesterov), with Keras' update for both drivers: "
+     "momentum m = 0.9 m - lr g, w += m (main_tf2.py's SGD); main.py's TF1 "
+     "MomentumOptimizer keeps a = 0.9 a + g, w -= lr a. Adam's epsilon is "
+     "Keras' 1e-7 (main_tf2.py); main.py's TF1 AdamOptimizer has 1e-8.",
+     "One optimizer for both drivers. The two momentum forms are equal "
+     "under a constant learning rate; under a decaying one the TF1 form "
+     "scales past gradients by the current rate."),
+    ("D20", "reference", (),
+     "ImageNet-21k eval scores acc_top1 and acc_top5 (the lowest-index "
+     "label) and precision@1 (any label) as main.py L262-283; its "
+     "precision@5, recall@1, recall@5 and global AP are not computed.",
+     "The top-1 and top-5 scores are counted on device over padded, masked "
+     "batches; the others need label sets or a PR curve and are left out."),
 )

@@ -32,6 +32,7 @@ from effnetv2_tf.training import run_dir
 # Valid names, from the tables that implement them.
 CHOICES = {
     "train.lr_schedule": optim.SCHEDULES,
+    "train.optimizer": optim.OPTIMIZERS,
     "progressive.preset": progressive.PRESETS,
     "data.source": tuple(sources.FROM_CONFIG),
     "data.augname": ("",) + augment.AUGNAMES,

@@ -5,10 +5,11 @@ Both drivers use these definitions:
   overrides the decay while it lasts (reference rule), then exponential
   (0.97 every 2.4 epochs, staircase), cosine or constant, all computed over
   the whole run so stages share one continuous schedule;
-- RMSProp (rho 0.9, momentum 0.9, epsilon 1e-3). Keras' RMSprop adds epsilon
-  inside the square root like TF1's; it starts the mean square at 0 where
-  TF1 started it at 1 (irrelevant after warmup from lr 0); by default it
-  updates through TF1's fused ApplyRMSProp kernel (`fused_optim.py`);
+- RMSProp (rho 0.9, momentum 0.9, epsilon 1e-3). Keras' RMSprop adds
+  epsilon inside the square root like TF1's; it starts the mean square at 0
+  where TF1 started it at 1 (irrelevant after warmup from lr 0); by default
+  it updates through TF1's fused ApplyRMSProp kernel (`fused_optim.py`).
+  The reference's other optimizers by its names: `build_optimizer`;
 - weight decay as a coupled L2 term wd * sum(w^2) / 2 over kernels only.
 The weights' moving average is `ema.py`.
 """
@@ -22,6 +23,7 @@ from effnetv2_tf.training import fused_optim
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
 SCHEDULES = ("exponential", "cosine", "constant")
+OPTIMIZERS = ("rmsprop", "momentum", "sgd", "adam")  # build_optimizer
 
 
 class OptimizerError(ValueError):
@@ -79,7 +81,14 @@ def build_schedule(train_config, global_batch_size, steps_per_epoch,
 
 
 def build_optimizer(train_config, learning_rate):
-  """RMSProp as in the paper; 'sgd' (momentum) and 'adam' for experiments.
+  """`train.optimizer` by the reference's names (utils.py build_optimizer
+  L146-170, main_tf2.py build_tf2_optimizer L36-59):
+
+  - rmsprop: RMSProp (rho, momentum, epsilon from `train`), the paper's;
+  - momentum: SGD with `train.momentum`, not Nesterov;
+  - sgd: plain gradient descent (no momentum);
+  - adam: Adam with Keras' default epsilon 1e-7 (main_tf2.py's Keras Adam;
+    main.py's TF1 AdamOptimizer has 1e-8, docs/recipes.md D19).
 
   With `train_config.fused_optimizer` (default) RMSProp and SGD update
   through TensorFlow's fused kernels (`fused_optim.py`, same math).
@@ -87,23 +96,23 @@ def build_optimizer(train_config, learning_rate):
   dynamic LossScaleOptimizer; train steps compute gradients of
   `optimizer.scale_loss(loss)` (the identity for the others).
   """
-  name = train_config.optimizer.lower()
+  name = train_config.optimizer
   fused = train_config.get("fused_optimizer", True)
+  sgd = fused_optim.FusedSGD if fused else keras.optimizers.SGD
   if name == "rmsprop":
     cls = fused_optim.FusedRMSprop if fused else keras.optimizers.RMSprop
     optimizer = cls(
         learning_rate, rho=train_config.rmsprop_rho,
         momentum=train_config.momentum, epsilon=train_config.epsilon)
-  elif name in ("sgd", "momentum"):
-    cls = fused_optim.FusedSGD if fused else keras.optimizers.SGD
-    optimizer = cls(
-        learning_rate, momentum=train_config.momentum, nesterov=True)
+  elif name == "momentum":
+    optimizer = sgd(learning_rate, momentum=train_config.momentum)
+  elif name == "sgd":
+    optimizer = sgd(learning_rate)
   elif name == "adam":
-    optimizer = keras.optimizers.Adam(learning_rate,
-                                      epsilon=train_config.epsilon)
+    optimizer = keras.optimizers.Adam(learning_rate)
   else:
-    raise OptimizerError(f"Unknown optimizer {train_config.optimizer!r}; "
-                         "valid: rmsprop, sgd, adam.")
+    raise OptimizerError(f"Unknown optimizer {name!r}; valid: "
+                         f"{', '.join(OPTIMIZERS)}.")
   if keras.mixed_precision.global_policy().name == "mixed_float16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer

@@ -14,6 +14,9 @@ import tensorflow as tf
 
 from effnetv2_tf.training import run_dir
 
+# What an evaluation scores (Trainer.evaluate; precision@1 on multi-label
+# data only), as summary.json's stage records and "eval" hold them.
+EVAL_SCORES = ("top1", "top5", "precision@1")
 
 def clock(seconds):
   """Seconds as h:mm:ss (or m:ss under an hour), for progress lines."""
@@ -125,10 +128,11 @@ class RunLog:
     self.write()
 
   def last_stage_eval(self):
-    """{top1, top5} of the last recorded stage when it was evaluated."""
+    """The eval scores (top1, top5, precision@1 for multi-label data) of the
+    last recorded stage when it was evaluated."""
     stages = self.summary["stages"]
     if stages and "top1" in stages[-1]:
-      return dict(top1=stages[-1]["top1"], top5=stages[-1]["top5"])
+      return {k: stages[-1][k] for k in EVAL_SCORES if k in stages[-1]}
     return None
 
   def finish(self, step, eval_result=None):

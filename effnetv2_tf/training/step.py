@@ -18,18 +18,29 @@ def cross_entropy(labels, logits):
 
 
 def topk_hits(labels, logits, mask):
-  """[top-1 hits, top-5 hits, examples] of a batch, weighted by mask.
+  """[acc_top1, acc_top5, precision@1 hits, examples] of a batch, weighted
+  by mask, as the reference's eval metrics (main.py L262-283):
 
-  A hit is a predicted class whose target weight is positive, so for
-  multi-label data top-1 counts when the arg-max is one of the labels.
+  - acc_top1 / acc_top5: the target is the lowest-index label (`tf.argmax`
+    of the multi-hot vector, main.py L279-283); for one-hot data, the label;
+  - precision@1: the arg-max counts when it is any of the labels (the
+    reference's label sets, main.py L263-270, for multi-label data).
+
+  For one-hot labels acc_top1 and precision@1 are the same count.
   """
+  logits = tf.cast(logits, tf.float32)
   k = min(5, logits.shape[-1])
-  top = tf.math.top_k(tf.cast(logits, tf.float32), k).indices
-  hit = tf.gather(labels > 0, top, batch_dims=1)
+  top = tf.math.top_k(logits, k).indices
+  first_label = tf.argmax(labels, axis=-1, output_type=top.dtype)
+  in_top = tf.equal(top, first_label[:, None])
+  any_label_first = tf.gather(labels > 0, top[:, 0], batch_dims=1)
   mask = tf.cast(mask, tf.float32)
-  top1 = tf.reduce_sum(tf.cast(hit[:, 0], tf.float32) * mask)
-  top5 = tf.reduce_sum(tf.cast(tf.reduce_any(hit, 1), tf.float32) * mask)
-  return tf.stack([top1, top5, tf.reduce_sum(mask)])
+
+  def count(hits):
+    return tf.reduce_sum(tf.cast(hits, tf.float32) * mask)
+
+  return tf.stack([count(in_top[:, 0]), count(tf.reduce_any(in_top, 1)),
+                   count(any_label_first), tf.reduce_sum(mask)])
 
 
 def schedule_dropout(model):
@@ -87,8 +98,7 @@ def make_train_step(model, optimizer, ema, weight_decay, global_batch,
 
 
 def make_eval_step(model):
-  """Per-replica eval step: [top-1 hits, top-5 hits, examples] of a padded
-  batch."""
+  """Per-replica eval step: `topk_hits` of a padded batch."""
 
   def eval_step(batch):
     logits = model(batch["images"], training=False)

@@ -436,7 +436,7 @@ class Trainer:
 
     @tf.function
     def eval_loop(iterator):
-      counts = tf.zeros([3])
+      counts = tf.zeros([4])
       for _ in tf.range(steps):
         counts += self.strategy.reduce(
             SUM, self.strategy.run(eval_step, args=(next(iterator),)),
@@ -447,14 +447,24 @@ class Trainer:
     with self.xla_errors("the eval step"), (
         self.ema.swapped() if use_ema else contextlib.nullcontext()):
       counts = eval_loop(iter(dataset)).numpy()
-    result = {"top1": float(counts[0] / counts[2]),
-              "top5": float(counts[1] / counts[2]),
-              "eval_examples": int(counts[2]), "eval_image_size": size}
-    print(f"eval at step {self.step} ({size} px, {int(counts[2])} images, "
-          f"{time.time() - started:.1f}s): top-1 {result['top1']:.4f} "
-          f"top-5 {result['top5']:.4f}", flush=True)
-    self.log.scalars(self.step, {"eval/top1": result["top1"],
-                                 "eval/top5": result["top5"]})
+    examples = counts[3]
+    result = {"top1": float(counts[0] / examples),
+              "top5": float(counts[1] / examples),
+              "eval_examples": int(examples), "eval_image_size": size}
+    scalars = {"eval/acc_top1": result["top1"],
+               "eval/acc_top5": result["top5"]}
+    scores = f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}"
+    if self.source.multi_label:
+      # The reference's names (main.py L262-283): acc_top1/acc_top5 score the
+      # lowest-index label, precision@1 the arg-max against every label.
+      result["precision@1"] = scalars["eval/precision@1"] = float(
+          counts[2] / examples)
+      scores = (f"acc_top1 {result['top1']:.4f} acc_top5 "
+                f"{result['top5']:.4f} (lowest-index label) precision@1 "
+                f"{result['precision@1']:.4f} (any label)")
+    print(f"eval at step {self.step} ({size} px, {int(examples)} images, "
+          f"{time.time() - started:.1f}s): {scores}", flush=True)
+    self.log.scalars(self.step, scalars)
     return result
 
   def final_eval(self):
