@@ -61,10 +61,14 @@ def get_config():
       eval_examples=placeholder(int),
       augname=placeholder(str),         # default: registry augname
       num_layers=2,
+      # The augmentation ops' arithmetic (effnetv2_tf.data.augment):
+      # reference (the released code's ops, quirks included) | paper (PIL's
+      # ops); default: progressive.preset's.
+      augment_arithmetic=placeholder(str),
       # Pixel preprocessing (effnetv2_tf.data.recipes): a row name
       # (v2 | legacy | finetune; default: the model's) and every field of
-      # a row (input_scaling, crops, resize_method, random_flip, cutout,
-      # eval crop), each filled from the row where unset.
+      # a row (decode, input_scaling, crops, resize_method, random_flip,
+      # cutout, eval crop), each filled from the row where unset.
       preprocessing=placeholder(str),
       **{field.name: placeholder(field.type)
          for field in dataclasses.fields(recipes.Preprocessing)},

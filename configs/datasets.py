@@ -52,8 +52,9 @@ _DIGITS = {
     # same run reached 94.7%, without 97.8%).
     # No RandAugment: its pixel-absolute translate (100 px) and cutout
     # (40 px) constants, calibrated for ImageNet sizes, push a 32-56 px
-    # digit out of the frame, and at low magnitudes posterize (0 bits)
-    # and solarize blank it; stages grow mixup and dropout instead.
+    # digit out of the frame, and at low magnitudes posterize (0 bits,
+    # black under the paper arithmetic) and solarize blank it; stages grow
+    # mixup and dropout instead.
     "data": {"name": "digits", "source": "digits", "augname": "",
              "crop_area_min": 0.5, "crop_padding": 0, "cache": True,
              "random_flip": False, "shuffle_buffer": 2048},

@@ -9,10 +9,26 @@ each of its two steps with its own probability and magnitude.
 
 As in the reference EfficientNetV2 `autoaugment.py` (google/automl), a
 magnitude maps to level = m / 10 (not clamped, so m = 15..25 gives levels
-1.5..2.5) and `level_to_arg` maps the level to the op's argument; arguments
-that leave an op's valid range are clipped to it (posterize bits 0..8,
-solarize threshold 0..256, enhance factors >= 0). Rotate, shear and translate
-get a random sign. Empty pixels are filled with 128.
+1.5..2.5) and `level_to_arg` maps the level to the op's argument (L504-524),
+also where it leaves the op's range (posterize 10 bits and solarize
+threshold 640 at m = 25). Rotate, shear and translate get a random sign.
+Empty pixels are filled with 128.
+
+Two arithmetics (`ARITHMETICS`; the run's `data.augment_arithmetic`, by
+default its progressive preset's):
+  reference: the reference's ops, quirks included, since the published
+             models were trained with them: posterize and solarize take
+             their argument wrapped to uint8 (solarize at m = 10 and 20
+             inverts the whole image, at m = 15 thresholds at 128; 0 and 9+
+             bits keep the top bit), contrast blends towards the pixel count
+             / 256, and autocontrast and sharpness keep the reference's
+             float32 rounding.
+  paper:     those five as PIL defines them (`image_ops` without the
+             `_reference` suffix): arguments clipped to the op's range
+             (solarize threshold 256 and above: identity; 0 bits: black,
+             9+ bits: identity), contrast towards the mean grey level,
+             exact rounding.
+The other eleven ops compute the same in both.
 
 Every random choice is stateless: functions take a shape [2] integer `seed`
 and derive sub-seeds with `stateless_split`, so the same seed gives the same
@@ -21,13 +37,18 @@ selected with `tf.switch_case`, so only the chosen branch runs.
 """
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
 
 from effnetv2_tf.data import image_ops
 
 MAX_LEVEL = 10.0
+REFERENCE, PAPER = "reference", "paper"
+ARITHMETICS = (REFERENCE, PAPER)
+# What a caller of this module gets without choosing; runs choose through
+# `data.augment_arithmetic`, which follows the progressive preset.
+DEFAULT_ARITHMETIC = PAPER
 
 
 def _int(value):
@@ -52,29 +73,43 @@ class Op:
       the reference `level_to_arg` rule.
     signed: the (first) argument gets a random sign.
     seeded: `fn` takes a shape [2] seed after the arguments.
+    reference_fn: the function under the `reference` arithmetic where it
+      computes otherwise than `fn`.
   """
   fn: Callable
   args: Callable = lambda *_: ()
   signed: bool = False
   seeded: bool = False
+  reference_fn: Optional[Callable] = None
+
+  def function(self, arithmetic):
+    """The image function under `arithmetic` (one of ARITHMETICS)."""
+    if arithmetic == REFERENCE and self.reference_fn is not None:
+      return self.reference_fn
+    return self.fn
 
 
 # Every op, in RandAugment's draw order (the reference's op list). Adding
 # an op is one entry here (and its function in image_ops).
 OPS = {
-    "AutoContrast": Op(image_ops.autocontrast),
+    "AutoContrast": Op(image_ops.autocontrast,
+                       reference_fn=image_ops.autocontrast_reference),
     "Equalize": Op(image_ops.equalize),
     "Invert": Op(image_ops.invert),
     "Rotate": Op(image_ops.rotate,
                  lambda level, *_: (_float32(level * 30.0),), signed=True),
-    "Posterize": Op(image_ops.posterize, lambda level, *_: (
-        tf.clip_by_value(_int(level * 4.0), 0, 8),)),
-    "Solarize": Op(image_ops.solarize, lambda level, *_: (
-        tf.clip_by_value(_int(level * 256.0), 0, 256),)),
+    "Posterize": Op(image_ops.posterize,
+                    lambda level, *_: (_int(level * 4.0),),
+                    reference_fn=image_ops.posterize_reference),
+    "Solarize": Op(image_ops.solarize,
+                   lambda level, *_: (_int(level * 256.0),),
+                   reference_fn=image_ops.solarize_reference),
     "Color": Op(image_ops.color, _enhance_factor),
-    "Contrast": Op(image_ops.contrast, _enhance_factor),
+    "Contrast": Op(image_ops.contrast, _enhance_factor,
+                   reference_fn=image_ops.contrast_reference),
     "Brightness": Op(image_ops.brightness, _enhance_factor),
-    "Sharpness": Op(image_ops.sharpness, _enhance_factor),
+    "Sharpness": Op(image_ops.sharpness, _enhance_factor,
+                    reference_fn=image_ops.sharpness_reference),
     "ShearX": Op(image_ops.shear_x, lambda level, *_: (
         _float32(level * 0.3),), signed=True),
     "ShearY": Op(image_ops.shear_y, lambda level, *_: (
@@ -90,6 +125,8 @@ OPS = {
 }
 RANDAUGMENT_OPS = tuple(OPS)
 SIGNED_OPS = tuple(name for name, op in OPS.items() if op.signed)
+# The ops whose two arithmetics differ.
+ARITHMETIC_OPS = tuple(name for name, op in OPS.items() if op.reference_fn)
 
 # AutoAugment ImageNet policy v0: sub-policies of two (op, prob, magnitude)
 # steps, applied in order (same table as shared/reference/autoaugment_v0.csv).
@@ -155,7 +192,15 @@ def level_to_arg(name, level, translate_const=100, cutout_const=40):
   return OPS[name].args(_float64(level), translate_const, cutout_const)
 
 
-def apply_op(image, name, level, seed, translate_const=100, cutout_const=40):
+def check_arithmetic(arithmetic):
+  """Raises ValueError naming ARITHMETICS unless `arithmetic` is one."""
+  if arithmetic not in ARITHMETICS:
+    raise ValueError(f"Unknown augment arithmetic {arithmetic!r}; expected "
+                     f"one of {', '.join(ARITHMETICS)}.")
+
+
+def apply_op(image, name, level, seed, translate_const=100, cutout_const=40,
+             arithmetic=DEFAULT_ARITHMETIC):
   """Applies one named op at a level; seed drives the sign and cutout.
 
   Args:
@@ -165,10 +210,12 @@ def apply_op(image, name, level, seed, translate_const=100, cutout_const=40):
     seed: shape [2] integer seed.
     translate_const: pixels of TranslateX/Y at level 1.
     cutout_const: Cutout half side at level 1.
+    arithmetic: one of ARITHMETICS.
 
   Returns:
     uint8 image of the same shape.
   """
+  check_arithmetic(arithmetic)
   args = level_to_arg(name, level, translate_const, cutout_const)
   op = OPS[name]
   sign_seed, op_seed = tf.unstack(
@@ -178,14 +225,14 @@ def apply_op(image, name, level, seed, translate_const=100, cutout_const=40):
     args = (tf.where(negate, -args[0], args[0]),)
   if op.seeded:
     args += (op_seed,)
-  out = op.fn(image, *args)
+  out = op.function(arithmetic)(image, *args)
   out.set_shape(image.shape)
   return out
 
 
 @tf.autograph.experimental.do_not_convert
 def randaugment(image, num_layers, magnitude, seed, translate_const=100,
-                cutout_const=40):
+                cutout_const=40, arithmetic=DEFAULT_ARITHMETIC):
   """RandAugment: num_layers uniformly drawn ops, each always applied.
 
   Args:
@@ -195,10 +242,12 @@ def randaugment(image, num_layers, magnitude, seed, translate_const=100,
     seed: shape [2] integer seed.
     translate_const: pixels of TranslateX/Y at level 1.
     cutout_const: Cutout half side at level 1.
+    arithmetic: one of ARITHMETICS.
 
   Returns:
     uint8 image of the same shape.
   """
+  check_arithmetic(arithmetic)
   image = tf.convert_to_tensor(image)
   shape = image.shape
   level = magnitude_to_level(magnitude)
@@ -210,7 +259,7 @@ def randaugment(image, num_layers, magnitude, seed, translate_const=100,
         [], pick_seed, 0, len(RANDAUGMENT_OPS), tf.int32)
     branches = [
         lambda name=name: apply_op(image, name, level, op_seed,
-                                   translate_const, cutout_const)
+                                   translate_const, cutout_const, arithmetic)
         for name in RANDAUGMENT_OPS]
     with tf.name_scope(f"randaug_layer_{layer}"):
       image = tf.switch_case(index, branches)
@@ -218,7 +267,7 @@ def randaugment(image, num_layers, magnitude, seed, translate_const=100,
   return image
 
 
-def _apply_step(image, step, seed):
+def _apply_step(image, step, seed, arithmetic):
   """One AutoAugment step (op, prob, magnitude), applied with prob."""
   name, prob, magnitude = step
   apply_seed, op_seed = tf.unstack(
@@ -226,7 +275,7 @@ def _apply_step(image, step, seed):
 
   def apply():
     return apply_op(image, name, magnitude_to_level(magnitude), op_seed,
-                    **AUTOAUGMENT_CONSTS)
+                    **AUTOAUGMENT_CONSTS, arithmetic=arithmetic)
 
   if prob <= 0.0:
     return image
@@ -237,17 +286,19 @@ def _apply_step(image, step, seed):
 
 
 @tf.autograph.experimental.do_not_convert
-def autoaugment(image, seed, policy=POLICY_V0):
+def autoaugment(image, seed, policy=POLICY_V0, arithmetic=DEFAULT_ARITHMETIC):
   """AutoAugment: one uniformly drawn sub-policy, steps applied with prob.
 
   Args:
     image: uint8 [H, W, 3].
     seed: shape [2] integer seed.
     policy: tuple of sub-policies, each a tuple of (op, prob, magnitude).
+    arithmetic: one of ARITHMETICS.
 
   Returns:
     uint8 image of the same shape.
   """
+  check_arithmetic(arithmetic)
   image = tf.convert_to_tensor(image)
   pick_seed, steps_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
@@ -258,7 +309,7 @@ def autoaugment(image, seed, policy=POLICY_V0):
     step_seeds = tf.random.experimental.stateless_split(
         steps_seed, len(sub_policy))
     for i, step in enumerate(sub_policy):
-      out = _apply_step(out, step, step_seeds[i])
+      out = _apply_step(out, step, step_seeds[i], arithmetic)
     return out
 
   branches = [lambda sp=sp: branch(sp) for sp in policy]
@@ -268,7 +319,8 @@ def autoaugment(image, seed, policy=POLICY_V0):
 
 
 @tf.autograph.experimental.do_not_convert
-def distort_image(image, augname, magnitude, seed, num_layers=2):
+def distort_image(image, augname, magnitude, seed, num_layers=2,
+                  arithmetic=DEFAULT_ARITHMETIC):
   """Applies the named augmentation ('randaug', 'autoaug', None/'' = none).
 
   Args:
@@ -277,19 +329,21 @@ def distort_image(image, augname, magnitude, seed, num_layers=2):
     magnitude: RandAugment magnitude (unused by AutoAugment).
     seed: shape [2] integer seed.
     num_layers: RandAugment layers.
+    arithmetic: one of ARITHMETICS, the ops' arithmetic.
 
   Returns:
     uint8 image of the same shape.
 
   Raises:
-    ValueError: unknown augname.
+    ValueError: unknown augname or arithmetic.
   """
+  check_arithmetic(arithmetic)
   if not augname:
     return tf.convert_to_tensor(image)
   if augname == "randaug":
     return randaugment(image, num_layers, magnitude, seed,
-                       **RANDAUGMENT_CONSTS)
+                       **RANDAUGMENT_CONSTS, arithmetic=arithmetic)
   if augname == "autoaug":
-    return autoaugment(image, seed)
+    return autoaugment(image, seed, arithmetic=arithmetic)
   raise ValueError(f"Unknown augname {augname!r}; expected one of "
                    f"{', '.join(AUGNAMES)} or None/'' for no augmentation.")

@@ -12,9 +12,14 @@ tensorflow-addons is needed. The only random op, cutout, is stateless and
 takes a shape [2] seed; it also serves the finetune pipeline's cutout on
 float images.
 
-Deliberate difference from the reference: `contrast` blends towards the mean
-grey level (as PIL does); the reference's `sum(histogram) / 256` is the pixel
-count / 256, not a mean.
+Five ops come in two arithmetics (`augment.ARITHMETICS`). The plain
+functions compute what PIL defines (the `paper` arithmetic); the
+`*_reference` functions compute what the reference computes, quirks included
+(the `reference` arithmetic, with which the published models were trained):
+posterize and solarize take their argument as the reference's uint8
+conversion wraps it, contrast blends towards the pixel count / 256, and
+sharpness and autocontrast keep the reference's float32 rounding. The other
+ops compute the same in both.
 """
 
 import math
@@ -75,6 +80,27 @@ def autocontrast(image):
   return tf.where(hi > lo, scaled, image)
 
 
+def autocontrast_reference(image):
+  """`autocontrast` as the reference computes it (autoaugment.py L300-309).
+
+  The float32 x * (255 / span) - lo * (255 / span) can land just below an
+  integer and truncate one level lower: a channel spanning 0..7 maps 7 to
+  254, where `autocontrast` gives 255.
+
+  Args:
+    image: uint8 [H, W, 3].
+
+  Returns:
+    uint8 image of the same shape.
+  """
+  x = _as_float(image)
+  lo = tf.reduce_min(x, axis=[0, 1])
+  hi = tf.reduce_max(x, axis=[0, 1])
+  scale = 255.0 / tf.where(hi > lo, hi - lo, 1.0)
+  offset = -lo * scale
+  return tf.where(hi > lo, _to_uint8(x * scale + offset), image)
+
+
 def equalize(image):
   """Per channel histogram equalisation with PIL's lookup table.
 
@@ -118,18 +144,58 @@ def posterize(image, bits):
   return tf.bitwise.bitwise_and(image, tf.cast(mask, tf.uint8))
 
 
-def solarize(image, threshold=128):
-  """Inverts every value >= threshold (0: invert all, 256: identity).
+def posterize_reference(image, bits):
+  """`posterize` as the reference computes it (autoaugment.py L219-222).
+
+  The reference shifts the uint8 image right and back left by the Python
+  int 8 - bits, which TensorFlow converts to uint8 (wrapping: 9 bits give a
+  shift of 255), and TensorFlow's CPU shift kernels clamp a shift to 0..7.
+  So 1..8 bits are `posterize`'s, while 0 bits and more than 8 keep the top
+  bit (pixels 0 or 128). The clamp is explicit here: TensorFlow leaves
+  shifts of 8 or more undefined.
 
   Args:
     image: uint8 image.
-    threshold: int in 0..256.
+    bits: int >= 0.
+
+  Returns:
+    uint8 image.
+  """
+  shift = tf.cast(8 - tf.cast(bits, tf.int32), tf.uint8)  # wraps mod 256
+  shift = tf.minimum(shift, 7)
+  return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
+
+
+def solarize(image, threshold=128):
+  """Inverts every value >= threshold (<= 0: invert all, >= 256: identity).
+
+  Args:
+    image: uint8 image.
+    threshold: int.
 
   Returns:
     uint8 image.
   """
   threshold = tf.cast(threshold, tf.int32)
   return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
+
+
+def solarize_reference(image, threshold=128):
+  """`solarize` as the reference computes it (autoaugment.py L177).
+
+  The reference compares the uint8 image with the threshold converted to
+  uint8, which wraps it mod 256: 256 and 512 become 0 (invert all), 384
+  becomes 128.
+
+  Args:
+    image: uint8 image.
+    threshold: int >= 0.
+
+  Returns:
+    uint8 image.
+  """
+  threshold = tf.cast(tf.cast(threshold, tf.int32), tf.uint8)  # wraps
+  return tf.where(image < threshold, image, 255 - image)
 
 
 def solarize_add(image, addition=0, threshold=128):
@@ -174,6 +240,25 @@ def contrast(image, factor):
   return blend(degenerate, image, factor)
 
 
+def contrast_reference(image, factor):
+  """`contrast` as the reference computes it (autoaugment.py L198-210).
+
+  The reference's "mean" is the grey histogram's sum / 256, that is the
+  pixel count / 256, clipped to 255 and truncated: a 224 x 224 image blends
+  towards 196 whatever its pixels, one of 65,280 pixels or more towards 255.
+
+  Args:
+    image: uint8 [H, W, 3].
+    factor: float >= 0.
+
+  Returns:
+    uint8 image.
+  """
+  shape = tf.shape(image)
+  level = tf.minimum(shape[0] * shape[1] // 256, 255)  # exact: float32 / 256
+  return blend(tf.fill(shape, level), image, factor)
+
+
 def brightness(image, factor):
   """PIL Brightness: blends black (factor 0) with the image (factor 1)."""
   return blend(tf.zeros_like(image), image, factor)
@@ -183,10 +268,9 @@ def sharpness(image, factor):
   """PIL Sharpness: blends a smoothed image (factor 0) with the image (1).
 
   The smoothed image applies [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 to the
-  interior pixels, truncated as the reference's float convolution cast to
-  uint8 (PIL rounds; the exact integer quotient here, where the reference's
-  float sum can land one below at multiples of 13), and keeps the one-pixel
-  border.
+  interior pixels as the exact integer quotient, truncated as in the
+  reference (PIL rounds; `sharpness_reference` keeps the reference's float
+  rounding), and keeps the one-pixel border.
 
   Args:
     image: uint8 [H, W, 3].
@@ -200,10 +284,36 @@ def sharpness(image, factor):
   box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
   total = box + 4 * x[1:-1, 1:-1]  # kernel weights sum to 13
   smooth = tf.cast(total // 13, tf.uint8)  # trunc(total / 13), reference
+  return blend(_with_border(smooth, image), image, factor)
+
+
+def sharpness_reference(image, factor):
+  """`sharpness` as the reference computes it (autoaugment.py L326-349).
+
+  The smoothing is TensorFlow's float32 depthwise convolution with the
+  weights / 13, truncated: where the 13-weight sum is a multiple of 13 the
+  float sum can land just below it, one level lower (a flat area of 3s
+  smooths to 2 on TensorFlow's CPU kernel).
+
+  Args:
+    image: uint8 [H, W, 3].
+    factor: float >= 0.
+
+  Returns:
+    uint8 image.
+  """
+  weights = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
+  kernel = tf.tile(weights[:, :, tf.newaxis, tf.newaxis], [1, 1, 3, 1])
+  smooth = tf.nn.depthwise_conv2d(_as_float(image)[tf.newaxis], kernel,
+                                  [1, 1, 1, 1], "VALID")[0]
+  return blend(_with_border(_to_uint8(smooth), image), image, factor)
+
+
+def _with_border(smooth, image):
+  """The smoothed interior inside the image's one-pixel border."""
   padding = [[1, 1], [1, 1], [0, 0]]
   interior = tf.pad(tf.ones_like(smooth, tf.bool), padding)
-  degenerate = tf.where(interior, tf.pad(smooth, padding), image)
-  return blend(degenerate, image, factor)
+  return tf.where(interior, tf.pad(smooth, padding), image)
 
 
 def transform(image, matrix):
@@ -280,7 +390,7 @@ def translate_y(image, pixels):
 def cutout(image, pad_size, seed, replace=FILL_VALUE):
   """Fills a 2*pad_size square at a random centre with `replace`.
 
-  The centre is uniform over the pixels; the square is clipped to the image.
+  The centre is uniform over the pixels (`cutout_at` draws the square).
 
   Args:
     image: [H, W, 3] (uint8 for RandAugment and AutoAugment).
@@ -296,6 +406,25 @@ def cutout(image, pad_size, seed, replace=FILL_VALUE):
   seeds = tf.random.experimental.stateless_split(seed, 2)
   cy = tf.random.stateless_uniform([], seeds[0], 0, shape[0], tf.int32)
   cx = tf.random.stateless_uniform([], seeds[1], 0, shape[1], tf.int32)
+  return cutout_at(image, pad_size, cy, cx, replace)
+
+
+def cutout_at(image, pad_size, cy, cx, replace=FILL_VALUE):
+  """Fills rows cy - pad_size..cy + pad_size - 1 and the same columns about
+  cx, clipped to the image, with `replace` (the reference's box,
+  autoaugment.py L153-169).
+
+  Args:
+    image: [H, W, 3].
+    pad_size: int half side of the square.
+    cy: int centre row.
+    cx: int centre column.
+    replace: the fill, a scalar or a tensor of the image's shape.
+
+  Returns:
+    The image with the square filled, in its dtype.
+  """
+  shape = tf.shape(image)
   pad = tf.cast(pad_size, tf.int32)
   rows = tf.range(shape[0])[:, tf.newaxis, tf.newaxis]
   cols = tf.range(shape[1])[tf.newaxis, :, tf.newaxis]

@@ -62,7 +62,8 @@ def _count_skipped(ds):
 
 
 def train_preprocess(features, seed, image_size, prep, augname=None,
-                     randaug_magnitude=0.0, num_layers=2):
+                     randaug_magnitude=0.0, num_layers=2,
+                     augment_arithmetic=augment.DEFAULT_ARITHMETIC):
   """One training example: crop, resize, flip, augment, scale, cutout.
 
   Args:
@@ -73,6 +74,7 @@ def train_preprocess(features, seed, image_size, prep, augname=None,
     augname: 'randaug', 'autoaug' or None.
     randaug_magnitude: the stage's RandAugment magnitude.
     num_layers: RandAugment ops per image.
+    augment_arithmetic: the ops' arithmetic, one of `augment.ARITHMETICS`.
 
   Returns:
     float32 [image_size, image_size, 3].
@@ -89,7 +91,8 @@ def train_preprocess(features, seed, image_size, prep, augname=None,
   if augname:
     image = augment.distort_image(preprocess.to_uint8(image), augname,
                                   randaug_magnitude, aug_seed,
-                                  num_layers=num_layers)
+                                  num_layers=num_layers,
+                                  arithmetic=augment_arithmetic)
   image = preprocess.normalize(image, prep.input_scaling)
   if prep.cutout:
     image = preprocess.finetune_cutout(image, cutout_seed)
@@ -104,6 +107,7 @@ class TrainInput:
     prep: the run's `recipes.Preprocessing`.
     augname: 'randaug', 'autoaug' or None.
     num_layers: RandAugment ops per image.
+    augment_arithmetic: the ops' arithmetic, one of `augment.ARITHMETICS`.
     label_smoothing: smoothing applied before mixing (reference order).
     shuffle_buffer: examples in the shuffle buffer.
     cache: cache the source's examples in memory (small datasets).
@@ -111,6 +115,7 @@ class TrainInput:
   prep: recipes.Preprocessing
   augname: Optional[str] = None
   num_layers: int = 2
+  augment_arithmetic: str = augment.DEFAULT_ARITHMETIC
   label_smoothing: float = 0.0
   shuffle_buffer: int = 10_000
   cache: bool = False
@@ -152,7 +157,8 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
                                                             index)
     image = train_preprocess(features, example_seed, stage.image_size,
                              train_input.prep, train_input.augname,
-                             stage.randaug_magnitude, train_input.num_layers)
+                             stage.randaug_magnitude, train_input.num_layers,
+                             train_input.augment_arithmetic)
     return {"images": image, "labels": features["label"], "index": index}
 
   ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)

@@ -397,6 +397,12 @@ def _preprocessing_section(chk):
   return out + _augment_table(chk)
 
 
+def _arithmetic(preset):
+  """Our `data.augment_arithmetic` under a progressive preset."""
+  config, _ = _run("efficientnetv2-s", "imagenet", preset)
+  return config.data.augment_arithmetic
+
+
 def _augment_table(chk):
   consts = lambda d: (f"translate {d['translate_const']}, cutout "
                       f"{d['cutout_const']}")
@@ -406,7 +412,10 @@ def _augment_table(chk):
           "level": f"magnitude / {augment.MAX_LEVEL:g}",
           "randaug_consts": consts(augment.RANDAUGMENT_CONSTS),
           "autoaug_consts": consts(augment.AUTOAUGMENT_CONSTS),
-          "autoaug_policy": f"v0, {len(augment.POLICY_V0)} sub-policies"}
+          "autoaug_policy": f"v0, {len(augment.POLICY_V0)} sub-policies",
+          "arithmetic": tables.N(_arithmetic("paper"),
+                                 f"{_arithmetic('reference')} under "
+                                 "progressive.preset=reference")}
   rows = [[f"`{k}`", _fmt(ours[k]), _fmt(v), where if ".py" in where else
            f"autoaugment.py {where}", chk.mark(f"augment/{k}", ours[k], v)]
           for k, (v, where) in tables.REF_AUGMENT.items()]

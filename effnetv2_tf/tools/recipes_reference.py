@@ -225,6 +225,7 @@ REF_AUGMENT = {  # autoaugment.py: field -> (value, where)
     "randaug_consts": ("translate 100, cutout 40", "randaugment params"),
     "autoaug_consts": ("translate 250, cutout 100", "autoaugment params"),
     "autoaug_policy": ("v0, 25 sub-policies", "policy_v0"),
+    "arithmetic": ("reference", "L79-441 (the ops)"),
 }
 
 # ------------------------------------------------------------ deviations
@@ -275,13 +276,28 @@ DEVIATIONS = (
      "main.py int(ratio * train_steps) steps.",
      "Whole-step schedules, one rule for both drivers and any run length; "
      "stage boundaries move by less than one epoch."),
-    ("D8", "reference", (),
-     "Sharpness: the exact integer quotient of the 13-weight smoothing sum "
-     "(reference: a float convolution cast to uint8, one lower at some "
-     "multiples of 13). Contrast blends to the mean grey level (reference: "
-     "sum(hist) / 256, the pixel count / 256).",
-     "The ops PIL defines, without the reference's float rounding and "
-     "histogram-sum slip."),
+    ("D8", "reference", ("augment/arithmetic",),
+     "Augmentation ops in the `paper` arithmetic by default "
+     "(`data.augment_arithmetic`, default: the progressive preset's); "
+     "`reference` (the default under `progressive.preset=reference`) "
+     "computes every op as the reference does, quirks included. Five ops "
+     "differ; one pixel each, the reference's value first. Solarize: the "
+     "threshold int(m / 10 * 256) wraps to uint8 (L511, L177), so m = 10 "
+     "and 20 invert every pixel and m = 15 thresholds at 128: pixel 200 at "
+     "m = 15 gives 55, paper 200 (threshold 256 and above inverts nothing). "
+     "Posterize: 0 bits (m = 2; AutoAugment's (Posterize, 0.8, 2)) and 9 "
+     "or 10 bits (m = 23-25) keep the top bit (the uint8 shift clamped to "
+     "7, L221-222): pixel 200 gives 128, paper 0 at 0 bits and 200 above "
+     "8. Contrast blends towards the pixel count / 256 (L205-209), not the "
+     "mean grey: a flat 100 at 224 x 224, m = 0, gives 186, paper 100. "
+     "Sharpness: the float32 smoothing lands one lower at some multiples "
+     "of 13 (L330-339): a flat area of 3s at m = 0 gives 2, paper 3. "
+     "AutoContrast: float32 x * scale + offset (L305-309): a channel "
+     "spanning 0..7 maps 7 to 254, paper 255.",
+     "`paper` computes the ops as PIL defines them, without the "
+     "reference's uint8 wrap, histogram-sum slip and float rounding; "
+     "`reference` is kept because the published models were trained with "
+     "it."),
     ("D9", "reference", (),
      "Random ops are stateless and seeded; the reference's are stateful.",
      "The same seed gives the same images, eagerly and inside tf.data."),

@@ -36,6 +36,7 @@ CHOICES = {
     "progressive.preset": progressive.PRESETS,
     "data.source": tuple(sources.FROM_CONFIG),
     "data.augname": ("",) + augment.AUGNAMES,
+    "data.augment_arithmetic": augment.ARITHMETICS,
     "data.preprocessing": tuple(recipes.ROWS),
     **{f"data.{k}": v for k, v in recipes.CHOICES.items()},
 }
@@ -141,6 +142,10 @@ def _fill_defaults(config):
         if model.train_size_ratio else spec.train_size)
   if config.data.augname is None:
     config.data.augname = spec.augname
+  if config.data.augment_arithmetic is None:
+    # Each preset names its arithmetic: `reference` trains with the ops the
+    # published models were trained with, `paper` with PIL's.
+    config.data.augment_arithmetic = config.progressive.preset
   if config.progressive.num_stages is None:
     config.progressive.num_stages = spec.num_stages
   recipes.resolve(config.data, spec.preprocessing)

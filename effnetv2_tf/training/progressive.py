@@ -211,27 +211,30 @@ def plan(config, total_steps, steps_per_epoch, epoch_steps=1):
   return plan_stages(config, total_steps, epoch_steps)
 
 
-def augmentation(prep, augname, magnitude):
+def augmentation(prep, augname, magnitude, arithmetic=None):
   """What the training input does to each image, in words ("random crop,
-  flip, RandAugment magnitude 10"); "no augmentation" when nothing."""
+  flip, RandAugment magnitude 10 (reference ops)"; the ops' arithmetic when
+  given); "no augmentation" when nothing."""
+  ops = f" ({arithmetic} ops)" if arithmetic else ""
   parts = (["random crop"] if prep.train_crop else []) + (
       ["flip"] if prep.random_flip else []) + (
           [{"randaug": f"RandAugment magnitude {magnitude:g}",
-            "autoaug": "AutoAugment"}[augname]] if augname else []) + (
+            "autoaug": "AutoAugment"}[augname] + ops] if augname else []) + (
                 ["cutout"] if prep.cutout else [])
   return ", ".join(parts) or "no augmentation"
 
 
-def describe(stage, num_stages, preset, prep, augname):
+def describe(stage, num_stages, preset, prep, augname, arithmetic=None):
   """The one log line printed at each stage start.
 
   Names the augmentation each image gets (the RandAugment magnitude only
-  where RandAugment runs) and the preset only for several stages.
+  where RandAugment runs, the ops' `arithmetic` when given) and the preset
+  only for several stages.
   """
   how = f" ({preset} preset)" if num_stages > 1 else ""
+  aug = augmentation(prep, augname, stage.randaug_magnitude, arithmetic)
   return (f"stage {stage.index + 1}/{num_stages}{how}: "
           f"steps {stage.start_step}-{stage.end_step} ({stage.steps}), "
-          f"image size {stage.image_size}, "
-          f"{augmentation(prep, augname, stage.randaug_magnitude)}, mixup "
+          f"image size {stage.image_size}, {aug}, mixup "
           f"alpha {stage.mixup_alpha:g}, cutmix alpha {stage.cutmix_alpha:g}, "
           f"dropout {stage.dropout:g}")

@@ -109,6 +109,7 @@ class Trainer:
     self.train_input = pipeline.TrainInput(
         self.preprocessing, augname=config.data.augname or None,
         num_layers=config.data.num_layers,
+        augment_arithmetic=config.data.augment_arithmetic,
         label_smoothing=config.train.label_smoothing,
         shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
     with strategy.scope():
@@ -338,7 +339,9 @@ class Trainer:
       for stage in todo:
         print(progressive.describe(stage, num_stages, self.summary["preset"],
                                    self.preprocessing,
-                                   self.config.data.augname), flush=True)
+                                   self.config.data.augname,
+                                   self.config.data.augment_arithmetic),
+              flush=True)
         self._traces_before_stage = self.traces
         record = self._train_stage(stage)
         if eval_every_stage:
