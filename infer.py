@@ -9,8 +9,12 @@
 Class names come from `--labels` (labels.txt: one class per line, label
 order, optionally `name<TAB>readable name`), else from the labels.txt that
 export wrote beside the SavedModel or training wrote in the run directory;
-without any, class ids are printed. Checkpoints use their EMA weights and
-the run's eval preprocessing, exactly as the exported SavedModel would.
+without any, class ids are printed. The image file's bytes go to the
+SavedModel's `serving_bytes` signature (or, for a checkpoint, the same
+function in process): decoded as the run's preprocessing row says, then
+the eval crop, resize and scaling of `main.py --mode=eval`. Checkpoints use
+their EMA weights and the run's eval preprocessing, exactly as the exported
+SavedModel would.
 Published weights (`--weights=TAG`, downloaded once) use the preprocessing
 and eval size of the recipe they were trained with, and the ImageNet class
 names that ship with the package (21k weights: class indices).
@@ -68,17 +72,16 @@ def model_spec(name):
     raise InferError(f"--model: {err}") from None
 
 
-def read_image(path):
-  """[1, H, W, 3] float32 0..255, or InferError naming the file."""
+def classify(predict, path):
+  """`predict`'s outputs for the image file `path` (its encoded bytes, a
+  batch of one), or InferError naming the file."""
   if not tf.io.gfile.exists(path):
     raise InferError(f"--image {path} does not exist.")
   try:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                               expand_animations=False)
+    return predict(tf.io.read_file(path)[tf.newaxis])
   except tf.errors.InvalidArgumentError:
     raise InferError(f"--image {path} is not a readable JPEG, PNG, GIF or "
                      "BMP image.") from None
-  return tf.cast(image, tf.float32)[None]
 
 
 def read_class_names(path):
@@ -89,8 +92,9 @@ def read_class_names(path):
 
 def load_predictor(saved_model=None, checkpoint=None, model_name=None,
                    num_classes=1000, weights=None):
-  """(fn: float images -> outputs dict, the class names that come with
-  them: labels.txt beside them or the published weights' names, or [])."""
+  """(fn: encoded images tf.string [B] -> outputs dict, the class names
+  that come with them: labels.txt beside them or the published weights'
+  names, or [])."""
   if weights:
     return load_published(model_name, weights)
   predict, label_dir = _load_own(saved_model, checkpoint, model_name,
@@ -105,8 +109,12 @@ def _load_own(saved_model, checkpoint, model_name, num_classes):
   if saved_model:
     if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
       raise InferError(f"--saved_model {saved_model} holds no saved_model.pb.")
-    loaded = tf.saved_model.load(saved_model)
-    return loaded.signatures["serving_default"], saved_model
+    signatures = tf.saved_model.load(saved_model).signatures
+    if export.BYTES_SIGNATURE not in signatures:
+      raise InferError(f"--saved_model {saved_model} has no "
+                       f"{export.BYTES_SIGNATURE} signature (exported before "
+                       "it existed); export it again.")
+    return signatures[export.BYTES_SIGNATURE], saved_model
   if checkpoint.endswith(".h5"):
     if not model_name:
       raise InferError("--checkpoint of a .h5 file needs --model.")
@@ -116,12 +124,12 @@ def _load_own(saved_model, checkpoint, model_name, num_classes):
     # A weights file has no run config: the model's own preprocessing row.
     module = export.ServingModule(model, spec.eval_size,
                                   recipes.get_row(spec.preprocessing))
-    return module.serve, os.path.dirname(checkpoint)
+    return module.serve_bytes, os.path.dirname(checkpoint)
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint, what="--checkpoint")
   run_dir.check_model_flag(model_name, run_config, "the checkpoint")
   module = export.ServingModule(model, **export.serving_options(run_config))
-  return module.serve, os.path.dirname(prefix)
+  return module.serve_bytes, os.path.dirname(prefix)
 
 
 def load_published(model_name, weights):
@@ -134,7 +142,7 @@ def load_published(model_name, weights):
     raise InferError(f"--weights: {err}") from None
   if names is None:
     print(f"{weights}: {pretrained.NO_21K_NAMES}.", flush=True)
-  return export.ServingModule(model, **options).serve, names or []
+  return export.ServingModule(model, **options).serve_bytes, names or []
 
 
 def top_classes(outputs, class_names, k):
@@ -160,7 +168,7 @@ def main(argv):
     if FLAGS.labels:
       class_names = read_class_names(FLAGS.labels)
     for path in FLAGS.image:
-      outputs = predict(read_image(path))
+      outputs = classify(predict, path)
       print(f"{path}:")
       for rank, (class_id, name, p) in enumerate(
           top_classes(outputs, class_names, FLAGS.top_k), 1):

@@ -1,8 +1,10 @@
 """Input pipeline throughput: full training preprocessing vs JPEG decoding.
 
 Measures images/second of the project's real training pipeline
-(`effnetv2_tf.data.pipeline.build_train_dataset`: decode fused with the
-inception crop, flip, resize, RandAugment, batch-level mixup, normalisation)
+(`effnetv2_tf.data.pipeline.build_train_dataset` on the v2 row: whole
+decode, inception crop, flip, resize, RandAugment, batch-level mixup,
+normalisation; the numbers in benchmarks/README were measured when it
+still decoded the crop window alone)
 at several image sizes, beside two references taken from the same files in
 the same run:
 

@@ -7,13 +7,19 @@
       --export_dir=exports/efficientnetv2-s-imagenet
 
 Classifier SavedModel signatures:
+  serving_bytes:   encoded images (JPEG, PNG, GIF, BMP; tf.string [B], each
+                   of any size), decoded as the run's preprocessing row
+                   says (`decode`);
   serving_default: float32 images 0..255 [B, H, W, 3] of any size;
   serving_uint8:   the same for uint8 images;
   preprocessed:    already scaled [B, S, S, 3] images at the eval size.
 Each returns `probabilities`, `top5_classes` and `top5_probabilities`.
 Preprocessing is the run's evaluation one, read from its config.json
-(`recipes.Preprocessing`: the eval crop, resize method and input scaling),
-so served predictions match `main.py --mode=eval`; published weights
+(`recipes.Preprocessing`: the decode, eval crop, resize method and input
+scaling), so `serving_bytes` serves the pixels of `main.py --mode=eval`.
+The image signatures take pixels decoded whole: for a row that decodes a
+JPEG's crop window alone ('fused', the legacy row) they differ from it
+along the crop's edges (README, Export and inference). Published weights
 (`--weights=TAG`) serve the preprocessing, eval size and class names of
 the recipe they were trained with (`pretrained.preprocessing`). Export the
 EMA weights
@@ -58,6 +64,7 @@ USER_ERRORS = (FileNotFoundError, run_dir.RunDirError,
 
 TFLITE_FILENAME = "model.tflite"
 TFLITE_QUANT_FILENAME = "model_quant.tflite"
+BYTES_SIGNATURE = "serving_bytes"
 
 
 def serving_options(run_config):
@@ -69,11 +76,15 @@ def serving_options(run_config):
               preprocessing=run_dir.preprocessing(run_config))
 
 
+_BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+
 class ServingModule:
   """A Keras model plus its eval preprocessing: the serving functions.
 
-  `endpoints` lists them with their input signatures; `serve` is the
-  float one as a tf.function for in-process use (infer.py on a checkpoint).
+  `endpoints` lists them with their input signatures; `serve` and
+  `serve_bytes` are the float and the encoded-bytes ones as tf.functions for
+  in-process use (infer.py on a checkpoint).
   """
 
   def __init__(self, model, image_size, preprocessing, jit_compile=False):
@@ -89,6 +100,8 @@ class ServingModule:
     self.predict = xla.compiled(self._predict, jit_compile)
     self.serve = tf.function(self._serve, input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    self.serve_bytes = tf.function(self._serve_bytes,
+                                   input_signature=[_BYTES_SPEC])
 
   def endpoints(self):
     """[(name, function, input spec)]: the SavedModel's signatures."""
@@ -99,6 +112,7 @@ class ServingModule:
         ("serving_uint8", lambda images: self._serve(
             tf.cast(images, tf.float32)),
          tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")),
+        (BYTES_SIGNATURE, self._serve_bytes, _BYTES_SPEC),
         ("preprocessed", self.predict,
          tf.TensorSpec([None, size, size, 3], tf.float32, name="images")),
     ]
@@ -111,6 +125,15 @@ class ServingModule:
                     offset[1]:offset[1] + size[1]]
     return preprocess.resize_and_scale(images, self.image_size, self._prep)
 
+  def preprocess_bytes(self, encoded):
+    """The eval preprocessing of a batch of encoded images, one by one
+    (their sizes differ): the eval pipeline's own function."""
+    size = self.image_size
+    return tf.map_fn(
+        lambda e: preprocess.eval_preprocess({"encoded": e}, size, self._prep),
+        encoded, fn_output_signature=tf.TensorSpec([size, size, 3],
+                                                   tf.float32))
+
   def _predict(self, images):
     logits = tf.cast(self.model(images, training=False), tf.float32)
     probabilities = tf.nn.softmax(logits)
@@ -120,6 +143,9 @@ class ServingModule:
 
   def _serve(self, images):
     return self.predict(self.preprocess(images))
+
+  def _serve_bytes(self, encoded):
+    return self.predict(self.preprocess_bytes(encoded))
 
 
 def _write_archive(model, export_dir, endpoints):

@@ -86,6 +86,25 @@ def test_raw_image_signature_takes_a_one_pixel_image(exported):
                              atol=1e-5)
 
 
+def test_bytes_signature_takes_a_batch_of_sizes(exported):
+  model, path = exported
+  image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), np.uint8)
+  pixel = np.array([[[10, 200, 30]]], np.uint8)
+  encoded = tf.stack([tf.io.encode_png(image), tf.io.encode_png(pixel)])
+  out = tf.saved_model.load(path).signatures[export.BYTES_SIGNATURE](
+      image_bytes=encoded)
+  # By hand, as for the image signatures above (PNG is lossless): the
+  # 15-pixel crop at (11, 19); the one pixel spread over 24 x 24.
+  crop = image[np.newaxis, 11:26, 19:34].astype(np.float32)
+  expected = np.concatenate([
+      _softmax(model, preprocess.normalize(
+          tf.image.resize(crop, [SIZE, SIZE]), SCALING)),
+      _softmax(model, preprocess.normalize(np.broadcast_to(
+          pixel, (1, SIZE, SIZE, 3)).astype(np.float32), SCALING))])
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected,
+                             atol=1e-5)
+
+
 @pytest.mark.slow
 def test_tflite_matches_keras(exported):
   model, path = exported
@@ -176,6 +195,28 @@ def test_infer_prints_five_classes_of_a_photograph(exported, tmp_path):
   assert missing.returncode == 1
   assert "none.jpg does not exist" in missing.stderr
   assert "Traceback" not in missing.stderr
+  (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  bad = _infer(f"--saved_model={path}", f"--image={tmp_path}/bad.jpg")
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr
+  assert bad.stderr.endswith("bad.jpg is not a readable JPEG, PNG, GIF or "
+                             "BMP image.\n")
+
+
+@pytest.mark.slow
+def test_infer_names_a_saved_model_without_the_bytes_signature(tmp_path):
+  # An export written before serving_bytes existed.
+  serving = export.ServingModule(tiny_model(), SIZE, PREP)
+  old = [e for e in serving.endpoints() if e[0] != export.BYTES_SIGNATURE]
+  path = export._write_archive(  # pylint: disable=protected-access
+      serving.model, str(tmp_path / "old"), old)
+  photo = tmp_path / "photo.png"
+  tf.io.write_file(str(photo), tf.io.encode_png(tf.zeros([8, 8, 3],
+                                                         tf.uint8)))
+  result = _infer(f"--saved_model={path}", f"--image={photo}")
+  assert result.returncode == 1
+  assert result.stderr == (
+      f"infer.py: error: --saved_model {path} has no serving_bytes "
+      "signature (exported before it existed); export it again.\n")
 
 
 def test_a_model_flag_other_than_the_runs_is_one_error_for_export_and_infer():

@@ -29,13 +29,16 @@ def _seed(i):
   return tf.constant([7, i], tf.int64)
 
 
-def test_fused_jpeg_crop_equals_decode_then_slice(jpeg_bytes):
+def test_whole_decode_crop_equals_the_decoded_images_crop(jpeg_bytes):
+  # The v2 row decodes whole, then slices (reference preprocessing.py L142,
+  # L38): the same crop as from the image decoded beforehand. (The legacy
+  # row's fused decode differs at the window's edge: tests/test_decode.py.)
   encoded = tf.constant(jpeg_bytes)
   decoded = tf.io.decode_jpeg(encoded, channels=3)
   for i in range(5):
-    fused = preprocess.random_crop({"encoded": encoded}, _seed(i), 224, V2)
+    whole = preprocess.random_crop({"encoded": encoded}, _seed(i), 224, V2)
     plain = preprocess.random_crop({"image": decoded}, _seed(i), 224, V2)
-    np.testing.assert_array_equal(fused.numpy(), plain.numpy())
+    np.testing.assert_array_equal(whole.numpy(), plain.numpy())
 
 
 def test_random_crop_area_and_aspect_in_range(jpeg_bytes):

@@ -168,12 +168,32 @@ def test_dataset_config_wins_over_model_and_user_over_both():
                             "data.resize_method=area")
 
 
+def test_decode_per_row_and_override():
+  # preprocess_legacy.py L68, L125: decode_and_crop_jpeg (B0 on ImageNet);
+  # preprocessing.py L142: decode_image, then a slice (B0 on ImageNet-21k,
+  # its finetune branch too).
+  for dataset, decode in (("imagenet", "fused"), ("imagenet21k", "whole"),
+                          ("cifar10ft", "whole")):
+    config = config_lib.build_config("efficientnetv2-b0", dataset)
+    assert config.data.decode == decode, dataset
+  config = config_lib.build_config("efficientnetv2-b0", "imagenet",
+                                   "data.decode=whole")
+  assert run_dir.preprocessing(config).decode == "whole"
+  with pytest.raises(config_lib.ConfigError, match="data.decode"):
+    config_lib.build_config("efficientnetv2-b0", "imagenet",
+                            "data.decode=partial")
+  # A config.json written before the field existed: its row's decode.
+  old_run = {"model": {"name": "efficientnetv2-b0"},
+             "data": {"preprocessing": "legacy"}}
+  assert run_dir.preprocessing(old_run).decode == "fused"
+
+
 @pytest.mark.parametrize("row", sorted(recipes.ROWS))
 @pytest.mark.parametrize("size", [224, 384])
 def test_export_serves_the_eval_preprocessing(row, size):
   image = _image(301, 411)
   prep = recipes.ROWS[row]
-  expected = pipeline.eval_preprocess({"image": image}, size, prep)
+  expected = preprocess.eval_preprocess({"image": image}, size, prep)
   module = export.ServingModule(None, size, prep)
   served = module.preprocess(tf.cast(image, tf.float32)[tf.newaxis])[0]
   np.testing.assert_allclose(served.numpy(), expected.numpy(), atol=1e-4)

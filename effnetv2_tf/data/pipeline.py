@@ -5,15 +5,15 @@ the RandAugment magnitude and the mixup/CutMix alpha at every stage, so a
 training pipeline is built per stage from explicit arguments; nothing is read
 from globals.
 
-The pixel values (crop, resize, flip, scaling, cutout, eval crop) come from
-one `recipes.Preprocessing` row, the run's resolved `data` config.
-Training, per example: random crop (fused with JPEG decoding) or the whole
-image, resize to the stage size, random flip, RandAugment/AutoAugment on
-uint8, the input scaling, cutout (finetune); per batch: label smoothing,
-then mixup/CutMix. Evaluation: center crop (or the whole image), resize,
-scaling; batches are padded to a static
-shape and carry a 0/1 `mask`, so every example is counted exactly once, also
-across replicas.
+The pixel values (decode, crop, resize, flip, scaling, cutout, eval crop)
+come from one `recipes.Preprocessing` row, the run's resolved `data`
+config. Training, per example: random crop (decoded as the row's `decode`
+says) or the whole image, resize to the stage size, random flip,
+RandAugment/AutoAugment on uint8, the input scaling, cutout (finetune); per
+batch: label smoothing, then mixup/CutMix. Evaluation:
+`preprocess.eval_preprocess` (center crop or the whole image, resize,
+scaling); batches are padded to a static shape and carry a 0/1 `mask`, so
+every example is counted exactly once, also across replicas.
 
 Every random op is stateless. Seeds derive from (seed, input pipeline id)
 folded with the element's position in the repeated, shuffled stream (or the
@@ -185,12 +185,6 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
   return ds.prefetch(AUTOTUNE)
 
 
-def eval_preprocess(features, image_size, prep):
-  """One evaluation example: eval crop, resize, scale."""
-  return preprocess.resize_and_scale(
-      preprocess.eval_crop(features, image_size, prep), image_size, prep)
-
-
 def eval_steps(num_examples, global_batch_size):
   """Steps that cover `num_examples` once with the padded eval pipeline."""
   return max(1, math.ceil(num_examples / global_batch_size))
@@ -243,7 +237,7 @@ def build_eval_dataset(source, batch_size, image_size, prep, *,
   ds = source.read(split).shard(num_pipelines, pipeline_id).enumerate()
 
   def one_example(index, features):
-    image = eval_preprocess(features, image_size, prep)
+    image = preprocess.eval_preprocess(features, image_size, prep)
     return {"images": image, "labels": features["label"], "index": index}
 
   ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)

@@ -3,12 +3,13 @@
 Each function applies the values of one `recipes.Preprocessing` row (the
 reference's V2, legacy V1 or finetune pipeline); image sizes come from the
 stage. Training: an inception-style crop from
-`stateless_sample_distorted_bounding_box`, fused with JPEG decoding where the
-input is a JPEG; resize to the stage size; random horizontal flip (after the
-resize, as both reference pipelines do: the legacy bicubic grid is not
-mirror-symmetric). Evaluation: a center crop of size / (size + padding) of
-the shorter side, resized to the eval size. Every random op is stateless and
-takes an explicit seed.
+`stateless_sample_distorted_bounding_box`; resize to the stage size; random
+horizontal flip (after the resize, as both reference pipelines do: the
+legacy bicubic grid is not mirror-symmetric). Evaluation: a center crop of
+size / (size + padding) of the shorter side, resized to the eval size. Both
+crops of encoded bytes decode as the row's `decode` says: the window alone
+(JPEG, 'fused') or the whole image, then a slice ('whole'). Every random op
+is stateless and takes an explicit seed.
 """
 
 import tensorflow as tf
@@ -31,6 +32,18 @@ def whole_image(features):
   return features["image"]
 
 
+def _for_crop(features, decode):
+  """The features a crop reads: with `decode` 'whole', the decoded image in
+  place of encoded bytes; with 'fused', the bytes (`_crop` decodes the
+  window of a JPEG alone)."""
+  if decode not in recipes.DECODE_METHODS:
+    raise ValueError(f"Unknown decode {decode!r}; valid: "
+                     f"{', '.join(recipes.DECODE_METHODS)}.")
+  if decode == "whole" and "encoded" in features:
+    return {"image": decode_image(features["encoded"])}
+  return features
+
+
 def _image_shape(features):
   if "encoded" in features:
     encoded = features["encoded"]
@@ -42,7 +55,12 @@ def _image_shape(features):
 
 
 def _crop(features, offset_hw, size_hw):
-  """Crops a decoded image, or decodes only the window of a JPEG."""
+  """Crops a decoded image, or decodes only the window of a JPEG.
+
+  Other encoded formats decode whole, then slice: decode_and_crop_jpeg
+  takes JPEG only (the reference's legacy pipeline fails on them at
+  extract_jpeg_shape), and for a lossless format both give the same pixels.
+  """
   if "encoded" not in features:
     image = features["image"]
     return tf.slice(image, tf.concat([offset_hw, [0]], 0),
@@ -70,9 +88,10 @@ def random_crop(features, seed, image_size, prep):
     features: dict with 'encoded' (image bytes) or 'image' (uint8 tensor).
     seed: shape [2] integer seed of the stateless sampler.
     image_size: the output size (sizes the legacy center-crop fallback).
-    prep: a `recipes.Preprocessing` (crop area, aspect, min object covered,
-      attempts and fallback).
+    prep: a `recipes.Preprocessing` (decode, crop area, aspect, min object
+      covered, attempts and fallback).
   """
+  features = _for_crop(features, prep.decode)
   shape = _image_shape(features)
   if prep.crop_min_object_covered > 0:  # legacy: the whole image as the box
     boxes = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
@@ -124,7 +143,8 @@ def eval_crop_window(shape, image_size, prep):
 
 
 def eval_crop(features, image_size, prep):
-  """The eval crop of one example (decoding only that window of a JPEG)."""
+  """The eval crop of one example, uint8 (decoded per `prep.decode`)."""
+  features = _for_crop(features, prep.decode)
   offset, size = eval_crop_window(_image_shape(features), image_size, prep)
   return _crop(features, offset, size)
 
@@ -170,6 +190,17 @@ def resize_and_scale(images, image_size, prep):
   """What eval does after its crop: resize, then the input scaling."""
   return normalize(resize(images, image_size, prep.resize_method),
                    prep.input_scaling)
+
+
+def eval_preprocess(features, image_size, prep):
+  """One evaluation example: eval crop, resize, scale; float32 [S, S, 3].
+
+  The one definition that the eval pipeline, the exported `serving_bytes`
+  signature and infer.py apply to encoded bytes ('encoded') or a decoded
+  uint8 'image'.
+  """
+  return resize_and_scale(eval_crop(features, image_size, prep), image_size,
+                          prep)
 
 
 def finetune_cutout(image, seed):

@@ -45,6 +45,15 @@ SCALING_FORMULAS = {
     SCALE_IMAGENET: "(x / 255 - mean) / std",
 }
 
+# How encoded bytes become the pixels a crop takes. 'fused': a JPEG's
+# crop window alone, decoded by tf.image.decode_and_crop_jpeg
+# (preprocess_legacy.py); 'whole': the whole image decoded, then sliced
+# (preprocessing.py). On about 1 JPEG in 10 they differ in the window's
+# first or last column (or both), where libjpeg upsamples the colour planes
+# without or with the column beyond it (up to 32 grey levels;
+# benchmarks/decode_compare.py). Other formats always decode whole:
+# decode_and_crop_jpeg takes JPEG only.
+DECODE_METHODS = ("fused", "whole")
 # 'bilinear': tf.image.resize (half-pixel centres), reference preprocessing.py.
 # 'bicubic': TF1's resize_bicubic grid (no half-pixel centres), reference
 # preprocess_legacy.py under tensorflow.compat.v1.
@@ -60,6 +69,7 @@ CROP_OFFSETS = ("floor", "ceil")
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """Every pixel-level value of one train + eval pipeline."""
+  decode: str                # DECODE_METHODS
   input_scaling: str
   train_crop: bool           # inception-style random crop (else whole image)
   crop_area_min: float       # of the image area; the maximum is 1
@@ -81,7 +91,8 @@ class Preprocessing:
 FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing))
 
 _V2 = Preprocessing(
-    input_scaling=SCALE_MINUS_ONE_ONE, train_crop=True, crop_area_min=0.05,
+    decode="whole", input_scaling=SCALE_MINUS_ONE_ONE, train_crop=True,
+    crop_area_min=0.05,
     # tf.image.sample_distorted_bounding_box's defaults (0.75, 1.33), 100.
     crop_aspect_min=0.75, crop_aspect_max=1.33, crop_min_object_covered=0.0,
     crop_max_attempts=100, crop_fallback="whole", resize_method="bilinear",
@@ -91,13 +102,15 @@ _V2 = Preprocessing(
 ROWS = {
     "v2": _V2,
     "legacy": Preprocessing(
-        input_scaling=SCALE_IMAGENET, train_crop=True, crop_area_min=0.08,
+        decode="fused", input_scaling=SCALE_IMAGENET, train_crop=True,
+        crop_area_min=0.08,
         crop_aspect_min=3 / 4, crop_aspect_max=4 / 3,
         crop_min_object_covered=0.1, crop_max_attempts=10,
         crop_fallback="center", resize_method="bicubic", random_flip=True,
         cutout=False, eval_crop=True, crop_padding=32, skip_crop_from_size=0,
         crop_offset="ceil"),
-    # Whole image resized, flipped, cut out; eval on the whole image. The
+    # Whole image decoded (preprocessing.py decodes before its finetune
+    # branch), resized, flipped, cut out; eval on the whole image. The
     # crop fields are those of v2 and unused (train_crop, eval_crop off).
     "finetune": dataclasses.replace(
         _V2, input_scaling=SCALE_FINETUNE, train_crop=False, cutout=True,
@@ -105,8 +118,9 @@ ROWS = {
 }
 
 # Field -> the names a string field accepts (validation and --help text).
-CHOICES = {"input_scaling": tuple(SCALINGS), "resize_method": RESIZE_METHODS,
-           "crop_fallback": CROP_FALLBACKS, "crop_offset": CROP_OFFSETS}
+CHOICES = {"decode": DECODE_METHODS, "input_scaling": tuple(SCALINGS),
+           "resize_method": RESIZE_METHODS, "crop_fallback": CROP_FALLBACKS,
+           "crop_offset": CROP_OFFSETS}
 
 
 def scaling(name):

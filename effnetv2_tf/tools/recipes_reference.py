@@ -178,6 +178,7 @@ CROP_FIELDS = ("crop_area_min", "crop_aspect_min", "crop_aspect_max",
                "crop_min_object_covered", "crop_max_attempts", "crop_fallback")
 EVAL_CROP_FIELDS = ("crop_padding", "skip_crop_from_size", "crop_offset")
 _V2_REF = {  # preprocessing.py preprocess_for_train / _eval: (value, where)
+    "decode": ("whole", "L142 decode_image, then L38 / L68 slice"),
     "input_scaling": ("(x - 128) / 128", "L153"),
     "train_crop": (True, "L31-38 sample_distorted_bounding_box"),
     "crop_area_min": (0.05, "L35"), "crop_aspect_min": (0.75, "TF default"),
@@ -194,6 +195,7 @@ _V2_REF = {  # preprocessing.py preprocess_for_train / _eval: (value, where)
 REF_PREPROCESSING = {  # row: (file, field: (value, where))
     "v2": ("preprocessing.py", _V2_REF),
     "legacy": ("preprocess_legacy.py", {
+        "decode": ("fused", "L68, L125 decode_and_crop_jpeg"),
         "input_scaling": ("(x / 255 - mean) / std; mean (0.485, 0.456, "
                           "0.406), std (0.229, 0.224, 0.225)", "L239-243"),
         "train_crop": (True, "L88-107"), "crop_area_min": (0.08, "L96"),
@@ -209,6 +211,7 @@ REF_PREPROCESSING = {  # row: (file, field: (value, where))
     "finetune": ("preprocessing.py", {
         **_V2_REF,
         **dict.fromkeys(CROP_FIELDS + EVAL_CROP_FIELDS, (None, "no crop")),
+        "decode": ("whole", "L142 decode_image"),
         "input_scaling": ("(x / 255 - 0.5) / 0.5", "L82-83"),
         "train_crop": (False, "L85 whole image resized"),
         "resize_method": ("bilinear", "L85"), "random_flip": (True, "L89"),

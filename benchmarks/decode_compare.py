@@ -1,0 +1,168 @@
+"""Fused against whole JPEG decoding of the same crops, over many photos.
+
+A crop of a JPEG can be decoded two ways: the crop window alone
+(`tf.image.decode_and_crop_jpeg`, the reference's legacy pipeline, our
+`decode='fused'`) or the whole image, then a slice (the reference's V2
+pipeline, `decode='whole'`). Along the window's edges libjpeg reconstructs
+a block with or without its neighbours, so some photos get other pixels
+there. For each case this decodes every photo both ways, through
+`effnetv2_tf.data.preprocess` with the row's other values unchanged, and
+prints how many photos differ and by how much: in raw grey levels (the
+uint8 crops) and after resize and scaling (the model's input).
+
+An eval case `ROW:SIZE` compares the eval crop at that eval size; a train
+case compares `--train_crops` seeded random crops per photo (the same
+window both ways), resized and scaled (flip and augmentation act alike on
+both and are left out). The whole-decode numbers of the legacy row are
+what the SavedModel's float-image signatures get against `serving_bytes`
+(README, Export and inference). Picks the test photos of
+tests/test_decode.py.
+
+  PYTHONPATH=. python benchmarks/decode_compare.py
+      [--eval_cases=legacy:224,legacy:380,v2:224,v2:384,finetune:224]
+      [--train_cases=legacy:192,v2:300] [--train_crops=2] [--limit=0]
+"""
+
+import dataclasses
+import glob
+import os
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import bench_util  # pylint: disable=g-bad-import-order
+from effnetv2_tf.data import preprocess
+from effnetv2_tf.data import recipes
+
+# ../shared beside the checkout.
+SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                           "..", "shared", "data", "imagenet-samples")
+FLAGS = flags.FLAGS
+flags.DEFINE_string("samples_dir", SAMPLES_DIR, "Folder of JPEG photos "
+                    "(every *.JPEG, *.jpg and *.jpeg in it).")
+flags.DEFINE_list("eval_cases", ["legacy:224", "legacy:380", "v2:224",
+                                 "v2:384", "finetune:224"],
+                  "ROW:SIZE eval crops to compare (V2-B0 and V1-B0 eval at "
+                  "224, V1-B4 at 380, the ImageNet-21k config at 224, "
+                  "V2-S at 384).")
+flags.DEFINE_list("train_cases", ["legacy:192", "v2:300"],
+                  "ROW:SIZE training crops to compare.")
+flags.DEFINE_integer("train_crops", 2, "Random crops per photo and train "
+                     "case.", lower_bound=1)
+flags.DEFINE_integer("limit", 0, "Photos to compare (0: all).", lower_bound=0)
+flags.DEFINE_integer("show", 5, "Most different photos named per case.",
+                     lower_bound=0)
+flags.DEFINE_string("json_out", "benchmarks/results/decode_compare.json",
+                    "Where the JSON results go ('' to skip).")
+
+
+def parse_case(text):
+  """(row name, size) of 'ROW:SIZE', or app.UsageError naming it."""
+  row, _, size = text.partition(":")
+  if row not in recipes.ROWS or not size.isdigit() or int(size) < 1:
+    raise app.UsageError(f"Case {text!r}: want ROW:SIZE with ROW one of "
+                         f"{', '.join(recipes.ROWS)} and SIZE a positive "
+                         "integer.")
+  return row, int(size)
+
+
+def _both(row):
+  return [dataclasses.replace(recipes.ROWS[row], decode=d)
+          for d in ("fused", "whole")]
+
+
+def _difference(crops, size, prep):
+  """(max abs raw difference, max abs scaled difference) of two crops."""
+  raw = tf.reduce_max(tf.abs(tf.cast(crops[0], tf.int32) -
+                             tf.cast(crops[1], tf.int32)))
+  scaled = [preprocess.resize_and_scale(c, size, prep) for c in crops]
+  return raw, tf.reduce_max(tf.abs(scaled[0] - scaled[1]))
+
+
+def eval_comparer(row, size):
+  """A tf.function: JPEG bytes -> the differences of the eval crops."""
+  preps = _both(row)
+
+  @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+  def compare(encoded):
+    crops = [preprocess.eval_crop({"encoded": encoded}, size, p)
+             for p in preps]
+    return _difference(crops, size, preps[0])
+
+  return compare
+
+
+def train_comparer(row, size, crops_per_photo):
+  """A tf.function: (JPEG bytes, photo index) -> the largest differences
+  over the photo's seeded random crops."""
+  preps = _both(row)
+
+  @tf.function(input_signature=[tf.TensorSpec([], tf.string),
+                                tf.TensorSpec([], tf.int64)])
+  def compare(encoded, index):
+    raw, scaled = tf.constant(0), tf.constant(0.0)
+    for k in range(crops_per_photo):
+      seed = tf.stack([index, tf.constant(k, tf.int64)])
+      crops = [preprocess.random_crop({"encoded": encoded}, seed, size, p)
+               for p in preps]
+      r, s = _difference(crops, size, preps[0])
+      raw, scaled = tf.maximum(raw, r), tf.maximum(scaled, s)
+    return raw, scaled
+
+  return compare
+
+
+def photos(folder, limit):
+  paths = sorted(p for ext in ("JPEG", "jpg", "jpeg")
+                 for p in glob.glob(os.path.join(folder, f"*.{ext}")))
+  if not paths:
+    raise app.UsageError(f"--samples_dir {folder}: no JPEG photos there.")
+  return paths[:limit] if limit else paths
+
+
+def run_case(kind, row, size, compare, inputs, names):
+  """Compares every photo; prints and returns the case's summary."""
+  started = time.perf_counter()
+  raw, scaled = np.array([[float(v) for v in compare(*args)]
+                          for args in inputs]).T
+  order = [int(i) for i in np.argsort(-scaled, kind="stable")
+           if scaled[i] > 0]
+  summary = {"kind": kind, "row": row, "size": size,
+             "decode": recipes.ROWS[row].decode, "photos": len(scaled),
+             "differ": len(order), "max_abs_scaled": float(scaled.max()),
+             "max_abs_raw": int(raw.max()),
+             "differing": {names[i]: float(scaled[i]) for i in order}}
+  print(f"{kind} {row} {size} px (row decodes {summary['decode']}): "
+        f"{len(order)} of {len(scaled)} photos differ; max abs "
+        f"{summary['max_abs_scaled']:.4f} scaled, {summary['max_abs_raw']} "
+        f"grey levels raw ({time.perf_counter() - started:.0f} s)",
+        flush=True)
+  for i in order[:FLAGS.show]:
+    print(f"  {names[i]}: {scaled[i]:.4f} scaled")
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  eval_cases = [parse_case(c) for c in FLAGS.eval_cases]
+  train_cases = [parse_case(c) for c in FLAGS.train_cases]
+  paths = photos(FLAGS.samples_dir, FLAGS.limit)
+  names = [os.path.basename(p) for p in paths]
+  data = [tf.io.read_file(p) for p in paths]
+  indexed = [(e, tf.constant(i, tf.int64)) for i, e in enumerate(data)]
+  cases = ([("eval", r, s, eval_comparer(r, s), [(e,) for e in data])
+            for r, s in eval_cases] +
+           [("train", r, s, train_comparer(r, s, FLAGS.train_crops), indexed)
+            for r, s in train_cases])
+  results = [run_case(*case, names) for case in cases]
+  bench_util.write_results(FLAGS.json_out, {
+      "samples_dir": os.path.relpath(FLAGS.samples_dir),
+      "train_crops": FLAGS.train_crops, "cases": results})
+
+
+if __name__ == "__main__":
+  app.run(main)
