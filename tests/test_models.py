@@ -1,7 +1,8 @@
 """Model zoo tests, parametrised over the registry (timm / Model Garden style).
 
-Parameter counts are the reference implementation's (google/automl
-efficientnetv2), with 1000 classes and BN moving statistics included.
+Parameter counts are with 1000 classes and BN moving statistics included:
+V2 the reference implementation's (google/automl efficientnetv2), V1
+keras.applications' (the original EfficientNet's channel rounding).
 """
 
 import numpy as np
@@ -23,10 +24,15 @@ REFERENCE_PARAMS = {
     "efficientnetv2-b1": 8_212_124,
     "efficientnetv2-b2": 10_178_374,
     "efficientnetv2-b3": 14_467_622,
+    # keras.applications.EfficientNetB<i>(weights=None).count_params()
+    # (keras 3.15.1) minus the 7 weights of its Normalization layer (mean,
+    # variance: 3 each; count), which ours does not have: 5,330,571,
+    # 7,856,239, 9,177,569, 12,320,535, 19,466,823, 30,562,527, 43,265,143,
+    # 66,658,687.
     "efficientnet-b0": 5_330_564,
     "efficientnet-b1": 7_856_232,
     "efficientnet-b2": 9_177_562,
-    "efficientnet-b3": 12_314_268,
+    "efficientnet-b3": 12_320_528,
     "efficientnet-b4": 19_466_816,
     "efficientnet-b5": 30_562_520,
     "efficientnet-b6": 43_265_136,
@@ -63,14 +69,38 @@ def test_parameter_count_and_forward(name):
 
 
 def test_round_filters_matches_reference_rule():
-  # max(8, int(f * w + 4) // 8 * 8), no "+8 if below 90%" (Keras V1 has it).
+  # effnetv2_model.py L84-95: max(8, int(f * w + 4) // 8 * 8), no 10% rule.
   assert model_lib.round_filters(32, 1.0) == 32
   assert model_lib.round_filters(1280, 1.2) == 1536
-  assert model_lib.round_filters(16, 1.2) == 16  # Keras V1 rounds to 24
+  assert model_lib.round_filters(16, 1.2) == 16  # int(19.2 + 4) // 8 * 8
   assert model_lib.round_filters(40, 1.1) == 48  # int(44 + 4) // 8 * 8
   assert model_lib.round_filters(24, 0.25) == 8  # min depth
   assert model_lib.round_repeats(3, 1.4) == 5  # ceil(4.2)
   assert model_lib.round_repeats(1, 3.1) == 4
+
+
+def test_round_filters_with_the_original_efficientnet_rule():
+  # efficientdet/backbone/efficientnet_model.py L139-141: a result below
+  # 0.9 * f * w gets one more divisor.
+  def v1(filters, width):
+    return model_lib.round_filters(filters, width, round_down_limit=0.9)
+  assert v1(16, 1.2) == 24  # int(19.2 + 4) // 8 * 8 = 16 < 17.28
+  assert v1(24, 0.8) == 24  # the same 19.2
+  assert v1(32, 1.2) == 40  # 40 >= 34.56
+  assert v1(16, 1.4) == 24  # 24 >= 20.16
+  assert v1(8, 0.25) == 8  # 2 rounds to 0; the minimum 8 >= 1.8
+
+
+def test_v1_rows_round_as_the_original_efficientnet():
+  # B3 (width 1.2), efficientnet_model.py L128-142: stem 32 -> 40, the first
+  # block's output 16 -> 16 < 17.28 -> 24. V2-B3 has the same width and
+  # effnetv2_model.py's rule: 16 (test_scaled_blocks_of_b3_v2).
+  spec = effnetv2_tf.get_model_spec("efficientnet-b3")
+  blocks = model_lib.scaled_block_args(
+      spec, model_lib.ModelOptions(dropout_rate=0.3))
+  first = blocks[0][2]
+  assert (first.input_filters, first.output_filters) == (40, 24)
+  assert blocks[1][2].input_filters == 24
 
 
 def test_scaled_blocks_of_b3_v2():

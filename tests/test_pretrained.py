@@ -60,6 +60,20 @@ def test_table_covers_what_the_reference_publishes():
   assert by_name["efficientnetv2-s:imagenet21k"].num_classes == 21843
 
 
+def test_v1_imagenet_is_keras_applications_file_b3_included():
+  # keras/src/applications/efficientnet.py: BASE_WEIGHTS_PATH + name + ".h5",
+  # WEIGHTS_HASHES["b3"][0]; its B3 rounds channels as ours (10% rule).
+  entry = pretrained.get("efficientnet-b3", "imagenet")
+  assert (entry.url, entry.md5, entry.source) == (
+      "https://storage.googleapis.com/keras-applications/efficientnetb3.h5",
+      "ffd1fdc53d0ce67064dc6a9c7960ede0", "keras.applications")
+  assert entry.alternative == ("https://storage.googleapis.com/"
+                               "cloud-tpu-checkpoints/efficientnet/advprop/"
+                               "efficientnet-b3.tar.gz")
+  assert {pretrained.get(f"efficientnet-b{i}", "imagenet").source
+          for i in range(8)} == {"keras.applications"}
+
+
 def test_unpublished_tag_lists_the_models_tags():
   with pytest.raises(pretrained.PretrainedError) as err:
     pretrained.get("efficientnetv2-xl", "imagenet")

@@ -1,9 +1,14 @@
 """Tests of `effnetv2_tf.models.weights`: keras.applications files and checkpoints.
 
 keras.applications models get random (non-trivial) weights and are saved in
-both h5 layouts; our model must then give the same outputs. Reference TF1
-checkpoints are written with `tf.raw_ops.SaveV2` under the reference names.
+both h5 layouts; our model must then give the same outputs. Reference
+checkpoints are written with `tf.raw_ops.SaveV2` under the reference names,
+among them exactly the names and shapes of the checkpoints the reference's
+own drivers wrote (../shared/reference/checkpoint_layouts/).
 """
+
+import json
+import re
 
 import h5py
 import keras
@@ -13,6 +18,7 @@ import tensorflow as tf
 
 import effnetv2_tf
 from effnetv2_tf.models import weights as weights_lib
+from conftest import SHARED
 from conftest import tiny_model
 
 SIZE = 64
@@ -130,7 +136,7 @@ def test_mismatched_file_names_the_layer(v2_files, name, kwargs, message):
   path = v2_files[3]["legacy"]
   with pytest.raises(ValueError, match=message) as error:
     _ours(name, path, **kwargs)
-  assert path in str(error.value) and "EfficientNetB3" not in str(error.value)
+  assert path in str(error.value)
 
 
 def test_file_with_another_class_count_loads_all_but_the_head(v2_files,
@@ -145,9 +151,25 @@ def test_file_with_another_class_count_loads_all_but_the_head(v2_files,
   assert "the head (predictions) is newly initialised" in caplog.text
 
 
-def test_b3_error_explains_keras_rounding(v1_files):
-  with pytest.raises(ValueError, match="rounds channel counts differently"):
-    _ours("efficientnet-b3", v1_files[3]["keras3"])
+@pytest.fixture(scope="module")
+def b3_files(tmp_path_factory):
+  keras.utils.set_random_seed(3)
+  model = keras.applications.EfficientNetB3(
+      weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+  norm = next(l for l in model.layers if l.name.startswith("normalization"))
+  norm.set_weights([IMAGENET_MEAN, IMAGENET_STD**2, norm.get_weights()[2]])
+  norm.finalize_state()
+  return _keras_files(tmp_path_factory, model, "b3")
+
+
+def test_b3_loads_keras_applications_file(b3_files):
+  # keras.applications' EfficientNetB3 rounds channels with the 10% rule:
+  # its first block outputs 24 channels (16 * 1.2 = 19.2 -> 16 < 17.28).
+  keras_model, x, expected, paths = b3_files
+  assert keras_model.get_layer("block1a_project_conv").kernel.shape[-1] == 24
+  model = _ours("efficientnet-b3", paths["legacy"])
+  np.testing.assert_allclose(model(x, training=False).numpy(), expected,
+                             rtol=0, atol=1e-4)
 
 
 def test_not_a_weights_file(tmp_path):
@@ -202,8 +224,12 @@ def test_reference_names_follow_creation_order():
       "blocks_0/tpu_batch_normalization_1"]
 
 
-def _write_checkpoint(model, prefix, root="efficientnetv2-b0", skip=()):
+def _write_checkpoint(model, prefix, root="efficientnetv2-b0", skip=(),
+                      heads=("head/dense",)):
   """Reference-named checkpoint; every other variable gets a distinct EMA.
+
+  `heads`: the scopes the classifier is written under (main.py writes
+  head_1/dense, the released checkpoints head/dense).
 
   Returns:
     The values the loader should pick (the EMA copy where there is one).
@@ -215,19 +241,22 @@ def _write_checkpoint(model, prefix, root="efficientnetv2-b0", skip=()):
       leaf = w.name
       if isinstance(layer, keras.layers.DepthwiseConv2D):
         leaf = "depthwise_kernel"
-      name = f"{root}/{scopes[layer.name]}/{leaf}"
-      if name in skip:
-        continue
       value = w.numpy()
-      names.append(name)
-      tensors.append(value)
-      if len(expected) % 2:
-        value = value + 0.01 * np.abs(value).mean() + 0.01
-        names.append(name + "/ExponentialMovingAverage")
+      ema = value + 0.01 * np.abs(value).mean() + 0.01
+      with_ema = len(expected) % 2
+      for scope in (heads if layer.name == "predictions"
+                    else (scopes[layer.name],)):
+        name = f"{root}/{scope}/{leaf}"
+        if name in skip:
+          continue
+        names.append(name)
         tensors.append(value)
-        names.append(name + "/RMSProp")  # optimizer slots are ignored
-        tensors.append(np.zeros_like(value))
-      expected.append(value)
+        if with_ema:
+          names.append(name + "/ExponentialMovingAverage")
+          tensors.append(ema)
+          names.append(name + "/RMSProp")  # optimizer slots are ignored
+          tensors.append(np.zeros_like(value))
+      expected.append(ema if with_ema else value)
   names.append("global_step")
   tensors.append(np.int64(1000))
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
@@ -289,3 +318,250 @@ def test_mismatched_checkpoint_names_the_variable(
   with pytest.raises(ValueError, match=message) as error:
     tiny_model(weights=prefix, **model_kwargs)
   assert prefix in str(error.value)
+
+
+def test_b3_reference_checkpoint_with_24_channels(b3_files, tmp_path):
+  # The V1 code that trained the released B3 (efficientdet/backbone/
+  # efficientnet_model.py round_filters L128-142) gives its first block,
+  # an MBConv without expansion, a 1x1 project conv from 40 to 24 channels.
+  source = _ours("efficientnet-b3", b3_files[3]["legacy"])
+  prefix = str(tmp_path / "model.ckpt")
+  expected = _write_checkpoint(source, prefix, root="efficientnet-b3")
+  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  assert shapes["efficientnet-b3/blocks_0/conv2d/kernel"] == [1, 1, 40, 24]
+  model = _ours("efficientnet-b3", prefix)
+  for w, value in zip(source.weights, expected):
+    w.assign(value)
+  x = b3_files[1]
+  np.testing.assert_allclose(model(x, training=False).numpy(),
+                             source(x, training=False).numpy(), atol=1e-4)
+
+
+def test_checkpoint_with_main_py_classifier_scope(tmp_path):
+  # main.py under current TensorFlow: head_1/dense (checkpoint_layouts/
+  # README.md).
+  prefix = str(tmp_path / "model")
+  expected = _write_checkpoint(tiny_model(), prefix, heads=("head_1/dense",))
+  model = tiny_model(weights=prefix)
+  for w, value in zip(model.weights, expected):
+    np.testing.assert_array_equal(w.numpy(), value, err_msg=w.path)
+  assert tiny_model(weights=prefix, include_top=False)
+
+
+@pytest.mark.parametrize("heads,message", [
+    (("head/dense", "head_1/dense"),
+     "two classifiers, 'efficientnetv2-b0/head/dense' and "
+     "'efficientnetv2-b0/head_1/dense'; keep one"),
+    ((), "no classifier 'efficientnetv2-b0/head/dense' .* or "
+     "'efficientnetv2-b0/head_1/dense'"),
+], ids=["both", "neither"])
+def test_checkpoint_needs_exactly_one_classifier(tmp_path, heads, message):
+  prefix = str(tmp_path / "model")
+  _write_checkpoint(tiny_model(), prefix, heads=heads)
+  with pytest.raises(weights_lib.WeightsMismatchError, match=message) as err:
+    tiny_model(weights=prefix)
+  assert "\n" not in str(err.value)
+  assert tiny_model(weights=prefix, include_top=False)  # the head unused
+
+
+def test_not_a_reference_checkpoint_names_both_layouts(tmp_path):
+  prefix = str(tmp_path / "model")
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["dense/kernel"],
+                    shape_and_slices=[""], tensors=[np.zeros((2, 2))])
+  with pytest.raises(weights_lib.WeightsMismatchError,
+                     match="main.py.*main_tf2.py.*not a reference"):
+    tiny_model(weights=prefix)
+
+
+# ------------------------------- checkpoints of the reference's own drivers
+
+LAYOUTS = SHARED / "reference" / "checkpoint_layouts"
+_EMA = "/ExponentialMovingAverage"
+_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+_LEAVES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta",
+           "moving_mean", "moving_variance")
+# Where the reference keeps each layer, written from effnetv2_model.py:
+# TF1 scopes from the creation-order counters get_conv_name/get_norm_name
+# (MBConvBlock._build L187-264, FusedMBConvBlock._build L316-373, SE L108-133,
+# Stem L409-429, Head L435-470, the classifier under a second
+# name_scope('head') L645), object paths from the attribute names.
+_FIXED = {
+    "main_py_tf1": {"stem_conv": "stem/conv2d",
+                    "stem_bn": "stem/tpu_batch_normalization",
+                    "top_conv": "head/conv2d",
+                    "top_bn": "head/tpu_batch_normalization",
+                    "predictions": "head_1/dense"},
+    "main_tf2_py": {"stem_conv": "_stem/_conv_stem", "stem_bn": "_stem/_norm",
+                    "top_conv": "_head/_conv_head", "top_bn": "_head/_norm",
+                    "predictions": "_fc"},
+}
+_SE_TF1 = {"se_reduce": "se/conv2d", "se_expand": "se/conv2d_1"}
+_SE_TF2 = {"se_reduce": "_se/_se_reduce", "se_expand": "_se/_se_expand"}
+_IN_BLOCK = {
+    "main_py_tf1": {
+        "mbconv, expand": {
+            "expand_conv": "conv2d", "expand_bn": "tpu_batch_normalization",
+            "dwconv": "depthwise_conv2d", "bn": "tpu_batch_normalization_1",
+            "project_conv": "conv2d_1",
+            "project_bn": "tpu_batch_normalization_2", **_SE_TF1},
+        "mbconv": {
+            "dwconv": "depthwise_conv2d", "bn": "tpu_batch_normalization",
+            "project_conv": "conv2d",
+            "project_bn": "tpu_batch_normalization_1", **_SE_TF1},
+        "fused, expand": {
+            "expand_conv": "conv2d", "expand_bn": "tpu_batch_normalization",
+            "project_conv": "conv2d_1",
+            "project_bn": "tpu_batch_normalization_1"},
+        "fused": {"project_conv": "conv2d",
+                  "project_bn": "tpu_batch_normalization"},
+    },
+    "main_tf2_py": {
+        "mbconv, expand": {
+            "expand_conv": "_expand_conv", "expand_bn": "_norm0",
+            "dwconv": "_depthwise_conv", "bn": "_norm1",
+            "project_conv": "_project_conv", "project_bn": "_norm2",
+            **_SE_TF2},
+        "mbconv": {"dwconv": "_depthwise_conv", "bn": "_norm1",
+                   "project_conv": "_project_conv", "project_bn": "_norm2",
+                   **_SE_TF2},
+        "fused, expand": {"expand_conv": "_expand_conv", "expand_bn": "_norm0",
+                          "project_conv": "_project_conv",
+                          "project_bn": "_norm1"},
+        "fused": {"project_conv": "_project_conv", "project_bn": "_norm1"},
+    },
+}
+
+
+def _read_layout(model_name, driver):
+  """{name: shape} of a checkpoint the reference's `driver` wrote."""
+  lines = (LAYOUTS / f"{model_name}.{driver}.tsv").read_text().splitlines()
+  return {name: tuple(json.loads(shape))
+          for name, shape in (line.split("\t") for line in lines)}
+
+
+def _hand_values(shapes):
+  """Deterministic values for every variable, moderate activations."""
+  rng = np.random.default_rng(11)
+  values = {}
+  for name, shape in sorted(shapes.items()):
+    leaf = next((p for p in reversed(name.split("/")) if p in _LEAVES), None)
+    if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
+      values[name] = np.array(b"")  # an empty object graph proto
+    elif name in ("global_step", "optimizer/_iterations"):
+      values[name] = np.int64(12)
+    elif leaf in ("kernel", "depthwise_kernel"):
+      fan_in = np.prod(shape[:2] if leaf == "depthwise_kernel" else
+                       shape[:-1])
+      values[name] = rng.normal(0, np.sqrt(2 / fan_in), shape)
+    elif leaf in ("gamma", "moving_variance"):
+      values[name] = rng.uniform(0.5, 1.5, shape)
+    else:  # beta, moving_mean, bias, optimizer slots, learning rate
+      values[name] = rng.normal(0, 0.1, shape)
+    if values[name].dtype == np.float64:
+      values[name] = values[name].astype("float32")
+  return values
+
+
+def _reference_variable(model, driver):
+  """{our weight path: the variable the reference keeps it in}; the TF1
+  checkpoint's EMA copy, which evaluation takes."""
+  blocks = {}  # block prefix -> its layer parts, in network order
+  for layer in model.layers:
+    match = re.match(r"^(block\d+[a-z]+)_(\w+)$", layer.name)
+    if match and layer.weights:
+      blocks.setdefault(match[1], set()).add(match[2])
+  names = {}
+  for layer in model.layers:
+    for w in layer.weights:
+      leaf = ("depthwise_kernel"
+              if isinstance(layer, keras.layers.DepthwiseConv2D) else w.name)
+      if layer.name in _FIXED[driver]:
+        path = _FIXED[driver][layer.name]
+      else:
+        block, part = re.match(r"^(block\d+[a-z]+)_(\w+)$", layer.name).groups()
+        parts = blocks[block]
+        kind = ("mbconv" if "dwconv" in parts else "fused") + (
+            ", expand" if "expand_conv" in parts else "")
+        i = list(blocks).index(block)
+        path = (f"blocks_{i}/" if driver == "main_py_tf1" else
+                f"_blocks/{i}/") + _IN_BLOCK[driver][kind][part]
+      names[w.path] = (f"{model.name}/{path}/{leaf}{_EMA}"
+                       if driver == "main_py_tf1" else f"{path}/{leaf}{_VALUE}")
+  return names
+
+
+@pytest.mark.parametrize("driver", ["main_py_tf1", "main_tf2_py"])
+@pytest.mark.parametrize("model_name", ["efficientnetv2-b0", "efficientnet-b0"])
+def test_checkpoints_of_the_reference_drivers_load(tmp_path, model_name,
+                                                   driver):
+  shapes = _read_layout(model_name, driver)
+  values = _hand_values(shapes)
+  prefix = str(tmp_path / "ckpt-12")
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
+                    shape_and_slices=[""] * len(values),
+                    tensors=list(values.values()))
+  direct = effnetv2_tf.create_model(model_name)  # 1000 classes, as saved
+  names = _reference_variable(direct, driver)
+  # Each model variable of the file is one of ours (TF1: its EMA copy).
+  assert sorted(names.values()) == sorted(
+      n for n in shapes if (n.endswith(_EMA) if driver == "main_py_tf1" else
+                            n.startswith(("_stem/", "_blocks/", "_head/",
+                                          "_fc/"))))
+  for w in direct.weights:
+    w.assign(values[names[w.path]])
+  loaded = effnetv2_tf.create_model(model_name, weights=prefix)
+  for ours, theirs in zip(loaded.weights, direct.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy(),
+                                  err_msg=ours.path)
+  x = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3))
+  expected = direct(x.astype("float32"), training=False).numpy()
+  assert 0.05 < np.abs(expected).max() < 100  # neither trivial nor blown up
+  np.testing.assert_allclose(loaded(x.astype("float32"), training=False),
+                             expected, rtol=0, atol=1e-5)
+
+
+def test_main_tf2_checkpoint_missing_a_variable_names_it(tmp_path):
+  shapes = _read_layout("efficientnetv2-b0", "main_tf2_py")
+  missing = "_blocks/5/_se/_se_expand/bias" + _VALUE  # block4a (1+2+2 before)
+  values = {k: v for k, v in _hand_values(shapes).items() if k != missing}
+  prefix = str(tmp_path / "ckpt")
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
+                    shape_and_slices=[""] * len(values),
+                    tensors=list(values.values()))
+  with pytest.raises(weights_lib.WeightsMismatchError,
+                     match=f"variable '{re.escape(missing)}' \\(for layer "
+                     "'block4a_se_expand'\\) is missing"):
+    effnetv2_tf.create_model("efficientnetv2-b0", weights=prefix)
+
+
+def test_main_tf2_checkpoint_into_another_head(tmp_path):
+  shapes = _read_layout("efficientnet-b0", "main_tf2_py")
+  values = _hand_values(shapes)
+  prefix = str(tmp_path / "ckpt")
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
+                    shape_and_slices=[""] * len(values),
+                    tensors=list(values.values()))
+  stem = "_stem/_conv_stem/kernel" + _VALUE
+  for kwargs in ({"include_top": False}, {"num_classes": 10}):
+    model = effnetv2_tf.create_model("efficientnet-b0", weights=prefix,
+                                     **kwargs)
+    np.testing.assert_array_equal(model.get_layer("stem_conv").kernel,
+                                  values[stem])
+
+
+def test_init_checkpoint_reads_a_main_tf2_checkpoint(tmp_path):
+  # --init_checkpoint (checkpoints.init_from) of main_tf2.py's object-based
+  # save_weights: every weight but the 1000-class head reaches a 10-class
+  # model (the head is newly initialised and counted as skipped).
+  from effnetv2_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
+  shapes = _read_layout("efficientnet-b0", "main_tf2_py")
+  values = _hand_values(shapes)
+  prefix = str(tmp_path / "ckpt")
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
+                    shape_and_slices=[""] * len(values),
+                    tensors=list(values.values()))
+  model = effnetv2_tf.create_model("efficientnet-b0", num_classes=10)
+  loaded = checkpoints.init_from(model, prefix)
+  assert loaded == len(model.weights) - 2  # all but the head's kernel, bias
+  np.testing.assert_array_equal(model.get_layer("stem_conv").kernel,
+                                values["_stem/_conv_stem/kernel" + _VALUE])

@@ -48,12 +48,27 @@ class ModelOptions:
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(ModelOptions))
 
 
-def round_filters(filters, width_coefficient, depth_divisor=8, min_depth=8):
-  """Scales a channel count by width and rounds to the divisor (reference)."""
+def round_filters(filters, width_coefficient, depth_divisor=8, min_depth=8,
+                  round_down_limit=0.0):
+  """Scales a channel count by width and rounds to the divisor (reference).
+
+  A result below `round_down_limit` times the scaled count gets one more
+  divisor (the original EfficientNet's 10% rule, V1's registry rows).
+  """
   filters *= width_coefficient
   min_depth = min_depth or depth_divisor
   rounded = int(filters + depth_divisor / 2) // depth_divisor * depth_divisor
-  return int(max(min_depth, rounded))
+  rounded = max(min_depth, rounded)
+  if rounded < round_down_limit * filters:
+    rounded += depth_divisor
+  return int(rounded)
+
+
+def _filter_rounding(spec, options):
+  """`round_filters` with the width and rounding rule of the model."""
+  width = options.width_coefficient or spec.width_coefficient
+  return lambda f: round_filters(f, width, spec.depth_divisor, spec.min_depth,
+                                 spec.round_down_limit)
 
 
 def round_repeats(repeats, depth_coefficient):
@@ -193,9 +208,8 @@ def scaled_block_args(spec, options: ModelOptions):
   block of a stage takes its stride and input width, the others stride 1 with
   input = output.
   """
-  width = options.width_coefficient or spec.width_coefficient
   depth = options.depth_coefficient or spec.depth_coefficient
-  rf = lambda f: round_filters(f, width, spec.depth_divisor, spec.min_depth)
+  rf = _filter_rounding(spec, options)
   result = []
   for stage, args in enumerate(
       block_strings.decode_all(options.blocks or spec.blocks)):
@@ -247,8 +261,7 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
     raise ValueError(
         f"dropout_rate must be in [0, 1), got {options.dropout_rate}.")
   builder = _Builder(options)
-  width = options.width_coefficient or spec.width_coefficient
-  rf = lambda f: round_filters(f, width, spec.depth_divisor, spec.min_depth)
+  rf = _filter_rounding(spec, options)
   blocks = scaled_block_args(spec, options)
 
   inputs = keras.Input(shape=tuple(input_shape or (None, None, 3)),

@@ -7,10 +7,9 @@ name) the weights were trained with; their input scaling, eval crop and eval
 size are read from that recipe (`preprocessing`), the one place they live.
 
 Tags:
-  imagenet          ImageNet-1k. keras.applications' file where it publishes
-                    one (the reference's checkpoint converted, with an md5
-                    hash, so the download is verified); the reference's
-                    checkpoint otherwise.
+  imagenet          ImageNet-1k: keras.applications' file (the reference's
+                    checkpoint converted, with an md5 hash, so the download
+                    is verified).
   imagenet21k       ImageNet-21k pretraining, 21,843 sigmoid outputs
                     (reference).
   imagenet21k-ft1k  21k pretraining finetuned on 1k (reference).
@@ -70,8 +69,7 @@ _KERAS_MD5 = {
     "efficientnet-b0": "902e53a9f72be733fc0bcb005b3ebbac",
     "efficientnet-b1": "1d254153d4ab51201f1646940f018540",
     "efficientnet-b2": "b15cce36ff4dcbd00b6dd88e7857a6ad",
-    # No efficientnet-b3: keras' EfficientNetB3 rounds channels otherwise
-    # (weights.py, _B3_NOTE), so the reference's checkpoint is the source.
+    "efficientnet-b3": "ffd1fdc53d0ce67064dc6a9c7960ede0",
     "efficientnet-b4": "18c95ad55216b8f92d7e70b3a046e2fc",
     "efficientnet-b5": "ace28f2a6363774853a83a0b21b9421a",
     "efficientnet-b6": "165f6e37dce68623721b423839de8be5",
@@ -83,7 +81,8 @@ _KERAS_MD5 = {
 # recipe: they are listed as the alternative, not taken. keras.applications'
 # V1 files are the AutoAugment checkpoints (keras-applications PR 113),
 # which efficientdet/backbone/efficientnet_builder.py publishes as
-# ckptsaug/ (the source of efficientnet-b3 here).
+# ckptsaug/; like every published V1 checkpoint they were trained with the
+# original EfficientNet's channel rounding, which V1's registry rows use.
 _REF = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
 _WHY_V2 = ("keras.applications' file: the reference's checkpoint converted, "
            "with a published md5 (a verified download)")
@@ -149,21 +148,11 @@ def _entries():
                                _NUM_CLASSES[tag], RECIPES[tag], REFERENCE))
   for model in _V1_NAMES:
     keras_name = model.replace("-", "")  # efficientnetb0
-    advprop = f"{_REF}advprop/{model}.tar.gz"
-    if model in _KERAS_MD5:
-      rows.append(Pretrained(model, "imagenet", f"{_KERAS_V1_URL}"
-                             f"{keras_name}.h5", "h5", _KERAS_MD5[model],
-                             1000, RECIPES["imagenet"], KERAS,
-                             alternative=advprop, why=_WHY_V1))
-    else:
-      rows.append(Pretrained(model, "imagenet",
-                             f"{_REF}ckptsaug/{model}.tar.gz", "tgz", None,
-                             1000, RECIPES["imagenet"], REFERENCE,
-                             alternative=advprop, why=(
-                                 "keras' EfficientNetB3 does not fit (channel "
-                                 "rounding), so the reference's AutoAugment "
-                                 "checkpoint; its 'imagenet' are AdvProp "
-                                 "weights")))
+    rows.append(Pretrained(model, "imagenet", f"{_KERAS_V1_URL}"
+                           f"{keras_name}.h5", "h5", _KERAS_MD5[model],
+                           1000, RECIPES["imagenet"], KERAS,
+                           alternative=f"{_REF}advprop/{model}.tar.gz",
+                           why=_WHY_V1))
     rows.append(Pretrained(
         model, "jft", f"{_REF}noisystudent/noisy_student_{model}.tar.gz",
         "tgz", None, 1000, RECIPES["jft"], REFERENCE))

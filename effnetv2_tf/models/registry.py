@@ -5,7 +5,8 @@ paper (V1), the compound-scaling coefficients and the defaults that travel
 with the model: train and eval image size, the preprocessing row
 (`effnetv2_tf.data.recipes`: input scaling, crops, resize), dropout,
 augmentation, mixup/CutMix and progressive stages. Values are those of the
-reference implementation (google/automl, efficientnetv2/effnetv2_configs.py).
+reference implementation (google/automl, efficientnetv2/effnetv2_configs.py);
+V1's channel rounding is the original EfficientNet's (`_v1`).
 """
 
 import dataclasses
@@ -40,6 +41,9 @@ class ModelSpec:
   feature_size: int = 1280
   depth_divisor: int = 8
   min_depth: int = 8
+  # A rounded channel count below this fraction of the scaled one gets one
+  # more divisor (`model.round_filters`); 0: no such rule (V2's reference).
+  round_down_limit: float = 0.0
 
 
 _V2_S = ("r2_k3_s1_e1_i24_o24_c1", "r4_k3_s2_e4_i24_o48_c1",
@@ -80,9 +84,15 @@ def _v2_base(name, width, depth, train, eval_, dropout):
 
 def _v1(name, width, depth, resolution, dropout):
   # train.isize=0.8, no stages (hparams.py: train.stages=0, data.ram=15).
+  # Channels round as in the original EfficientNet code, which every
+  # published V1 checkpoint was trained with: never down by more than 10%
+  # (efficientdet/backbone/efficientnet_model.py L139-141, keras.applications
+  # efficientnet.py round_filters; effnetv2_model.py L84-95 has no such rule,
+  # which would give B3's first block 16 channels, not 24). DEVIATIONS D17.
   return ModelSpec(name, _V1, width, depth,
                    train_size_from_eval(resolution, 0.8), resolution,
-                   dropout, "legacy", "autoaug", 15, num_stages=1)
+                   dropout, "legacy", "autoaug", 15, num_stages=1,
+                   round_down_limit=0.9)
 
 
 _SPECS = (

@@ -6,14 +6,18 @@ Two sources fit the models of `effnetv2_tf.models.model`:
     files (`*.weights.h5`) or the legacy Keras 2 `.h5` files that
     keras.applications distributes. Both are read with h5py and mapped by
     layer name; the only names that differ are in `_KERAS_ALIASES`.
-  * TF1 checkpoints of the reference code (google/automl efficientnetv2 and
-    the EfficientNet V1 releases), whose variables are named by scope
-    (`<model>/blocks_3/tpu_batch_normalization_1/gamma`); the
-    `ExponentialMovingAverage` copy of a variable is preferred.
+  * checkpoints of the reference code (google/automl efficientnetv2 and
+    the EfficientNet V1 releases) in both layouts its drivers write: TF1
+    checkpoints of `main.py` (and every released one), whose variables are
+    named by scope (`<model>/blocks_3/tpu_batch_normalization_1/gamma`;
+    the `ExponentialMovingAverage` copy of a variable is preferred), and
+    the object-based checkpoints of `main_tf2.py`'s `save_weights`, named
+    by attribute path (`_blocks/3/_norm1/gamma/.ATTRIBUTES/VARIABLE_VALUE`).
 Nothing is assigned until every weight has been found with the right shape,
 so a failed load leaves the model as it was.
 """
 
+import dataclasses
 import glob
 import os
 import re
@@ -30,11 +34,6 @@ _KERAS_ALIASES = ((re.compile(r"^(block\d+[a-z]+)_dwconv2$"), r"\1_dwconv"),)
 # keras.applications' input preprocessing (V1 has an adapted Normalization
 # with mean/variance/count weights); ours has no weights, so these are skipped.
 _PREPROCESSING = re.compile(r"^(rescaling|normalization)([_#]\d+)?$")
-_B3_NOTE = (
-    " Note: keras.applications' EfficientNetB3 rounds channel counts "
-    "differently from the reference (12,320,528 parameters against "
-    "12,314,268), so its weights cannot fit efficientnet-b3; use the "
-    "reference checkpoint instead.")
 _HEAD = "predictions"  # may be absent from the model (include_top=False)
 
 
@@ -71,9 +70,7 @@ def load_weights_counted(model, weights):
   """`load_weights`; returns (weights loaded, layers left as initialised)."""
   path = os.fspath(weights)
   if os.path.isfile(path) and h5py.is_hdf5(path):
-    layer_values = read_h5_weights(path)
-    note = _B3_NOTE if model.name == "efficientnet-b3" else ""
-    pairs = _match_layers(model, layer_values, path, note)
+    pairs = _match_layers(model, read_h5_weights(path), path)
   else:
     prefix = find_checkpoint(path)
     pairs = _match_checkpoint(model, tf.train.load_checkpoint(prefix), prefix)
@@ -171,7 +168,7 @@ def _weighted_layers(model):
   return [layer for layer in model.layers if layer.weights]
 
 
-def _match_layers(model, values, path, note=""):
+def _match_layers(model, values, path):
   """Pairs each model weight with its file array, checking names and shapes."""
   values = dict(values)
   class_counts = {}
@@ -184,27 +181,27 @@ def _match_layers(model, values, path, note=""):
     source = f"Weights file {path}"
     if arrays is None:
       raise _misfit(source, model, f"layer '{layer.name}' is missing from "
-                    "the file.", note)
+                    "the file.")
     expected = [tuple(w.shape) for w in layer.weights]
     got = [tuple(a.shape) for a in arrays]
     if expected != got and layer.name == _HEAD:
       continue  # another class count: load_weights keeps the new head
     if expected != got:
       raise _misfit(source, model, f"layer '{layer.name}' expects shapes "
-                    f"{expected}, the file has {got}.", note)
+                    f"{expected}, the file has {got}.")
     pairs.extend(zip(layer.weights, arrays))
   if not _has_top(model):
     values.pop(_HEAD, None)  # a file with the top, into a model without
   if values:
     raise _misfit(f"Weights file {path}", model, f"the file's layer "
                   f"'{next(iter(values))}' has no counterpart in the model "
-                  "(another variant?).", note)
+                  "(another variant?).")
   return pairs
 
 
-def _misfit(source, model, detail, note=""):
+def _misfit(source, model, detail):
   return WeightsMismatchError(
-      f"{source} does not fit model {model.name}: {detail}{note}")
+      f"{source} does not fit model {model.name}: {detail}")
 
 
 def _keras_class(layer):
@@ -226,6 +223,7 @@ def _has_top(model):
 
 # ------------------------------------------------- reference checkpoints
 
+# TF1 layout (main.py): scope of the fixed layers below `<model name>/`.
 _FIXED_SCOPES = {
     "stem_conv": "stem/conv2d",
     "stem_bn": "stem/tpu_batch_normalization",
@@ -233,6 +231,10 @@ _FIXED_SCOPES = {
     "top_bn": "head/tpu_batch_normalization",
     "predictions": "head/dense",
 }
+# main.py's graph opens `name_scope('head')` a second time for the
+# classifier (effnetv2_model.py L645), which current TensorFlow names
+# head_1; the released checkpoints have head/dense.
+_CLASSIFIER_SCOPES = ("head/dense", "head_1/dense")
 _BLOCK_LAYER = re.compile(r"^(block\d+[a-z]+)_(\w+)$")
 _BLOCK_SCOPES = {"dwconv": "depthwise_conv2d", "se_reduce": "se/conv2d",
                  "se_expand": "se/conv2d_1"}
@@ -243,6 +245,25 @@ _NUMBERED = (("conv2d", ("expand_conv", "project_conv")),
 _MODEL_LEAVES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta",
                  "moving_mean", "moving_variance")
 _EMA = "/ExponentialMovingAverage"
+_STEM = "/stem/conv2d/kernel"
+
+# Object-based layout (main_tf2.py): attribute paths of effnetv2_model.py's
+# EffNetV2Model (_build L532-578: _stem, _blocks, _head, _fc), its blocks
+# (MBConvBlock._build L187-264, FusedMBConvBlock._build L316-373) and SE
+# (L108-133), each variable's value under `<path>/<leaf>/.ATTRIBUTES/...`.
+_OBJECT_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+_OBJECT_STEM = "_stem/_conv_stem/kernel" + _OBJECT_VALUE
+_OBJECT_FIXED = {
+    "stem_conv": "_stem/_conv_stem",
+    "stem_bn": "_stem/_norm",
+    "top_conv": "_head/_conv_head",
+    "top_bn": "_head/_norm",
+    "predictions": "_fc",
+}
+_OBJECT_PARTS = {"expand_conv": "_expand_conv", "expand_bn": "_norm0",
+                 "dwconv": "_depthwise_conv", "bn": "_norm1",
+                 "se_reduce": "_se/_se_reduce", "se_expand": "_se/_se_expand",
+                 "project_conv": "_project_conv"}
 
 
 def find_checkpoint(path):
@@ -272,8 +293,66 @@ def find_checkpoint(path):
   return prefix
 
 
+def reference_layout(variable_names):
+  """Which reference layout a checkpoint's variable names have.
+
+  Returns:
+    'scope' (TF1, main.py and the released checkpoints), 'object'
+    (main_tf2.py's `save_weights`), or None (neither).
+  """
+  names = list(variable_names)
+  if any(name.endswith(_STEM) for name in names):
+    return "scope"
+  if any(name.endswith(_OBJECT_STEM) for name in names):
+    return "object"
+  return None
+
+
+def _layer_paths(model, fixed, in_block, block_path):
+  """Checkpoint path of each weighted layer of `model`.
+
+  Args:
+    model: a model from `effnetv2_tf.create_model`.
+    fixed: {layer name: path} of the layers outside the blocks.
+    in_block: (layer part, parts of its block) -> its path in the block.
+    block_path: a format string of the block's path from its index.
+  """
+  layers = [layer.name for layer in _weighted_layers(model)]
+  parts = {}  # block prefix -> its layer parts, blocks in network order
+  for name in layers:
+    match = _BLOCK_LAYER.match(name)
+    if match and name not in fixed:
+      parts.setdefault(match.group(1), set()).add(match.group(2))
+  block_ids = {block: i for i, block in enumerate(parts)}
+  paths = {}
+  for name in layers:
+    if name in fixed:
+      paths[name] = fixed[name]
+      continue
+    match = _BLOCK_LAYER.match(name)
+    path = match and in_block(match.group(2), parts[match.group(1)])
+    if not path:
+      raise ValueError(f"Layer '{name}' has no reference checkpoint name.")
+    paths[name] = f"{block_path.format(block_ids[match.group(1)])}/{path}"
+  return paths
+
+
+def _scope_in_block(part, parts):
+  for base, order in _NUMBERED:
+    if part in order:
+      n = sum(p in parts for p in order[:order.index(part)])
+      return base + (f"_{n}" if n else "")
+  return _BLOCK_SCOPES.get(part)
+
+
+def _attribute_in_block(part, parts):
+  if part == "project_bn":  # MBConv's _norm1 is the depthwise conv's BN
+    return "_norm2" if "dwconv" in parts else "_norm1"
+  return _OBJECT_PARTS.get(part)
+
+
 def reference_names(model):
-  """Reference scope of each weighted layer, e.g. 'blocks_3/conv2d_1'.
+  """TF1 scope of each weighted layer, e.g. 'blocks_3/conv2d_1'.
 
   Args:
     model: a model from `effnetv2_tf.create_model`.
@@ -281,51 +360,79 @@ def reference_names(model):
   Returns:
     A dict from layer name to its scope below the reference model name.
   """
-  layers = [layer.name for layer in _weighted_layers(model)]
-  parts = {}  # block prefix -> its layer parts, blocks in network order
-  for name in layers:
-    match = _BLOCK_LAYER.match(name)
-    if match and name not in _FIXED_SCOPES:
-      parts.setdefault(match.group(1), set()).add(match.group(2))
-  block_ids = {block: i for i, block in enumerate(parts)}
-  scopes = {}
-  for name in layers:
-    if name in _FIXED_SCOPES:
-      scopes[name] = _FIXED_SCOPES[name]
-      continue
-    match = _BLOCK_LAYER.match(name)
-    if not match:
-      raise ValueError(f"Layer '{name}' has no reference checkpoint name.")
-    block, part = match.groups()
-    scope = _BLOCK_SCOPES.get(part)
-    for base, order in _NUMBERED:
-      if part in order:
-        n = sum(p in parts[block] for p in order[:order.index(part)])
-        scope = base + (f"_{n}" if n else "")
-    if scope is None:
-      raise ValueError(f"Layer '{name}' has no reference checkpoint name.")
-    scopes[name] = f"blocks_{block_ids[block]}/{scope}"
-  return scopes
+  return _layer_paths(model, _FIXED_SCOPES, _scope_in_block, "blocks_{}")
+
+
+def object_names(model):
+  """main_tf2.py's attribute path of each weighted layer, e.g.
+  '_blocks/3/_norm1' (a dict from layer name to path)."""
+  return _layer_paths(model, _OBJECT_FIXED, _attribute_in_block,
+                      "_blocks/{}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """Where one checkpoint keeps the model's variables."""
+  paths: dict  # layer name -> checkpoint path of the layer
+  suffix: str  # after `<path>/<leaf>`
+  model_variables: frozenset  # the checkpoint's: each must be taken
+  head: tuple  # prefixes of the classifier's variables
+
+
+def _is_model_variable(name, suffix):
+  return (name.endswith(suffix) and
+          name[:len(name) - len(suffix)].rsplit("/", 1)[-1] in _MODEL_LEAVES)
+
+
+def _scope_layout(model, shapes, prefix):
+  """TF1 names below the model's root scope; main.py's or the released
+  checkpoints' classifier scope, whichever the checkpoint has."""
+  root = sorted((k[:-len(_STEM)] for k in shapes if k.endswith(_STEM)),
+                key=len)[0]
+  paths = {k: f"{root}/{v}" for k, v in reference_names(model).items()}
+  heads = [s for s in _CLASSIFIER_SCOPES if f"{root}/{s}/kernel" in shapes]
+  if _HEAD in paths:
+    if len(heads) != 1:
+      found = " and ".join(f"'{root}/{s}'" for s in heads)
+      raise _misfit(f"Checkpoint {prefix}", model, (
+          f"it has two classifiers, {found}; keep one." if heads else
+          f"it has no classifier '{root}/head/dense' (released checkpoints) "
+          f"or '{root}/head_1/dense' (main.py)."))
+    paths[_HEAD] = f"{root}/{heads[0]}"
+  variables = [k for k in shapes
+               if k.startswith(root + "/") and _is_model_variable(k, "")]
+  return _Layout(paths, "", frozenset(variables),
+                 tuple(f"{root}/{s}/" for s in _CLASSIFIER_SCOPES))
+
+
+def _object_layout(model, shapes):
+  """Attribute paths below the checkpoint's model object."""
+  root = sorted((k[:-len(_OBJECT_STEM)] for k in shapes
+                 if k.endswith(_OBJECT_STEM)), key=len)[0]
+  paths = {k: root + v for k, v in object_names(model).items()}
+  variables = [k for k in shapes
+               if k.startswith(root) and _is_model_variable(k, _OBJECT_VALUE)]
+  return _Layout(paths, _OBJECT_VALUE, frozenset(variables), (f"{root}_fc/",))
 
 
 def _match_checkpoint(model, reader, prefix):
   """Pairs each model weight with its checkpoint tensor (EMA preferred)."""
   shapes = reader.get_variable_to_shape_map()
-  stems = [k[:-len("/stem/conv2d/kernel")] for k in shapes
-           if k.endswith("/stem/conv2d/kernel")]
-  if not stems:
+  kind = reference_layout(shapes)
+  if kind is None:
     raise WeightsMismatchError(
-        f"Checkpoint {prefix} has no '<model name>/stem/conv2d/kernel' "
-        "variable: not a reference EfficientNet(V2) checkpoint.")
-  root = sorted(stems, key=len)[0]
-  scopes = reference_names(model)
+        f"Checkpoint {prefix} has neither a '<model name>{_STEM}' variable "
+        f"(main.py, released checkpoints) nor '{_OBJECT_STEM}' "
+        "(main_tf2.py): not a reference EfficientNet(V2) checkpoint.")
+  layout = (_scope_layout(model, shapes, prefix) if kind == "scope"
+            else _object_layout(model, shapes))
   used, pairs = set(), []
   for layer in _weighted_layers(model):
     for weight in layer.weights:
       leaf = weight.name
       if isinstance(layer, keras.layers.DepthwiseConv2D) and leaf == "kernel":
         leaf = "depthwise_kernel"
-      name = f"{root}/{scopes[layer.name]}/{leaf}"
+      name = f"{layout.paths[layer.name]}/{leaf}{layout.suffix}"
       key = name + _EMA if name + _EMA in shapes else name
       if key not in shapes:
         raise _misfit(f"Checkpoint {prefix}", model, f"variable '{name}' "
@@ -338,16 +445,14 @@ def _match_checkpoint(model, reader, prefix):
                       f"layer '{layer.name}') has shape {tuple(shapes[key])}"
                       f", the model expects {tuple(weight.shape)}.")
       pairs.append((weight, reader.get_tensor(key)))
-  _check_unused(shapes, used, root, model, prefix)
+  _check_unused(layout, used, model, prefix)
   return pairs
 
 
-def _check_unused(shapes, used, root, model, prefix):
+def _check_unused(layout, used, model, prefix):
   """Model variables of the checkpoint that the model did not take."""
-  skipped = () if _has_top(model) else (f"{root}/head/dense/",)
-  for name in sorted(shapes):
-    if (name.startswith(root + "/") and name not in used
-        and name.rsplit("/", 1)[-1] in _MODEL_LEAVES
-        and not name.startswith(skipped)):
+  skipped = () if _has_top(model) else layout.head
+  for name in sorted(layout.model_variables - used):
+    if not name.startswith(skipped):
       raise _misfit(f"Checkpoint {prefix}", model, f"variable '{name}' has "
                     "no counterpart in the model (another variant?).")

@@ -121,8 +121,8 @@ def init_from(model, path):
   else:
     prefix = run_dir.checkpoint_prefix(path)
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    if any(k.endswith("/stem/conv2d/kernel") for k in names):
-      source, first = None, None  # a reference TF1 checkpoint: by its names
+    if weights_lib.reference_layout(names):
+      source, first = None, None  # a reference driver's checkpoint
       loaded, skipped = weights_lib.load_weights_counted(model, prefix)
     else:
       source, _, _ = load_run_model(prefix)
