@@ -131,5 +131,11 @@ def get_config():
       # with an unknown image size serves every stage
       # (benchmarks/polymorphic_step.py: the same step time).
       retrace_per_stage=placeholder(bool),
+      # Replicas whose batch-norm statistics are pooled in training: 1 each
+      # its own, k groups of k consecutive replicas (k divides the
+      # replicas), 0 all; default (None): the reference's, groups of
+      # min(8, replicas) under TPUStrategy, each replica its own elsewhere
+      # (training/distribute.py resolve_bn_group_size).
+      bn_group_size=placeholder(int),
   )
   return config

@@ -76,7 +76,7 @@ def run(values, trainer_cls):
   trainer = trainer_cls(config, model_dir, strategy, source=source)
   if reads_only:
     trainer.leave_model_dir_as_is()
-  print(f"Steps: {trainer.xla_choice}", flush=True)
+  print(f"Steps: {trainer.steps_choice}", flush=True)
   if values.mode != "eval":  # checked before anything is written
     run_dir.check_free_space(
         model_dir, 2 * trainer.checkpoint_bytes(), "--model_dir",

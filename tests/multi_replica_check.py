@@ -5,9 +5,10 @@ before TensorFlow initialises, hence a subprocess). Prints one JSON line:
 
   single vs mirrored, one train step of main.py's step function on the same
   global batch of 8 (4 different examples per replica): loss, weights and BN
-  moving means after the step (synchronised BN must see all 8 examples);
-  then a short main.py and main_tf2.py run under the 2-replica strategy;
-  then the fused optimizers (fused_optim.py) against Keras' under it.
+  moving means after the step (BN over all replicas, runtime.bn_group_size=0,
+  must see all 8 examples); then a short main.py and main_tf2.py run under
+  the 2-replica strategy with the default batch norm (per replica); then
+  the fused optimizers (fused_optim.py) against Keras' under it.
 """
 
 import json
@@ -36,8 +37,9 @@ HPARAMS = ("model.survival_prob=1.0,progressive.min_dropout=0,"
            "train.warmup_epochs=0,train.steps=4,runtime.steps_per_loop=2")
 
 
-def _trainer(cls, model_dir, strategy):
-  config = config_lib.build_config("efficientnetv2-b0", "smoke", HPARAMS)
+def _trainer(cls, model_dir, strategy, hparams=""):
+  config = config_lib.build_config("efficientnetv2-b0", "smoke",
+                                   HPARAMS + hparams)
   return cls(config, model_dir, strategy)
 
 
@@ -51,7 +53,7 @@ def one_step_comparison(tmp, mirrored_strategy):
   single = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "single"),
                     tf.distribute.get_strategy())
   mirrored = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "mirrored"),
-                      mirrored_strategy)
+                      mirrored_strategy, ",runtime.bn_group_size=0")
   mirrored.model.set_weights(single.model.get_weights())
   mirrored.ema.reset_to_model()
   single.ema.reset_to_model()
@@ -86,7 +88,8 @@ def one_step_comparison(tmp, mirrored_strategy):
   return {
       "replicas": mirrored.replicas,
       "per_replica_batch": int(values["images"].values[0].shape[0]),
-      "synchronized_bn": bool(mirrored.model.get_layer(bn).synchronized),
+      "bn_group_size": mirrored.bn_group_size,
+      "bn_layer": type(mirrored.model.get_layer(bn)).__name__,
       "single_loss": single_loss, "mirrored_loss": mirrored_loss,
       "max_weight_diff": weight_diff,
       "moving_mean_diff": float(np.max(np.abs(mean_single - mean_mirrored))),
@@ -104,6 +107,13 @@ def short_runs(tmp, strategy):
         int(v.shape[0]) for v in first["images"].values]
     trainer.train()
     steps[name] = trainer.step
+    steps[name + "_bn_choice"] = trainer.steps_choice
+    bn = trainer.model.get_layer("stem_bn")
+    steps[name + "_bn_layer"] = type(bn).__name__
+    # Per-replica statistics; both replicas' copies of the moving mean.
+    first, second = (v.numpy() for v in bn.moving_mean.value.values)
+    steps[name + "_bn_copies_diff"] = float(np.max(np.abs(first - second)))
+    steps[name + "_bn_moved"] = float(np.max(np.abs(first)))
     steps[name + "_traces"] = trainer.traces
     steps[name + "_loss_finite"] = bool(all(
         np.isfinite(h["loss"]) for h in trainer.summary["history"]))

@@ -1,22 +1,61 @@
-"""TensorFlow's fused batch-norm kernel behind Keras' BatchNormalization.
+"""TensorFlow batch-norm layers behind Keras' BatchNormalization.
 
-Keras 3's BatchNormalization computes moments and normalises in separate
-ops on every backend; TensorFlow's FusedBatchNormV3 does both (and the
-backward pass) in one kernel. Measured on 2 CPU cores, forward + backward
-of a (32, 112, 112, 32) tensor: 61 ms fused against 113 ms for the Keras
-layer, and EfficientNet has a BN after every convolution.
+`FusedBatchNormalization`: Keras 3's BatchNormalization computes moments
+and normalises in separate ops on every backend; TensorFlow's
+FusedBatchNormV3 does both (and the backward pass) in one kernel. Measured
+on 2 CPU cores, forward + backward of a (32, 112, 112, 32) tensor: 61 ms
+fused against 113 ms for the Keras layer, and EfficientNet has a BN after
+every convolution. It is a drop-in subclass: same constructor, variables,
+names, config and numerics (the moving variance is updated with the biased
+batch variance, as Keras does, not the fused kernel's Bessel-corrected
+one). It falls back to the Keras computation where the kernel does not
+apply: another backend, synchronised (cross-replica) statistics, batch
+renormalisation, a channel axis other than the last of a 4-D input, or a
+mask.
 
-`FusedBatchNormalization` is a drop-in subclass: same constructor,
-variables, names, config and numerics (the moving variance is updated
-with the biased batch variance, as Keras does, not the fused kernel's
-Bessel-corrected one). It falls back to the Keras computation where the
-kernel does not apply: another backend, synchronised (cross-replica)
-statistics, batch renormalisation, a channel axis other than the last of a
-4-D input, or a mask.
+`ReplicaGroupBatchNormalization`: training statistics pooled over groups
+of replicas, as the reference's TpuBatchNormalization (utils.py L173-206
+at 6a54c87), under any tf.distribute strategy.
+
+Where they compute the statistics themselves (not in the fallbacks), both
+keep every replica's copy of the moving statistics equal: under
+several replicas they move towards the mean over the replicas of each
+one's batch (or group) statistics. That is the value the reference's
+Keras 2 layer reads and saves (tf_keras BatchNormalization keeps them as
+ON_READ variables, aggregation MEAN: a copy per replica, read as their
+mean; the update is linear, so the mean of the copies follows the mean of
+the statistics); Keras 3's mirrored variables would instead keep each
+replica's own and save replica 0's.
 """
 
 import keras
 import tensorflow as tf
+
+
+def _replica_context_of_several():
+  """The replica context of a step run by several replicas, else None."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return None
+  return context
+
+
+def _mean_over_replicas(mean, variance):
+  """The replicas' mean of each one's moments, for the moving statistics."""
+  context = _replica_context_of_several()
+  if context is None:
+    return mean, variance
+  return context.all_reduce(
+      tf.distribute.ReduceOp.MEAN,
+      [tf.stop_gradient(mean), tf.stop_gradient(variance)])
+
+
+def _update_moving_statistics(layer, mean, variance):
+  momentum = layer.momentum
+  for moving, batch in ((layer.moving_mean, mean),
+                        (layer.moving_variance, variance)):
+    moving.assign(moving * momentum +
+                  tf.cast(batch, moving.dtype) * (1.0 - momentum))
 
 
 @keras.saving.register_keras_serializable(package="effnetv2_tf")
@@ -48,14 +87,101 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
       count = tf.cast(tf.size(inputs) // channels, tf.float32)
       # The kernel returns the unbiased variance; Keras averages the biased.
       variance *= (count - 1.0) / tf.maximum(count, 1.0)
-      momentum = self.momentum
-      self.moving_mean.assign(self.moving_mean * momentum +
-                              mean * (1.0 - momentum))
-      self.moving_variance.assign(self.moving_variance * momentum +
-                                  variance * (1.0 - momentum))
+      _update_moving_statistics(self, *_mean_over_replicas(mean, variance))
     else:
       outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
           inputs, scale, offset, mean=tf.convert_to_tensor(self.moving_mean),
           variance=tf.convert_to_tensor(self.moving_variance),
           epsilon=self.epsilon, is_training=False)
     return tf.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="effnetv2_tf")
+class ReplicaGroupBatchNormalization(keras.layers.BatchNormalization):
+  """BatchNormalization whose training statistics pool groups of replicas.
+
+  `group_size` k: replicas 0..k-1 form the first group, k..2k-1 the second,
+  and so on (the reference's group_assignment, utils.py L71-73); 1: each
+  replica's own statistics; 0: all replicas. k must divide the replicas;
+  with one replica, or called outside a replica context, the statistics
+  are the batch's own.
+
+  Each replica's mean and E[x^2] (its variance plus squared mean) are
+  averaged over the group, the variance being E[x^2] - E[x]^2 of the group
+  (utils.py L193-199), weighted by the replicas' example counts: the
+  statistics of the group's examples pooled, also where the replicas' batches
+  differ in size (the reference weights replicas equally; the same value for
+  equal batches, which every training batch here is). One all-reduce of a
+  (groups, 2 * channels + 1) tensor, under any strategy (the reference sums
+  within each group with TPU group assignments).
+  """
+
+  def __init__(self, group_size=1, **kwargs):
+    super().__init__(**kwargs)
+    if self.synchronized or self.renorm:
+      raise ValueError(
+          "ReplicaGroupBatchNormalization: `group_size` replaces "
+          "`synchronized`, and batch renormalisation is not supported.")
+    if isinstance(group_size, bool) or int(group_size) != group_size or (
+        group_size < 0):
+      raise ValueError(f"group_size must be an integer >= 0 (0: all "
+                       f"replicas), got {group_size!r}.")
+    self.group_size = int(group_size)
+
+  def get_config(self):
+    return {**super().get_config(), "group_size": self.group_size}
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable):
+      return super().call(inputs, training=training, mask=mask)
+    # float16/bfloat16 activations with float32 statistics, as Keras' layer.
+    if inputs.dtype != tf.float64:
+      inputs = tf.cast(inputs, tf.float32)
+    mean, variance = super()._moments(inputs, mask)  # this replica's
+    if mask is None:
+      count = tf.reduce_prod(tf.gather(tf.shape(inputs), self._reduction_axes))
+    else:
+      count = tf.reduce_sum(tf.cast(mask, tf.int32))
+    mean, variance, moving = _group_moments(
+        mean, variance, tf.cast(count, mean.dtype), self.group_size)
+    _update_moving_statistics(self, *moving)
+    outputs = keras.ops.batch_normalization(
+        inputs, mean, variance, axis=self.axis,
+        offset=tf.cast(self.beta, inputs.dtype) if self.center else None,
+        scale=tf.cast(self.gamma, inputs.dtype) if self.scale else None,
+        epsilon=self.epsilon)
+    return tf.cast(outputs, self.compute_dtype)
+
+
+def _group_moments(mean, variance, count, group_size):
+  """(mean, variance) of this replica's group and, for the moving
+  statistics, (mean, variance) averaged over all replicas."""
+  context = _replica_context_of_several()
+  if context is None:
+    return mean, variance, (mean, variance)
+  replicas = context.num_replicas_in_sync
+  size = group_size or replicas
+  if replicas % size:
+    raise ValueError(f"ReplicaGroupBatchNormalization: group_size={size} does "
+                     f"not divide the {replicas} replicas.")
+  if size == 1:
+    return mean, variance, _mean_over_replicas(mean, variance)
+  groups = replicas // size
+  group = tf.cast(context.replica_id_in_sync_group, tf.int32) // size
+  channels = mean.shape[-1]
+  # Sums of x, of x^2 and the count (a replica without examples adds 0).
+  sums = tf.concat([tf.math.multiply_no_nan(mean, count),
+                    tf.math.multiply_no_nan(variance + tf.square(mean), count),
+                    count[None]], axis=0)
+  row = tf.one_hot(group, groups, dtype=sums.dtype)
+  # Row g of the all-reduced tensor: the sums over group g's replicas.
+  group_sums = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  row[:, None] * sums[None, :])
+  means = tf.math.divide_no_nan(group_sums[:, :channels], group_sums[:, -1:])
+  variances = tf.math.divide_no_nan(group_sums[:, channels:2 * channels],
+                                    group_sums[:, -1:]) - tf.square(means)
+  # Every group has `size` replicas: the mean over groups is that over
+  # replicas.
+  moving = (tf.stop_gradient(tf.reduce_mean(means, axis=0)),
+            tf.stop_gradient(tf.reduce_mean(variances, axis=0)))
+  return tf.gather(means, group), tf.gather(variances, group), moving

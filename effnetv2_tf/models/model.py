@@ -32,8 +32,10 @@ class ModelOptions:
   # The reference's value (also Keras' default), kept explicit because the
   # published weights were trained with it.
   bn_epsilon: float = 1e-3
-  # Cross-replica BN statistics; the drivers set it with > 1 replica.
-  bn_synchronized: bool = False
+  # Replicas whose BN statistics are pooled in training: 1 each its own,
+  # k groups of k consecutive replicas, 0 all (`fused_bn`); the drivers
+  # set it from runtime.bn_group_size.
+  bn_group_size: int = 1
   # TensorFlow's fused BN kernel (`fused_bn`), same numerics as Keras' layer.
   bn_fused: bool = True
   # 1x1 convolutions as matmuls in training (`pointwise_conv`), same math.
@@ -127,20 +129,29 @@ class _Builder:
       return pointwise_conv.PointwiseConv2D
     return layers.Conv2D
 
-  def batch_norm_class(self):
-    """Keras' BatchNormalization, or its TensorFlow fused-kernel subclass."""
-    if (self.opt.bn_fused and not self.opt.bn_synchronized and
-        keras.backend.backend() == "tensorflow"):
-      # Imported here: the fast path is TensorFlow's; the rest of this
-      # module needs only Keras.
-      from effnetv2_tf.models import fused_bn  # pylint: disable=g-import-not-at-top
-      return fused_bn.FusedBatchNormalization
-    return layers.BatchNormalization
+  def batch_norm(self, name):
+    """Keras' BatchNormalization, its TensorFlow fused-kernel subclass, or
+    the subclass that pools statistics over groups of replicas."""
+    options = dict(momentum=self.opt.bn_momentum, epsilon=self.opt.bn_epsilon,
+                   name=name)
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if self.opt.bn_group_size != 1 and not tensorflow:
+      raise ValueError(
+          f"bn_group_size={self.opt.bn_group_size} needs the TensorFlow "
+          "backend (tf.distribute replicas); use 1.")
+    if not tensorflow or (self.opt.bn_group_size == 1 and
+                          not self.opt.bn_fused):
+      return layers.BatchNormalization(**options)
+    # Imported here: these layers are TensorFlow's; the rest of this module
+    # needs only Keras.
+    from effnetv2_tf.models import fused_bn  # pylint: disable=g-import-not-at-top
+    if self.opt.bn_group_size == 1:
+      return fused_bn.FusedBatchNormalization(**options)
+    return fused_bn.ReplicaGroupBatchNormalization(
+        group_size=self.opt.bn_group_size, **options)
 
   def bn_act(self, x, bn_name, act_name=None):
-    x = self.batch_norm_class()(
-        momentum=self.opt.bn_momentum, epsilon=self.opt.bn_epsilon,
-        synchronized=self.opt.bn_synchronized, name=bn_name)(x)
+    x = self.batch_norm(bn_name)(x)
     if act_name:
       x = layers.Activation(self.opt.activation, name=act_name)(x)
     return x
@@ -321,7 +332,7 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
     input_scaling: a `recipes.SCALINGS` name for `include_preprocessing`;
       None: that of the tag's training recipe, else of the model's row.
     **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
-      bn_momentum, bn_epsilon, bn_synchronized, bn_fused, pointwise_matmul,
+      bn_momentum, bn_epsilon, bn_group_size, bn_fused, pointwise_matmul,
       activation, width_coefficient, depth_coefficient, blocks,
       feature_size).
 
@@ -363,11 +374,11 @@ CONFIG_OVERRIDES = ("survival_prob", "bn_momentum", "bn_epsilon",
 
 
 def model_from_config(model_config, num_classes, dropout_rate=0.0,
-                      bn_synchronized=False):
+                      bn_group_size=1):
   """The model of a run's `config.model` section (ConfigDict or dict).
 
   `dropout_rate` is the head's (progressive learning sets it per stage);
-  `bn_synchronized` for more than one replica.
+  `bn_group_size` the run's (`distribute.bn_group_size`).
   """
   overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
                if model_config.get(key) is not None}
@@ -375,4 +386,4 @@ def model_from_config(model_config, num_classes, dropout_rate=0.0,
     overrides["blocks"] = tuple(model_config["blocks"].split())
   return create_model(model_config["name"], num_classes=num_classes,
                       dropout_rate=dropout_rate,
-                      bn_synchronized=bn_synchronized, **overrides)
+                      bn_group_size=bn_group_size, **overrides)

@@ -334,6 +334,34 @@ DEVIATIONS = (
      "Own folders are small: 10,000 steps would be about 450 epochs of "
      "1,437 images, and batch 512 more than a folder of a few hundred "
      "images holds; 15 epochs with the 1-epoch warmup stay the recipe's."),
+    ("D16", "reference", (),
+     "A fused decode (the legacy row) decodes a non-JPEG image (PNG, GIF, "
+     "BMP) whole and slices its crop; the reference's preprocess_legacy.py "
+     "reads every image with extract_jpeg_shape and decode_and_crop_jpeg "
+     "(L53, L68, L112, L125), which take JPEG only.",
+     "Image folders may hold other formats; for a lossless one the slice "
+     "has the pixels a fused decode would."),
+    ("D17", "reference", (),
+     "V1 models (efficientnet-b0..b7) round channel counts with the "
+     "original EfficientNet's rule: a count rounded down by more than 10% "
+     "gets one more divisor (efficientdet/backbone/efficientnet_model.py "
+     "L139-141, keras.applications' round_filters); effnetv2_model.py "
+     "L84-95 has no such rule. Only B3 changes: its first block outputs 24 "
+     "channels, not 16 (12,320,528 parameters, not 12,314,268).",
+     "Every published V1 checkpoint (keras.applications' files, ckptsaug, "
+     "AdvProp, Noisy Student) was trained with the original rule, so "
+     "efficientnet-b3 loads them only with it."),
+    ("D18", "reference", (),
+     "Batch norm over replica groups (runtime.bn_group_size; default the "
+     "reference's: min(8, replicas) under TPUStrategy, each replica its own "
+     "elsewhere) normalises with the statistics of the group's examples "
+     "pooled, each replica weighted by its example count; the reference's "
+     "TpuBatchNormalization (utils.py L193-199) averages the replicas' "
+     "moments with equal weights.",
+     "The same for equal per-replica batches, which every training batch "
+     "here is (the global batch divides by the replicas, drop_remainder); "
+     "with unequal ones (a caller's own strategy.run) they stay the group's "
+     "batch statistics."),
     ("D19", "reference", (),
      "Optimizers by the reference's names (sgd: plain gradient descent; "
      "momentum: not Nesterov), with Keras' update for both drivers: "

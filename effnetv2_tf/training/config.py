@@ -201,6 +201,8 @@ RANGES = {
     "data.minival_files": (">= 0", lambda v, c: v >= 0),
     "data.minival_every": (">= 0 (0: no minival split)", lambda v, c: v >= 0),
     "runtime.steps_per_loop": (">= 1", lambda v, c: v >= 1),
+    "runtime.bn_group_size": (">= 0 (0: all replicas), or null (default)",
+                              lambda v, c: v is None or v >= 0),
 }
 
 

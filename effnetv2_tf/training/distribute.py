@@ -99,6 +99,58 @@ def get_strategy(name="default", use_tpu=False, tpu=None):
   return strategy
 
 
+# Replicas per batch-norm group under TPUStrategy by default: the
+# reference's TpuBatchNormalization pools min(8, replicas) (utils.py L189),
+# and main.py L78 / main_tf2.py L127 select it on TPUs only.
+TPU_BN_GROUP = 8
+
+
+def resolve_bn_group_size(setting, replicas, tpu):
+  """Replicas per batch-norm group, and the reason, for the start line.
+
+  Args:
+    setting: runtime.bn_group_size; None: the reference's rule, groups of
+      min(TPU_BN_GROUP, replicas) under TPUStrategy, each replica its own
+      elsewhere (main_tf2.py's MirroredStrategy keeps Keras' per-replica
+      BN; main.py off TPUs runs on one device); 0: all replicas.
+    replicas: the strategy's replicas in sync.
+    tpu: whether the strategy is TPUStrategy.
+
+  Raises:
+    StrategyError: a group size that does not divide the replicas.
+  """
+  if setting is None:
+    size = min(TPU_BN_GROUP, replicas) if tpu else 1
+    why = (f"default under TPUStrategy: groups of min({TPU_BN_GROUP}, "
+           "replicas), as the reference" if tpu else
+           "default off TPUs, as the reference")
+  else:
+    size = setting or replicas
+    why = f"runtime.bn_group_size={setting}"
+  if size < 0:
+    raise StrategyError(f"runtime.bn_group_size={setting}: must be >= 0 (0: "
+                        "all replicas).")
+  if replicas % size:
+    raise StrategyError(
+        f"Batch-norm groups of {size} replicas ({why}) do not divide the "
+        f"{replicas} replicas; set runtime.bn_group_size to a divisor of "
+        f"{replicas}, or 0 for all of them.")
+  if size == 1:
+    text = "batch norm per replica"
+  elif size == replicas:
+    text = f"batch norm over all {replicas} replicas"
+  else:
+    text = f"batch norm over groups of {size} of the {replicas} replicas"
+  return size, f"{text} ({why})"
+
+
+def bn_group_size(setting, strategy):
+  """`resolve_bn_group_size` for `strategy`."""
+  return resolve_bn_group_size(
+      setting, strategy.num_replicas_in_sync,
+      isinstance(strategy, tf.distribute.TPUStrategy))
+
+
 def num_workers(strategy):
   """Hosts in the cluster (1 unless MultiWorkerMirroredStrategy spans more)."""
   resolver = getattr(strategy, "cluster_resolver", None)

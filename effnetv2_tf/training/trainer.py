@@ -79,12 +79,15 @@ class Trainer:
           "could not continue the input where it stopped. Use it with one "
           "device (the default strategy), or main_tf2.py, whose resumed "
           "stages restart their data order.")
-    self.jit_compile, self.xla_choice = xla.resolve(
+    self.jit_compile, xla_choice = xla.resolve(
         config.runtime.jit_compile, strategy)
     self.retrace_per_stage, retrace_choice = xla.resolve_retrace(
         config.runtime.retrace_per_stage,
         self.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy))
-    self.xla_choice += f"; {retrace_choice}"
+    self.bn_group_size, bn_choice = distribute.bn_group_size(
+        config.runtime.bn_group_size, strategy)
+    # How the steps run, the drivers' "Steps: ..." line at start.
+    self.steps_choice = f"{xla_choice}; {retrace_choice}; {bn_choice}"
     self.global_batch = config.train.batch_size
     for key, batch in (("train.batch_size", self.global_batch),
                        ("eval.batch_size", config.eval.batch_size)):
@@ -116,7 +119,7 @@ class Trainer:
       self.model = model_lib.model_from_config(
           config.model, self.num_classes,
           dropout_rate=self.stages[0].dropout,
-          bn_synchronized=self.replicas > 1)
+          bn_group_size=self.bn_group_size)
       step_lib.schedule_dropout(self.model)
       self.schedule = optim.build_schedule(
           config.train, self.global_batch, self.steps_per_epoch,

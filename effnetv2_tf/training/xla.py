@@ -62,8 +62,9 @@ def resolve_retrace(setting, jit_compile):
   XLA (jit_compile, and always on TPUs) compiles for static shapes, so
   there every stage retraces, as in the paper. Elsewhere one step traced
   with an unknown image size serves all stages, also under several
-  mirrored replicas (their synchronized batch norms' collectives reduce
-  per-channel vectors, whose shapes do not depend on the image size): its
+  mirrored replicas (their batch norms' collectives, for the moving
+  statistics and runtime.bn_group_size's groups, reduce per-channel
+  vectors, whose shapes do not depend on the image size): its
   step time equals the static one's (benchmarks/polymorphic_step.py) and
   later stages skip their retrace.
   """
