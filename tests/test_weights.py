@@ -77,17 +77,22 @@ def v2_files(tmp_path_factory):
   return _keras_files(tmp_path_factory, model, "v2b0")
 
 
-@pytest.fixture(scope="module")
-def v1_files(tmp_path_factory):
-  keras.utils.set_random_seed(2)
-  model = keras.applications.EfficientNetB0(
+def _keras_v1_files(tmp_path_factory, application, seed, tag):
+  keras.utils.set_random_seed(seed)
+  model = application(
       weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None)
   # Keras V1 always normalises with an adapted Normalization layer; give it
   # the ImageNet statistics our include_preprocessing applies.
   norm = next(l for l in model.layers if l.name.startswith("normalization"))
   norm.set_weights([IMAGENET_MEAN, IMAGENET_STD**2, norm.get_weights()[2]])
   norm.finalize_state()
-  return _keras_files(tmp_path_factory, model, "b0")
+  return _keras_files(tmp_path_factory, model, tag)
+
+
+@pytest.fixture(scope="module")
+def v1_files(tmp_path_factory):
+  return _keras_v1_files(tmp_path_factory,
+                         keras.applications.EfficientNetB0, 2, "b0")
 
 
 def _ours(name, path, **kwargs):
@@ -153,13 +158,8 @@ def test_file_with_another_class_count_loads_all_but_the_head(v2_files,
 
 @pytest.fixture(scope="module")
 def b3_files(tmp_path_factory):
-  keras.utils.set_random_seed(3)
-  model = keras.applications.EfficientNetB3(
-      weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None)
-  norm = next(l for l in model.layers if l.name.startswith("normalization"))
-  norm.set_weights([IMAGENET_MEAN, IMAGENET_STD**2, norm.get_weights()[2]])
-  norm.finalize_state()
-  return _keras_files(tmp_path_factory, model, "b3")
+  return _keras_v1_files(tmp_path_factory,
+                         keras.applications.EfficientNetB3, 3, "b3")
 
 
 def test_b3_loads_keras_applications_file(b3_files):
