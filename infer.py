@@ -21,7 +21,6 @@ names that ship with the package (21k weights: class indices).
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,6 +30,7 @@ from absl import flags
 # First: the TPU build's set-up and the quiet TensorFlow import (see
 # effnetv2_tf/__init__.py).
 import effnetv2_tf  # noqa: F401  pylint: disable=unused-import
+from effnetv2_tf import errors
 from effnetv2_tf import export
 from effnetv2_tf import quiet_start
 import tensorflow as tf
@@ -60,7 +60,7 @@ flags.mark_flags_as_required(["image"])
 FLAGS = flags.FLAGS
 
 
-class InferError(ValueError):
+class InferError(errors.UserError, ValueError):
   """Bad input to infer.py; the message says what and where."""
 
 
@@ -161,7 +161,7 @@ def main(argv):
                      FLAGS.weights))) != 1:
     raise app.UsageError(
         "Give one of --saved_model, --checkpoint and --weights.")
-  try:
+  with errors.reported("infer.py"):
     predict, class_names = load_predictor(
         FLAGS.saved_model, FLAGS.checkpoint, FLAGS.model, FLAGS.num_classes,
         FLAGS.weights)
@@ -173,9 +173,6 @@ def main(argv):
       for rank, (class_id, name, p) in enumerate(
           top_classes(outputs, class_names, FLAGS.top_k), 1):
         print(f"  {rank}. {name} (class {class_id}): {p:.4f}")
-  except (InferError, pretrained.PretrainedError) + export.USER_ERRORS as err:
-    print(f"infer.py: error: {err}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

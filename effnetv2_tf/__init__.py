@@ -19,11 +19,12 @@ with quiet_start.filtered_import():
   import tensorflow  # noqa: F401  pylint: disable=unused-import
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from effnetv2_tf.errors import UserError
 from effnetv2_tf.models.fold_bn import fold_batch_norms
 from effnetv2_tf.models.model import create_model
 from effnetv2_tf.models.registry import get_model_spec
 from effnetv2_tf.models.registry import list_models
 
-__all__ = ["create_model", "fold_batch_norms", "get_model_spec",
+__all__ = ["UserError", "create_model", "fold_batch_norms", "get_model_spec",
            "list_models"]
 __version__ = "0.1.0"

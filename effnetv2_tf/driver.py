@@ -5,40 +5,22 @@ config, write the same config.json/summary.json/checkpoints and export the
 same SavedModel; they differ only in the trainer class that runs a stage.
 """
 
-import sys
 
 from absl import app
-from absl import logging
 import keras
 
 from effnetv2_tf import cli
+from effnetv2_tf import errors
 from effnetv2_tf import export
 from effnetv2_tf import quiet_start
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
-from effnetv2_tf.models import pretrained
-from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import distribute
-from effnetv2_tf.training import optim
-from effnetv2_tf.training import progressive
 from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
-from effnetv2_tf.training import xla
-
-# Errors a user can cause and fix: one line on stderr, exit code 1. Any
-# other exception is a bug and keeps its traceback.
-USER_ERRORS = (config_lib.ConfigError, FileNotFoundError,
-               run_dir.RunDirError,
-               sources.DataError, progressive.StageError,
-               checkpoints.CheckpointMismatchError,
-               weights_lib.WeightsMismatchError, pretrained.PretrainedError,
-               optim.OptimizerError,
-               distribute.StrategyError,
-               trainer_lib.TrainingError, xla.XlaError)
-
 
 def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
@@ -103,7 +85,8 @@ def run(values, trainer_cls):
       print(note, flush=True)
     trainer.init_from(values.init_checkpoint, whole=given_eval)
   elif values.mode == "eval" and not restored:
-    raise FileNotFoundError(f"--mode=eval: no checkpoint in {model_dir}.")
+    raise errors.MissingInputError(
+        f"--mode=eval: no checkpoint in {model_dir}.")
   if values.mode in ("train", "train_and_eval"):
     print(trainer.describe(), flush=True)
     trainer.train(eval_every_stage=values.mode == "train_and_eval")
@@ -128,13 +111,5 @@ def main(argv, values, trainer_cls, prog):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   quiet_start.quiet_info_logs(values)
-  try:
+  with errors.reported(prog):
     run(values, trainer_cls)
-  except USER_ERRORS as err:
-    logging.debug("Failure details", exc_info=True)
-    fail(prog, str(err))
-
-
-def fail(prog, message):
-  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(1)

@@ -39,28 +39,22 @@ the pooled features [B, C] before the classifier.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 import keras
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf import quiet_start
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import fold_bn
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import pretrained
-from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.training import checkpoints
 from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import xla
-
-# Errors of a bad --model_dir/--checkpoint: one line, exit code 1.
-USER_ERRORS = (FileNotFoundError, run_dir.RunDirError,
-               checkpoints.CheckpointMismatchError,
-               weights_lib.WeightsMismatchError, pretrained.PretrainedError)
 
 TFLITE_FILENAME = "model.tflite"
 TFLITE_QUANT_FILENAME = "model_quant.tflite"
@@ -296,7 +290,7 @@ def main(argv):
   quiet_start.quiet_info_logs(values)
   if not (values.model_dir or values.checkpoint or values.weights):
     raise app.UsageError("Give --model_dir (or --checkpoint, or --weights).")
-  try:
+  with errors.reported("export"):
     run_dir.check_writable(values.export_dir, "--export_dir")
     if values.weights:
       written = [export_published(values.model, values.weights,
@@ -306,9 +300,6 @@ def main(argv):
                            values.checkpoint, values.tflite,
                            values.tflite_quantize, values.feature_vector_dir,
                            values.jit_compile, values.model)
-  except USER_ERRORS as err:
-    print(f"export: error: {err}", file=sys.stderr, flush=True)
-    sys.exit(1)
   for path in written:
     print(f"Wrote {path}", flush=True)
 

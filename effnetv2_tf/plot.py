@@ -10,7 +10,6 @@ when the run evaluated there; the learning rate below) into --out_dir
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -19,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+from effnetv2_tf import errors  # pylint: disable=g-import-not-at-top
 from effnetv2_tf.training import run_dir  # pylint: disable=g-import-not-at-top
 
 REGULARIZATION = (("randaug_magnitude", "RandAugment magnitude", "tab:red"),
@@ -112,15 +112,19 @@ def plot_learning_curve(summary):
   return fig
 
 
+class PlotError(errors.UserError, ValueError):
+  """A run that cannot be plotted yet; the message says why."""
+
+
 def write_plots(model_dir, out_dir=None):
   """Writes both PNGs; returns their paths."""
   summary = run_dir.read_summary(model_dir)
   if summary is None:
-    raise FileNotFoundError(f"--model_dir {model_dir}: no "
-                            f"{run_dir.SUMMARY_FILENAME} (run training "
-                            "there first).")
+    raise errors.MissingInputError(
+        f"--model_dir {model_dir}: no {run_dir.SUMMARY_FILENAME} (run "
+        "training there first).")
   if not summary["stages"]:
-    raise ValueError(f"{model_dir}: summary.json has no finished stage yet.")
+    raise PlotError(f"{model_dir}: summary.json has no finished stage yet.")
   out_dir = out_dir or model_dir
   os.makedirs(out_dir, exist_ok=True)
   paths = []
@@ -136,12 +140,9 @@ def write_plots(model_dir, out_dir=None):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  try:
+  with errors.reported("plot"):
     for path in write_plots(FLAGS.model_dir, FLAGS.out_dir):
       print(f"Wrote {path}", flush=True)
-  except (FileNotFoundError, ValueError) as err:
-    print(f"plot: error: {err}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 FLAGS = flags.FLAGS

@@ -12,8 +12,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first. A module may import its own layer and those below it.
 LAYERS = (
-    ("base", ("effnetv2_tf.tpu_env", "effnetv2_tf.quiet_start",
-              "effnetv2_tf.fileio")),
+    ("base", ("effnetv2_tf.errors", "effnetv2_tf.tpu_env",
+              "effnetv2_tf.quiet_start", "effnetv2_tf.fileio")),
     ("data", ("effnetv2_tf.data",)),
     ("configs", ("configs",)),  # pure data: the recipes weights name
     ("models", ("effnetv2_tf.models",)),

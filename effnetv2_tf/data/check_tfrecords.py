@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf import quiet_start
 from effnetv2_tf.data import tfrecord_format
 
@@ -97,9 +98,8 @@ def main(argv):
                                                  f"{split}-*")))
     if not files:
       if FLAGS.split:
-        print(f"check_tfrecords: error: no {split}-* shards in "
-              f"{FLAGS.data_dir}.", file=sys.stderr)
-        sys.exit(1)
+        errors.fail("check_tfrecords",
+                    f"no {split}-* shards in {FLAGS.data_dir}.")
       continue
     total, bad = unreadable_records(files)
     for shard, index, filename in bad:

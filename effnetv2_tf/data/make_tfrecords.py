@@ -20,7 +20,6 @@ import concurrent.futures
 import os
 import random
 import re
-import sys
 import time
 
 from absl import app
@@ -29,6 +28,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf import fileio
 from effnetv2_tf import quiet_start
 from effnetv2_tf.data import tfrecord_format
@@ -58,7 +58,7 @@ def define_flags():
   flags.mark_flags_as_required(["image_dir", "output_dir", "num_shards"])
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """Bad input or arguments, with a message saying what to fix."""
 
 
@@ -313,13 +313,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   quiet_start.quiet_info_logs(FLAGS)
-  try:
+  with errors.reported("make_tfrecords"):
     summary = convert(FLAGS.image_dir, FLAGS.output_dir, FLAGS.num_shards,
                       split=FLAGS.split, layout=FLAGS.layout, seed=FLAGS.seed,
                       num_threads=FLAGS.num_threads,
                       log_every=FLAGS.log_every)
-  except ConversionError as e:
-    sys.exit(f"make_tfrecords: error: {e}")
   print(f"{summary['split']}: wrote {summary['num_examples']} examples of "
         f"{summary['num_classes']} classes in {len(summary['shards'])} shards "
         f"to {FLAGS.output_dir} ({summary['images_per_second']:.1f} images/s);"

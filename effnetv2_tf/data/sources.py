@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf.data import tfrecord_format
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -24,11 +25,11 @@ MAX_CHECKED_FILES = 50_000
 DIGITS_EVAL_EVERY = 5  # digits example i is held out when i % 5 == 0
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(errors.MissingInputError):
   """Raised, with a message saying where we looked, when data is missing."""
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """The data cannot be read as configured (an unknown TFDS name, a split
   or layout that does not fit); the message says why."""
 

@@ -39,6 +39,7 @@ import keras
 import tensorflow as tf
 
 from configs import datasets
+from effnetv2_tf import errors
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import registry
@@ -102,7 +103,7 @@ RECIPES = {"imagenet": "imagenet", "imagenet21k": "imagenet21k",
            "imagenet21k-ft1k": "imagenetft", "jft": "imagenet"}
 
 
-class PretrainedError(ValueError):
+class PretrainedError(errors.UserError, ValueError):
   """An unknown or unpublished tag, or weights that cannot be fetched."""
 
 

@@ -28,6 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from effnetv2_tf import errors
+
 # keras.applications layer name -> ours (keras V2 calls the depthwise conv of
 # MBConv blocks `dwconv2`; V1 calls it `dwconv`, as we do).
 _KERAS_ALIASES = ((re.compile(r"^(block\d+[a-z]+)_dwconv2$"), r"\1_dwconv"),)
@@ -37,7 +39,7 @@ _PREPROCESSING = re.compile(r"^(rescaling|normalization)([_#]\d+)?$")
 _HEAD = "predictions"  # may be absent from the model (include_top=False)
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(errors.UserError, ValueError):
   """A weights file or checkpoint that does not fit the model; says where."""
 
 
@@ -287,7 +289,7 @@ def find_checkpoint(path):
   else:
     prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
   if prefix is None or not os.path.isfile(prefix + ".index"):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"Weights {path!r} are neither an h5 weights file nor a TensorFlow "
         "checkpoint (prefix, its .index file, or a directory holding one).")
   return prefix

@@ -13,7 +13,6 @@ trains it with progressive learning. Rerunning the command resumes.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,13 +22,9 @@ import optuna
 import tensorflow as tf
 
 from configs import nas as nas_configs
+from effnetv2_tf import errors
 from effnetv2_tf import quiet_start
-from effnetv2_tf.data import sources
 from effnetv2_tf.nas import search
-from effnetv2_tf.nas import space as space_lib
-from effnetv2_tf.training import config as config_lib
-from effnetv2_tf.training import progressive
-from effnetv2_tf.training import trainer as trainer_lib
 
 flags.DEFINE_enum("space", "digits", tuple(nas_configs.SPACES),
                   "Search space and proxy (configs/nas.py).")
@@ -48,12 +43,7 @@ flags.DEFINE_integer("proxy_steps", None, "Proxy training steps (instead "
 flags.DEFINE_integer("seed", 0, "Sampler seed.")
 FLAGS = flags.FLAGS
 
-USER_ERRORS = (space_lib.SpaceError, config_lib.ConfigError,
-               sources.DataError, progressive.StageError,
-               trainer_lib.TrainingError, FileNotFoundError)
-
-
-class NasError(ValueError):
+class NasError(errors.UserError, ValueError):
   """A bad flag; the message names it."""
 
 
@@ -86,13 +76,10 @@ def main(argv):
   # expected here.
   tf.get_logger().setLevel("ERROR")
   out_dir = FLAGS.out_dir or os.path.join("runs", f"nas-{FLAGS.space}")
-  try:
+  with errors.reported("effnetv2_tf.nas"):
     config = search_config(FLAGS)
     rows = search.run(config, out_dir, FLAGS.trials, storage=FLAGS.storage,
                       seed=FLAGS.seed)
-  except (NasError,) + USER_ERRORS as err:
-    print(f"effnetv2_tf.nas: error: {err}", file=sys.stderr, flush=True)
-    sys.exit(1)
   best = next(row for row in rows if row["best"])
   print(f"best: trial {best['trial']}, reward {best['reward']:.4f} "
         f"(backbone {rows[0]['reward']:.4f}); {len(rows) - 1} trials in "

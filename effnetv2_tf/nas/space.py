@@ -11,6 +11,7 @@ replaced. `sample` takes a `suggest(name, choices)` function: Optuna's
 from typing import Callable, Dict, Sequence, Tuple
 
 from configs import nas as nas_configs
+from effnetv2_tf import errors
 from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import registry
 
@@ -24,7 +25,7 @@ _CONV_TYPE = {"mbconv": block_strings.MBCONV,
 DEFAULT_SE_RATIO = 0.25
 
 
-class SpaceError(ValueError):
+class SpaceError(errors.UserError, ValueError):
   """A search space that cannot be searched; the message names the key."""
 
 

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from configs import datasets as dataset_configs
+from effnetv2_tf import errors
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
@@ -38,11 +39,11 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 STEPS = 1000  # any run length: stage values do not depend on it
 
 
-class UndocumentedDifference(ValueError):
+class UndocumentedDifference(errors.UserError, ValueError):
   """Ours differs from the reference and no DEVIATIONS entry says why."""
 
 
-class StaleDeviation(ValueError):
+class StaleDeviation(errors.UserError, ValueError):
   """A DEVIATIONS entry whose keys match no difference."""
 
 
@@ -450,15 +451,13 @@ def stale_diff(path=DOC):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
+  with errors.reported("recipes_doc"):
     if flags.FLAGS.check:
       diff = stale_diff()
       sys.stdout.write(diff)
       sys.exit("docs/recipes.md is stale: run python -m "
                "effnetv2_tf.tools.recipes_doc" if diff else 0)
     text = render()
-  except (UndocumentedDifference, StaleDeviation) as e:
-    sys.exit(f"recipes_doc: error: {e}")
   with open(DOC, "w") as f:
     f.write(text)
   print(f"wrote {DOC}")

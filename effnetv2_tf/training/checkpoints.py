@@ -16,6 +16,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf.data import recipes
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import pretrained
@@ -26,7 +27,7 @@ from effnetv2_tf.training import run_dir
 MIN_LOADED_FRACTION = 0.5
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """A checkpoint that does not fit the model; the message says how."""
 
 
@@ -44,7 +45,7 @@ def load_run_model(path, what="--init_checkpoint"):
   prefix = run_dir.checkpoint_prefix(path, what)
   run_config = run_dir.read_config(os.path.dirname(prefix))
   if run_config is None:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"{what} {prefix}: no config.json beside it, so the "
         "model that wrote it is unknown.")
   reader = tf.train.load_checkpoint(prefix)

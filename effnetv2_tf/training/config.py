@@ -19,6 +19,7 @@ import yaml
 
 from configs import base
 from configs import datasets
+from effnetv2_tf import errors
 from effnetv2_tf import fileio
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import recipes
@@ -42,7 +43,7 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A bad config key or value; the message names the key."""
 
 

@@ -6,12 +6,13 @@ import socket
 from absl import logging
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf import tpu_env
 
 STRATEGIES = ("default", "tpu", "mirrored", "multi_worker")
 
 
-class StrategyError(RuntimeError):
+class StrategyError(errors.UserError, RuntimeError):
   """The requested strategy cannot run here; the message says why."""
 
 

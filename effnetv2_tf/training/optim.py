@@ -19,6 +19,7 @@ import math
 import keras
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf.training import fused_optim
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
@@ -26,7 +27,7 @@ SCHEDULES = ("exponential", "cosine", "constant")
 OPTIMIZERS = ("rmsprop", "momentum", "sgd", "adam")  # build_optimizer
 
 
-class OptimizerError(ValueError):
+class OptimizerError(errors.UserError, ValueError):
   """An unknown `train.optimizer`; the message lists the valid ones."""
 
 

@@ -30,6 +30,7 @@ from typing import List
 
 import numpy as np
 
+from effnetv2_tf import errors
 from effnetv2_tf.models import registry
 
 KEYS = ("image_size", "randaug", "mixup", "cutmix", "dropout")
@@ -50,7 +51,7 @@ REFERENCE_MIN_RANDAUG = 5.0
 PRESETS = ("paper", "reference")
 
 
-class StageError(ValueError):
+class StageError(errors.UserError, ValueError):
   """The run is too short for its stages; the message says by how much."""
 
 

@@ -17,6 +17,7 @@ import tempfile
 
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf import fileio
 from effnetv2_tf.data import recipes
 from effnetv2_tf.models import registry
@@ -25,7 +26,7 @@ CONFIG_FILENAME = "config.json"
 SUMMARY_FILENAME = "summary.json"
 
 
-class RunDirError(OSError):
+class RunDirError(errors.UserError, OSError):
   """A directory that cannot take a run's files; the message says why."""
 
 
@@ -124,12 +125,12 @@ def checkpoint_prefix(path, what="--init_checkpoint"):
   if tf.io.gfile.isdir(path):
     prefix = tf.train.latest_checkpoint(path)
     if prefix is None:
-      raise FileNotFoundError(f"{what} {path}: no checkpoint in this "
-                              "directory.")
+      raise errors.MissingInputError(f"{what} {path}: no checkpoint in "
+                                     "this directory.")
     return prefix
   if tf.io.gfile.exists(path + ".index"):
     return path
-  raise FileNotFoundError(f"{what} {path} does not exist.")
+  raise errors.MissingInputError(f"{what} {path} does not exist.")
 
 
 def read_summary(model_dir):

@@ -20,6 +20,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from effnetv2_tf import errors
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import sources
 from effnetv2_tf.models import model as model_lib
@@ -44,7 +45,7 @@ def variable_bytes(variables):
              for v in variables)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.UserError, RuntimeError):
   """Training cannot go on (e.g. a non-finite loss); says step and stage."""
 
 

@@ -19,6 +19,8 @@ import re
 from absl import logging
 import tensorflow as tf
 
+from effnetv2_tf import errors
+
 # TensorFlow's message for an op without an XLA kernel: "... on
 # XLA_CPU_JIT: PyFunc (No registered 'PyFunc' OpKernel ...".
 _UNSUPPORTED_OP = re.compile(r"on (XLA_\w+_JIT): (\w+) \(")
@@ -27,7 +29,7 @@ _UNSUPPORTED_OP = re.compile(r"on (XLA_\w+_JIT): (\w+) \(")
 _NO_BACKEND = "could not find registered transfer manager for platform Host"
 
 
-class XlaError(RuntimeError):
+class XlaError(errors.UserError, RuntimeError):
   """A step cannot be compiled with XLA; the message names the op."""
 
 

@@ -1,0 +1,39 @@
+"""User errors and the one way every entry point reports them.
+
+An error that a user caused and can fix (a bad flag, config value, path or
+data) is a `UserError` whose message names the input and what to do. Entry
+points run under `reported(prog)`: a user error becomes one line
+`prog: error: message` on stderr and exit status 1; any other exception is
+a bug and keeps its traceback. Each error class also derives from the
+built-in error it used to be (ValueError, OSError, ...), so callers that
+catch those still do.
+"""
+
+import contextlib
+import sys
+
+from absl import logging
+
+
+class UserError(Exception):
+  """An error a user caused and can fix; the message says which input."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+  """A file, directory or checkpoint the user named is not there."""
+
+
+def fail(prog, message):
+  """Prints `prog: error: message` on stderr and exits 1."""
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+@contextlib.contextmanager
+def reported(prog):
+  """Turns a `UserError` raised inside into `fail(prog, ...)`."""
+  try:
+    yield
+  except UserError as err:
+    logging.debug("Failure details", exc_info=True)
+    fail(prog, str(err))
