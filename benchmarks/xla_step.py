@@ -42,7 +42,7 @@ def main(argv):
       f"model.eval_size={size}", "train.warmup_epochs=0"]))
   trainer = custom_loop.CustomLoopTrainer(config, tempfile.mkdtemp(),
                                           tf.distribute.get_strategy())
-  batch = next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
+  batch = next(iter(trainer.train_dataset(trainer.stages[0])))
   trainer.jit_compile = True
   steps = {"plain": tf.function(trainer.make_step_fn()),
            "xla": trainer.make_compiled_step()}

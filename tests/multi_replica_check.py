@@ -102,7 +102,7 @@ def short_runs(tmp, strategy):
   for name, cls in (("main", custom_loop.CustomLoopTrainer),
                     ("main_tf2", fit_loop.FitTrainer)):
     trainer = _trainer(cls, os.path.join(tmp, name), strategy)
-    first = next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
+    first = next(iter(trainer.train_dataset(trainer.stages[0])))
     steps[name + "_pipeline_batches"] = [
         int(v.shape[0]) for v in first["images"].values]
     trainer.train()

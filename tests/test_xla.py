@@ -81,7 +81,7 @@ def _run_step(trainer, step, batch, start):
 
 
 def _first_batch(trainer):
-  return next(iter(trainer._train_dataset(trainer.stages[0])))  # pylint: disable=protected-access
+  return next(iter(trainer.train_dataset(trainer.stages[0])))
 
 
 def _groups(trainer):
@@ -347,7 +347,7 @@ def test_xla_stages_trace_their_own_static_step(tmp_path, monkeypatch):
                      "progressive.min_image_size=8,progressive.min_dropout=0.1,"
                      "progressive.max_dropout=0.6")
   assert trainer.retrace_per_stage
-  spec = trainer._train_dataset(trainer.stages[0]).element_spec  # pylint: disable=protected-access
+  spec = trainer.train_dataset(trainer.stages[0]).element_spec
   assert spec["images"].shape.as_list() == [16, 8, 8, 3]
   rates = observe_dropout(monkeypatch, trainer)
   trainer.train()

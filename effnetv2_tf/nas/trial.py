@@ -64,7 +64,7 @@ def step_time(trainer, steps):
   """Median seconds of `steps` training steps at the run's first stage,
   after two untimed calls (tracing, warm-up)."""
   stage = trainer.stages[0]
-  iterator = iter(trainer._train_dataset(stage))  # pylint: disable=protected-access
+  iterator = iter(trainer.train_dataset(stage))
   step_fn = trainer.make_step_fn()
 
   @tf.function

@@ -74,7 +74,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
 
   def _train_stage(self, stage):
     step_lib.set_dropout(self.model, stage.dropout)
-    iterator = iter(self._train_dataset(stage))
+    iterator = iter(self.train_dataset(stage))
     if self.config.runtime.deterministic:
       self._track_iterator(iterator, stage)
     train_loop = self._make_train_loop()

@@ -233,7 +233,7 @@ class FitTrainer(trainer_lib.Trainer):
                  StageCheckpoint(self, self.config.train.checkpoint_every)]
     with self.strategy.scope(), self.xla_errors("the train step"):
       self.fit_model.fit(
-          self._train_dataset(stage),
+          self.train_dataset(stage),
           initial_epoch=self.step // epoch_steps,
           epochs=math.ceil(stage.end_step / epoch_steps),
           steps_per_epoch=epoch_steps, callbacks=callbacks, shuffle=False,

@@ -268,7 +268,7 @@ class Trainer:
         logging.warning("Could not remove %s of the failed save.", path)
 
   # ----------------------------------------------------------------- input
-  def _train_dataset(self, stage):
+  def train_dataset(self, stage):
     """The stage's (distributed) training input: built ahead by `train`'s
     builder thread, else now."""
     ahead = self._inputs_ahead.pop(stage.index, None)
