@@ -5,7 +5,6 @@ config, write the same config.json/summary.json/checkpoints and export the
 same SavedModel; they differ only in the trainer class that runs a stage.
 """
 
-
 from absl import app
 import keras
 
@@ -21,6 +20,7 @@ from effnetv2_tf.training import distribute
 from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
+
 
 def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""

@@ -43,6 +43,7 @@ flags.DEFINE_integer("proxy_steps", None, "Proxy training steps (instead "
 flags.DEFINE_integer("seed", 0, "Sampler seed.")
 FLAGS = flags.FLAGS
 
+
 class NasError(errors.UserError, ValueError):
   """A bad flag; the message names it."""
 
