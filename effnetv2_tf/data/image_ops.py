@@ -71,13 +71,10 @@ def autocontrast(image):
   Returns:
     uint8 image of the same shape.
   """
-  x = _as_float(image)
-  lo = tf.reduce_min(x, axis=[0, 1])
-  hi = tf.reduce_max(x, axis=[0, 1])
-  span = tf.where(hi > lo, hi - lo, 1.0)
+  x, lo, span, varies = _channel_range(image)
   # (x - lo) * 255 is an exact integer, so the extremes map to 0 and 255.
   scaled = _to_uint8((x - lo) * 255.0 / span)
-  return tf.where(hi > lo, scaled, image)
+  return tf.where(varies, scaled, image)
 
 
 def autocontrast_reference(image):
@@ -93,12 +90,19 @@ def autocontrast_reference(image):
   Returns:
     uint8 image of the same shape.
   """
+  x, lo, span, varies = _channel_range(image)
+  scale = 255.0 / span
+  offset = -lo * scale
+  return tf.where(varies, _to_uint8(x * scale + offset), image)
+
+
+def _channel_range(image):
+  """The float image, each channel's minimum, its span (1 where the channel
+  is constant) and whether it varies: what both autocontrasts stretch."""
   x = _as_float(image)
   lo = tf.reduce_min(x, axis=[0, 1])
   hi = tf.reduce_max(x, axis=[0, 1])
-  scale = 255.0 / tf.where(hi > lo, hi - lo, 1.0)
-  offset = -lo * scale
-  return tf.where(hi > lo, _to_uint8(x * scale + offset), image)
+  return x, lo, tf.where(hi > lo, hi - lo, 1.0), hi > lo
 
 
 def equalize(image):

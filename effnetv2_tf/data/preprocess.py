@@ -39,8 +39,8 @@ def _for_crop(features, decode):
   if decode not in recipes.DECODE_METHODS:
     raise ValueError(f"Unknown decode {decode!r}; valid: "
                      f"{', '.join(recipes.DECODE_METHODS)}.")
-  if decode == "whole" and "encoded" in features:
-    return {"image": decode_image(features["encoded"])}
+  if decode == "whole":
+    return {"image": whole_image(features)}
   return features
 
 
