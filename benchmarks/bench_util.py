@@ -11,6 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 
+# The shared ImageNet photos, ../shared beside the checkout.
+SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                           "..", "shared", "data", "imagenet-samples")
+
+
 def applications_model(name, input_shape):
   """keras.applications' model of our variant `name` (efficientnetv2-b0 ->
   EfficientNetV2B0): random weights, logits, no preprocessing layers, as

@@ -37,12 +37,10 @@ import bench_util  # pylint: disable=g-bad-import-order
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
 
-# ../shared beside the checkout.
-SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                           "..", "shared", "data", "imagenet-samples")
 FLAGS = flags.FLAGS
-flags.DEFINE_string("samples_dir", SAMPLES_DIR, "Folder of JPEG photos "
-                    "(every *.JPEG, *.jpg and *.jpeg in it).")
+flags.DEFINE_string("samples_dir", bench_util.SAMPLES_DIR,
+                    "Folder of JPEG photos (every *.JPEG, *.jpg and *.jpeg "
+                    "in it).")
 flags.DEFINE_list("eval_cases", ["legacy:224", "legacy:380", "v2:224",
                                  "v2:384", "finetune:224"],
                   "ROW:SIZE eval crops to compare (V2-B0 and V1-B0 eval at "

@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+import bench_util  # pylint: disable=g-bad-import-order
 from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
@@ -38,14 +39,12 @@ from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.training import progressive
 
-# ../shared beside the checkout.
-SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                           "..", "shared", "data", "imagenet-samples")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Existing TFRecords (train-*); default: "
                     "convert --samples_dir into a temporary folder.")
-flags.DEFINE_string("samples_dir", SAMPLES_DIR, "Flat <wnid>_<name>.JPEG "
-                    "images converted when --data_dir is not given.")
+flags.DEFINE_string("samples_dir", bench_util.SAMPLES_DIR,
+                    "Flat <wnid>_<name>.JPEG images converted when "
+                    "--data_dir is not given.")
 flags.DEFINE_list("sizes", ["128", "224", "300"], "Training image sizes.")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("num_batches", 30, "Timed batches per pipeline and size "
