@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import effnetv2_tf
 from effnetv2_tf.models import weights as weights_lib
+from effnetv2_tf.training import checkpoints
 from conftest import SHARED
 from conftest import tiny_model
 
@@ -462,6 +463,13 @@ def _hand_values(shapes):
   return values
 
 
+def _save(prefix, values):
+  """Writes {name: value} as a checkpoint at `prefix`, names as given."""
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
+                    shape_and_slices=[""] * len(values),
+                    tensors=list(values.values()))
+
+
 def _reference_variable(model, driver):
   """{our weight path: the variable the reference keeps it in}; the TF1
   checkpoint's EMA copy, which evaluation takes."""
@@ -497,9 +505,7 @@ def test_checkpoints_of_the_reference_drivers_load(tmp_path, model_name,
   shapes = _read_layout(model_name, driver)
   values = _hand_values(shapes)
   prefix = str(tmp_path / "ckpt-12")
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
-                    shape_and_slices=[""] * len(values),
-                    tensors=list(values.values()))
+  _save(prefix, values)
   direct = effnetv2_tf.create_model(model_name)  # 1000 classes, as saved
   names = _reference_variable(direct, driver)
   # Each model variable of the file is one of ours (TF1: its EMA copy).
@@ -525,9 +531,7 @@ def test_main_tf2_checkpoint_missing_a_variable_names_it(tmp_path):
   missing = "_blocks/5/_se/_se_expand/bias" + _VALUE  # block4a (1+2+2 before)
   values = {k: v for k, v in _hand_values(shapes).items() if k != missing}
   prefix = str(tmp_path / "ckpt")
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
-                    shape_and_slices=[""] * len(values),
-                    tensors=list(values.values()))
+  _save(prefix, values)
   with pytest.raises(weights_lib.WeightsMismatchError,
                      match=f"variable '{re.escape(missing)}' \\(for layer "
                      "'block4a_se_expand'\\) is missing"):
@@ -538,9 +542,7 @@ def test_main_tf2_checkpoint_into_another_head(tmp_path):
   shapes = _read_layout("efficientnet-b0", "main_tf2_py")
   values = _hand_values(shapes)
   prefix = str(tmp_path / "ckpt")
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
-                    shape_and_slices=[""] * len(values),
-                    tensors=list(values.values()))
+  _save(prefix, values)
   stem = "_stem/_conv_stem/kernel" + _VALUE
   for kwargs in ({"include_top": False}, {"num_classes": 10}):
     model = effnetv2_tf.create_model("efficientnet-b0", weights=prefix,
@@ -553,13 +555,10 @@ def test_init_checkpoint_reads_a_main_tf2_checkpoint(tmp_path):
   # --init_checkpoint (checkpoints.init_from) of main_tf2.py's object-based
   # save_weights: every weight but the 1000-class head reaches a 10-class
   # model (the head is newly initialised and counted as skipped).
-  from effnetv2_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
   shapes = _read_layout("efficientnet-b0", "main_tf2_py")
   values = _hand_values(shapes)
   prefix = str(tmp_path / "ckpt")
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(values),
-                    shape_and_slices=[""] * len(values),
-                    tensors=list(values.values()))
+  _save(prefix, values)
   model = effnetv2_tf.create_model("efficientnet-b0", num_classes=10)
   loaded = checkpoints.init_from(model, prefix)
   assert loaded == len(model.weights) - 2  # all but the head's kernel, bias
