@@ -39,8 +39,8 @@ from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.model import create_model
-from effnetv2_tf.training import checkpoints
-from effnetv2_tf.training import run_dir
+from effnetv2_tf.runs import checkpoints
+from effnetv2_tf.runs import run_dir
 
 flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
 flags.DEFINE_string("checkpoint", None,

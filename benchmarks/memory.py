@@ -27,10 +27,10 @@ from absl import flags
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
-import effnetv2_tf
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.models import registry
-from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import progressive
+import effnetv2_tf
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "efficientnetv2-b0",

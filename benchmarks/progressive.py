@@ -25,8 +25,8 @@ from absl import flags
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.models import registry
-from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import custom_loop
 
 FLAGS = flags.FLAGS

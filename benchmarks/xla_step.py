@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.training import custom_loop
 
 FLAGS = flags.FLAGS

@@ -6,7 +6,7 @@
 Trains EfficientNetV2-S for 350 epochs at batch 4096 with 4 progressive
 stages (paper Table 6); expected 83.9% top-1 (paper Table 7; TPUv3-32, about
 a day). Fields left `None` (placeholders) take their value from the model's
-registry entry or the progressive-learning preset; `effnetv2_tf.training.config`
+registry entry or the progressive-learning preset; `effnetv2_tf.config`
 fills them and locks the config.
 """
 

@@ -6,11 +6,11 @@ from absl import flags
 
 from configs import base
 from configs import datasets
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import distribute
-from effnetv2_tf.training import run_dir
 
 MODES = ("train", "eval", "train_and_eval")
 

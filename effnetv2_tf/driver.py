@@ -9,15 +9,15 @@ from absl import app
 import keras
 
 from effnetv2_tf import cli
+from effnetv2_tf import config as config_lib
 from effnetv2_tf import errors
 from effnetv2_tf import export
 from effnetv2_tf import quiet_start
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
-from effnetv2_tf.training import checkpoints
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.runs import checkpoints
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import distribute
-from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
 

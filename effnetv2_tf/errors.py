@@ -23,6 +23,10 @@ class MissingInputError(UserError, FileNotFoundError):
   """A file, directory or checkpoint the user named is not there."""
 
 
+class ConfigError(UserError, ValueError):
+  """A bad config key or value; the message names the key."""
+
+
 def fail(prog, message):
   """Prints `prog: error: message` on stderr and exits 1."""
   print(f"{prog}: error: {message}", file=sys.stderr, flush=True)

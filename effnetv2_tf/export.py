@@ -52,8 +52,8 @@ from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import fold_bn
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import pretrained
-from effnetv2_tf.training import checkpoints
-from effnetv2_tf.training import run_dir
+from effnetv2_tf.runs import checkpoints
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import xla
 
 TFLITE_FILENAME = "model.tflite"

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from effnetv2_tf import errors  # pylint: disable=g-import-not-at-top
-from effnetv2_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+from effnetv2_tf.runs import run_dir  # pylint: disable=g-import-not-at-top
 
 REGULARIZATION = (("randaug_magnitude", "RandAugment magnitude", "tab:red"),
                   ("mixup_alpha", "mixup alpha", "tab:green"),

@@ -25,7 +25,7 @@ tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from effnetv2_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
+from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from effnetv2_tf.training import custom_loop
 from effnetv2_tf.training import fit_loop
 from effnetv2_tf.training import fused_optim

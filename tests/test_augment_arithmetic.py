@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
-from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import custom_loop
 from effnetv2_tf.training import progressive
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from configs import datasets
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf import config as config_lib
 
 
 def test_base_recipe_matches_paper_section_5_1():

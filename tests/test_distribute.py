@@ -4,8 +4,8 @@ and the batch-norm groups it implies."""
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
 from effnetv2_tf import tpu_env
-from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import distribute
 
 UNREACHABLE = "grpc://127.0.0.1:1"

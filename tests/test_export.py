@@ -11,13 +11,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_model
+from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
-from effnetv2_tf.models import model as model_lib
-from effnetv2_tf.training import config as config_lib
-from effnetv2_tf.training import ema as ema_lib
-from effnetv2_tf.training import run_dir
+from effnetv2_tf.models import ema as ema_lib
+from effnetv2_tf.runs import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
@@ -149,7 +148,7 @@ def test_feature_vector_module_and_tfsmlayer(exported, tmp_path):
 def test_export_from_a_checkpoint_uses_ema_weights(tmp_path):
   config = config_lib.build_config("efficientnetv2-b0", "smoke",
                                    "train.warmup_epochs=0")
-  model = model_lib.model_from_config(config.model, 10, 0.1)
+  model = run_dir.model_from_config(config.model, 10, 0.1)
   ema = ema_lib.ExponentialMovingAverage(model, 0.9)
   for shadow in ema.shadows:  # EMA weights apart from the raw ones
     shadow.assign(shadow * 0.5 + 0.01)
@@ -258,7 +257,7 @@ def test_export_cli_names_a_missing_run(tmp_path):
 @pytest.mark.slow
 def test_export_cli_of_a_run_is_quiet_and_keeps_its_model(tmp_path):
   config = config_lib.build_config("efficientnetv2-b0", "smoke")
-  model = model_lib.model_from_config(config.model, 10, 0.1)
+  model = run_dir.model_from_config(config.model, 10, 0.1)
   tf.train.Checkpoint(model=model, ema=ema_lib.ExponentialMovingAverage(
       model, 0.9)).save(str(tmp_path / "ckpt"))
   config_lib.save_config(config, str(tmp_path))

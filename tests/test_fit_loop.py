@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.data import pipeline
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import custom_loop
 from effnetv2_tf.training import fit_loop
 from effnetv2_tf.training import progressive
-from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import trainer as trainer_lib
 
 from conftest import observe_dropout

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.training import fused_optim
 from effnetv2_tf.training import optim
 

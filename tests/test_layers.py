@@ -11,13 +11,17 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first. A module may import its own layer and those below it.
+# Each setting is defined beside the code that owns it (a model setting in
+# models/, an optimizer name in training/), so the config that gathers them
+# (configs/ and its builder, effnetv2_tf.config) sits above all of those.
 LAYERS = (
     ("base", ("effnetv2_tf.errors", "effnetv2_tf.tpu_env",
               "effnetv2_tf.quiet_start", "effnetv2_tf.fileio")),
     ("data", ("effnetv2_tf.data",)),
-    ("configs", ("configs",)),  # pure data: the recipes weights name
     ("models", ("effnetv2_tf.models",)),
+    ("runs", ("effnetv2_tf.runs",)),  # run I/O: what export, infer, plot read
     ("training", ("effnetv2_tf.training",)),
+    ("configs", ("configs", "effnetv2_tf.config")),
     ("nas", ("effnetv2_tf.nas",)),  # trials train with the training code
     ("entry", ("effnetv2_tf.driver", "effnetv2_tf.cli", "effnetv2_tf.export",
                "effnetv2_tf.plot", "effnetv2_tf.model_table",
@@ -30,7 +34,7 @@ TRAINING_STACK = (
     "effnetv2_tf.training.trainer", "effnetv2_tf.training.custom_loop",
     "effnetv2_tf.training.fit_loop", "effnetv2_tf.training.step",
     "effnetv2_tf.training.optim", "effnetv2_tf.training.fused_optim",
-    "effnetv2_tf.training.distribute", "effnetv2_tf.training.config",
+    "effnetv2_tf.training.distribute", "effnetv2_tf.config",
     "effnetv2_tf.driver", "effnetv2_tf.cli")
 INPUT_PIPELINE = (
     "effnetv2_tf.data.pipeline", "effnetv2_tf.data.augment",
@@ -117,7 +121,7 @@ def test_readers_of_runs_start_without_the_training_stack(statement,
                                                           forbidden):
   loaded = _loaded_after_import(statement)
   assert loaded & set(forbidden) == set()
-  assert "effnetv2_tf.training.run_dir" in loaded  # it did import something
+  assert "effnetv2_tf.runs.run_dir" in loaded  # it did import something
 
 
 def test_the_drivers_do_load_the_training_stack():

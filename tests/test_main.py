@@ -15,8 +15,8 @@ import tensorflow as tf
 import effnetv2_tf
 from conftest import tiny_model
 from effnetv2_tf import cli
+from effnetv2_tf import config as config_lib
 from effnetv2_tf import tpu_env
-from effnetv2_tf.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # On the smoke config (configs/datasets.py): 6 steps, 2 stages, batch 16.

@@ -12,10 +12,10 @@ import optuna
 import pytest
 
 from configs import nas as nas_configs
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.nas import search
-from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.nas import trial as trial_lib
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.runs import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROXY = ("--proxy_steps=2", "--proxy_image_size=16")
@@ -87,7 +87,7 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tmp_path):
                                    config_file=str(out_dir / "best.json"))
   best = next(r for r in rows[1:] if r.split(",")[5] == "True")
   assert config.model.blocks == best.split('"')[1]
-  model = model_lib.model_from_config(config.model, 10)
+  model = run_dir.model_from_config(config.model, 10)
   assert model.name == "efficientnetv2-b0"
 
 

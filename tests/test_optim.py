@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_tf.training import config as config_lib
-from effnetv2_tf.training import ema as ema_lib
+from effnetv2_tf import config as config_lib
+from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.training import optim
 from tests.conftest import tiny_model
 

@@ -29,11 +29,11 @@ import tensorflow as tf
 
 from conftest import SAMPLES
 from conftest import tiny_model
-from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.data import recipes
+from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
-from effnetv2_tf.training import checkpoints
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.runs import checkpoints
 import test_weights
 from test_weights import _ours
 from test_weights import _write_checkpoint

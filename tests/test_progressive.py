@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.data import recipes
-from effnetv2_tf.training import config as config_lib
 from effnetv2_tf.training import progressive
 
 

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import progressive
-from effnetv2_tf.training import run_dir
 
 REFERENCE = "progressive.preset=reference"
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.data import make_tfrecords
-from effnetv2_tf.models import model as model_lib
-from effnetv2_tf.training import checkpoints
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.models import ema as ema_lib
+from effnetv2_tf.runs import checkpoints
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import custom_loop
-from effnetv2_tf.training import ema as ema_lib
 from effnetv2_tf.training import run_log
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
@@ -155,7 +155,7 @@ def test_finetune_skips_the_head_and_loads_ema(tmp_path):
   trainer = _trainer(source_dir, "train.steps=2,train.ema_decay=0.5")
   trainer.train()
   config_lib.save_config(trainer.config, str(source_dir))
-  target = model_lib.model_from_config(trainer.config.model, 5, 0.1)
+  target = run_dir.model_from_config(trainer.config.model, 5, 0.1)
   loaded = checkpoints.init_from(target, str(source_dir))
   assert loaded == len(target.weights) - 2  # all but predictions kernel/bias
   ema_by_path = dict(zip(
@@ -163,7 +163,7 @@ def test_finetune_skips_the_head_and_loads_ema(tmp_path):
       [s.numpy() for s in trainer.ema.shadows]))
   stem = target.get_layer("stem_conv").kernel
   np.testing.assert_array_equal(stem.numpy(), ema_by_path[stem.path])
-  other = model_lib.model_from_config(config_lib.build_config(
+  other = run_dir.model_from_config(config_lib.build_config(
       "efficientnetv2-b1", "digits").model, 10, 0.1)
   with pytest.raises(ValueError, match="only .* weights match"):
     checkpoints.init_from(other, str(source_dir))
@@ -228,7 +228,7 @@ def test_imagenet_tfrecords_through_four_paper_stages(tmp_path):
 
 
 def test_dropout_raised_from_zero_reaches_the_layer():
-  model = model_lib.model_from_config(
+  model = run_dir.model_from_config(
       config_lib.build_config("efficientnetv2-b0", "smoke", TINY).model, 10,
       0.0)
   step_lib.set_dropout(model, 0.5)
@@ -238,7 +238,7 @@ def test_dropout_raised_from_zero_reaches_the_layer():
 
 
 def test_a_bound_dropout_rate_changes_without_a_retrace():
-  model = model_lib.model_from_config(
+  model = run_dir.model_from_config(
       config_lib.build_config("efficientnetv2-b0", "smoke", TINY).model, 10,
       0.0)
   step_lib.schedule_dropout(model)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import effnetv2_tf
 from effnetv2_tf.models import weights as weights_lib
-from effnetv2_tf.training import checkpoints
+from effnetv2_tf.runs import checkpoints
+import effnetv2_tf
 from conftest import SHARED
 from conftest import tiny_model
 

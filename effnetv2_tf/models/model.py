@@ -366,24 +366,3 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
     weights_lib.load_weights(model, path)
   return model
 
-
-# Keys of a run's `config.model` section (configs/base.py) that are
-# create_model overrides; None there means the registry's value.
-CONFIG_OVERRIDES = ("survival_prob", "bn_momentum", "bn_epsilon",
-                    "width_coefficient", "depth_coefficient")
-
-
-def model_from_config(model_config, num_classes, dropout_rate=0.0,
-                      bn_group_size=1):
-  """The model of a run's `config.model` section (ConfigDict or dict).
-
-  `dropout_rate` is the head's (progressive learning sets it per stage);
-  `bn_group_size` the run's (`distribute.bn_group_size`).
-  """
-  overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
-               if model_config.get(key) is not None}
-  if model_config.get("blocks"):  # space-separated block strings
-    overrides["blocks"] = tuple(model_config["blocks"].split())
-  return create_model(model_config["name"], num_classes=num_classes,
-                      dropout_rate=dropout_rate,
-                      bn_group_size=bn_group_size, **overrides)

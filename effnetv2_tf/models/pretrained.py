@@ -3,8 +3,8 @@
 `TABLE` holds every (model, tag) that the reference (google/automl) or
 keras.applications publishes for our variants, with its URL, file format,
 hash where one is published, class count and the recipe (a dataset config
-name) the weights were trained with; their input scaling, eval crop and eval
-size are read from that recipe (`preprocessing`), the one place they live.
+name) the weights were trained with, and the eval preprocessing row and
+size it resolves to (`preprocessing`).
 
 Tags:
   imagenet          ImageNet-1k: keras.applications' file (the reference's
@@ -38,7 +38,6 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from configs import datasets
 from effnetv2_tf import errors
 from effnetv2_tf.data import recipes
 from effnetv2_tf.data import tfrecord_format
@@ -96,12 +95,20 @@ _V2_NAMES = ("efficientnetv2-b0", "efficientnetv2-b1", "efficientnetv2-b2",
 _V1_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 _NUM_CLASSES = {"imagenet": 1000, "imagenet21k": 21843,
                 "imagenet21k-ft1k": 1000, "jft": 1000}
-# The dataset config (configs/datasets.py) each tag's weights were trained
-# with: 1k at the model's own preprocessing row, 21k on the v2 row at
-# 224 px, the 21k -> 1k finetune on the finetune row.
-RECIPES = {"imagenet": "imagenet", "imagenet21k": "imagenet21k",
-           "imagenet21k-ft1k": "imagenetft", "jft": "imagenet"}
-
+# What each tag's weights were trained with: the dataset config
+# (configs/datasets.py; `--mode=eval` of the weights builds it) and the
+# eval preprocessing row and size that config resolves to (None: the
+# model's own): 1k at the model's row and size, 21k on the v2 row at 224
+# px, the 21k -> 1k finetune on the finetune row. Written here so models/
+# reads no config; tests/test_pretrained.py checks them against the
+# dataset configs.
+_TRAINED_WITH = {  # tag: (dataset config, preprocessing row, eval size)
+    "imagenet": ("imagenet", None, None),
+    "imagenet21k": ("imagenet21k", "v2", 224),
+    "imagenet21k-ft1k": ("imagenetft", "finetune", None),
+    "jft": ("imagenet", None, None),
+}
+RECIPES = {tag: row[0] for tag, row in _TRAINED_WITH.items()}
 
 class PretrainedError(errors.UserError, ValueError):
   """An unknown or unpublished tag, or weights that cannot be fetched."""
@@ -242,20 +249,11 @@ def resolve(model_name, weights):
 
 
 def preprocessing(entry):
-  """(recipes.Preprocessing, eval size) the weights were trained with.
-
-  Read from the entry's dataset config as `training.config.build_config`
-  resolves it: the config's preprocessing row (else the model's), its
-  single `data.<field>` values, its `model.eval_size` (else the model's).
-  """
+  """(recipes.Preprocessing, eval size) the weights were trained with."""
   spec = registry.get_model_spec(entry.model)
-  recipe = datasets.get_dataset_config(entry.recipe)
-  data = recipe.get("data", {})
-  row = recipes.get_row(data.get("preprocessing") or spec.preprocessing)
-  fields = {k: data[k] for k in recipes.FIELDS if data.get(k) is not None}
-  eval_size = recipe.get("model", {}).get("eval_size") or spec.eval_size
-  return dataclasses.replace(row, **fields), eval_size
-
+  _, row, eval_size = _TRAINED_WITH[entry.tag]
+  return (recipes.get_row(row or spec.preprocessing),
+          eval_size or spec.eval_size)
 
 def describe(entry):
   """One line: name, classes, recipe, scaling, source and URL."""

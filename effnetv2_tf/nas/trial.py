@@ -18,7 +18,7 @@ import time
 
 import tensorflow as tf
 
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf import config as config_lib
 from effnetv2_tf.training import custom_loop
 
 

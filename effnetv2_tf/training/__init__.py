@@ -1,1 +1,1 @@
-"""Training: config, progressive stages, optimizers, the loops, run I/O."""
+"""Training: progressive stages, optimizers, the step and the two loops."""

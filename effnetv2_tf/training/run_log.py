@@ -12,7 +12,7 @@ import time
 
 import tensorflow as tf
 
-from effnetv2_tf.training import run_dir
+from effnetv2_tf.runs import run_dir
 
 # What an evaluation scores (Trainer.evaluate; precision@1 on multi-label
 # data only), as summary.json's stage records and "eval" hold them.

@@ -23,15 +23,13 @@ import tensorflow as tf
 from effnetv2_tf import errors
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import sources
-from effnetv2_tf.models import model as model_lib
-from effnetv2_tf.training import checkpoints
-from effnetv2_tf.training import config as config_lib
+from effnetv2_tf.models import ema as ema_lib
+from effnetv2_tf.runs import checkpoints
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import distribute
-from effnetv2_tf.training import ema as ema_lib
 from effnetv2_tf.training import faults
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
-from effnetv2_tf.training import run_dir
 from effnetv2_tf.training import run_log
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import xla
@@ -93,7 +91,7 @@ class Trainer:
     for key, batch in (("train.batch_size", self.global_batch),
                        ("eval.batch_size", config.eval.batch_size)):
       if batch % self.replicas:
-        raise config_lib.ConfigError(
+        raise errors.ConfigError(
             f"{key}={batch} is not divisible by the {self.replicas} "
             "replicas.")
     self.source = source or sources.from_config(config)
@@ -117,7 +115,7 @@ class Trainer:
         label_smoothing=config.train.label_smoothing,
         shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
     with strategy.scope():
-      self.model = model_lib.model_from_config(
+      self.model = run_dir.model_from_config(
           config.model, self.num_classes,
           dropout_rate=self.stages[0].dropout,
           bn_group_size=self.bn_group_size)

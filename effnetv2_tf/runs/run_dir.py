@@ -20,6 +20,7 @@ import tensorflow as tf
 from effnetv2_tf import errors
 from effnetv2_tf import fileio
 from effnetv2_tf.data import recipes
+from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import registry
 
 CONFIG_FILENAME = "config.json"
@@ -118,6 +119,28 @@ def preprocessing(run_config):
   return recipes.from_config(
       run_config["data"],
       registry.get_model_spec(run_config["model"]["name"]).preprocessing)
+
+
+# Keys of a run's `config.model` section (configs/base.py) that are
+# create_model overrides; None there means the registry's value.
+CONFIG_OVERRIDES = ("survival_prob", "bn_momentum", "bn_epsilon",
+                    "width_coefficient", "depth_coefficient")
+
+
+def model_from_config(model_config, num_classes, dropout_rate=0.0,
+                      bn_group_size=1):
+  """The model of a run's `config.model` section (ConfigDict or dict).
+
+  `dropout_rate` is the head's (progressive learning sets it per stage);
+  `bn_group_size` the run's (`distribute.bn_group_size`).
+  """
+  overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
+               if model_config.get(key) is not None}
+  if model_config.get("blocks"):  # space-separated block strings
+    overrides["blocks"] = tuple(model_config["blocks"].split())
+  return model_lib.create_model(
+      model_config["name"], num_classes=num_classes,
+      dropout_rate=dropout_rate, bn_group_size=bn_group_size, **overrides)
 
 
 def checkpoint_prefix(path, what="--init_checkpoint"):

@@ -26,9 +26,9 @@ from effnetv2_tf.data import recipes
 from effnetv2_tf.data import sources
 from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import registry
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
-from effnetv2_tf.training import run_dir
 
 # Valid names, from the tables that implement them.
 CHOICES = {
@@ -43,8 +43,7 @@ CHOICES = {
 }
 
 
-class ConfigError(errors.UserError, ValueError):
-  """A bad config key or value; the message names the key."""
+ConfigError = errors.ConfigError  # callers and tests name it here too
 
 
 def flatten(tree, prefix=""):

@@ -18,11 +18,10 @@ import tensorflow as tf
 
 from effnetv2_tf import errors
 from effnetv2_tf.data import recipes
-from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import weights as weights_lib
-from effnetv2_tf.training import ema as ema_lib
-from effnetv2_tf.training import run_dir
+from effnetv2_tf.runs import run_dir
 
 MIN_LOADED_FRACTION = 0.5
 
@@ -49,7 +48,7 @@ def load_run_model(path, what="--init_checkpoint"):
         f"{what} {prefix}: no config.json beside it, so the "
         "model that wrote it is unknown.")
   reader = tf.train.load_checkpoint(prefix)
-  source = model_lib.model_from_config(run_config["model"],
+  source = run_dir.model_from_config(run_config["model"],
                                        _num_classes(reader))
   ema = ema_lib.ExponentialMovingAverage(source, 0.0)
   tf.train.Checkpoint(model=source, ema=ema).restore(prefix).expect_partial()
