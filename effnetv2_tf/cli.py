@@ -26,8 +26,10 @@ def define_flags():
                       f"{', '.join(datasets.DATASET_CONFIGS)}.")
   flags.DEFINE_string("hparam_str", "",
                       "Config overrides, e.g. 'train.batch_size=64,"
-                      "progressive.max_cutmix=0.1'. Keys (docs/recipes.md "
-                      f"has their values per config): {config_keys()}.")
+                      "progressive.max_cutmix=0.1' (YAML values; also "
+                      "--config_file). docs/recipes.md has their values per "
+                      "--dataset_cfg. The keys, by section:\n"
+                      + config_help())
   flags.DEFINE_string("config_file", None, "YAML/JSON file of overrides.")
   flags.DEFINE_string("model_dir", None,
                       "Checkpoints, config.json, summary.json, TensorBoard. "
@@ -61,11 +63,11 @@ def define_flags():
       "model", _known_model, message="unknown model (see --helpfull)")
 
 
-def config_keys():
-  """Every config key, by section, from configs.base (for --help)."""
-  config = base.get_config()
-  return "; ".join(f"{section}.{{{', '.join(config[section])}}}"
-                   for section in config)
+def config_help():
+  """Every config key with its default and help, by section (--help)."""
+  return "\n".join(
+      f"{section}.{setting.name} {setting.describe()}"
+      for section, keys in base.SECTIONS.items() for setting in keys)
 
 
 def _known_model(name):

@@ -21,27 +21,10 @@ from configs import base
 from configs import datasets
 from effnetv2_tf import errors
 from effnetv2_tf import fileio
-from effnetv2_tf.data import augment
 from effnetv2_tf.data import recipes
-from effnetv2_tf.data import sources
-from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import registry
 from effnetv2_tf.runs import run_dir
-from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
-
-# Valid names, from the tables that implement them.
-CHOICES = {
-    "train.lr_schedule": optim.SCHEDULES,
-    "train.optimizer": optim.OPTIMIZERS,
-    "progressive.preset": progressive.PRESETS,
-    "data.source": tuple(sources.FROM_CONFIG),
-    "data.augname": ("",) + augment.AUGNAMES,
-    "data.augment_arithmetic": augment.ARITHMETICS,
-    "data.preprocessing": tuple(recipes.ROWS),
-    **{f"data.{k}": v for k, v in recipes.CHOICES.items()},
-}
-
 
 ConfigError = errors.ConfigError  # callers and tests name it here too
 
@@ -160,74 +143,16 @@ def _fill_stage_ranges(config):
     config.progressive[f"max_{key}"] = cast(key)(hi[key])
 
 
-def _value(config, key):
-  value = config
-  for part in key.split("."):
-    value = value[part]
-  return value
-
-
-# Valid ranges: key -> (the range as users read it, check of (value, config)).
-RANGES = {
-    "model.num_classes": (">= 1", lambda v, c: v >= 1),
-    "model.train_size": (">= 8", lambda v, c: v >= 8),
-    "model.eval_size": (">= 8", lambda v, c: v >= 8),
-    "model.train_size_ratio": ("> 0, or null",
-                               lambda v, c: v is None or v > 0),
-    "model.survival_prob": ("in (0, 1]", lambda v, c: 0.0 < v <= 1.0),
-    "train.batch_size": (">= 1", lambda v, c: v >= 1),
-    "eval.batch_size": (">= 1", lambda v, c: v >= 1),
-    "train.epochs": ("> 0", lambda v, c: v > 0),
-    "train.steps": (">= 1, or null", lambda v, c: v is None or v >= 1),
-    "train.lr_base": (">= 0", lambda v, c: v >= 0),
-    "train.min_steps": (">= 0", lambda v, c: v >= 0),
-    "train.warmup_epochs": (">= 0", lambda v, c: v >= 0),
-    "train.weight_decay": (">= 0", lambda v, c: v >= 0),
-    "train.keep_checkpoints": (">= 1", lambda v, c: v >= 1),
-    "train.checkpoint_every": (">= 1, or null (once per stage)",
-                               lambda v, c: v is None or v >= 1),
-    "train.log_every": (">= 1", lambda v, c: v >= 1),
-    "train.ema_decay": ("in [0, 1)", lambda v, c: 0.0 <= v < 1.0),
-    "train.label_smoothing": ("in [0, 1)", lambda v, c: 0.0 <= v < 1.0),
-    "progressive.num_stages": (">= 1", lambda v, c: v >= 1),
-    "data.crop_area_min": ("in (0, 1]", lambda v, c: 0.0 < v <= 1.0),
-    "data.crop_aspect_min": ("in (0, data.crop_aspect_max]",
-                             lambda v, c: 0.0 < v <= c.data.crop_aspect_max),
-    "data.crop_min_object_covered": ("in [0, 1]",
-                                     lambda v, c: 0.0 <= v <= 1.0),
-    "data.crop_max_attempts": (">= 1", lambda v, c: v >= 1),
-    "data.crop_padding": (">= 0", lambda v, c: v >= 0),
-    "data.skip_crop_from_size": (">= 0", lambda v, c: v >= 0),
-    "data.minival_files": (">= 0", lambda v, c: v >= 0),
-    "data.minival_every": (">= 0 (0: no minival split)", lambda v, c: v >= 0),
-    "runtime.steps_per_loop": (">= 1", lambda v, c: v >= 1),
-    "runtime.bn_group_size": (">= 0 (0: all replicas), or null (default)",
-                              lambda v, c: v is None or v >= 0),
-}
-
-
 def validate(config):
-  """Checks values before any heavy work; raises ConfigError naming the key
-  and its valid range or names."""
-  for key, (valid, ok) in RANGES.items():
-    if not ok(_value(config, key), config):
-      raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}; "
-                        f"valid: {valid}.")
-  for key, allowed in CHOICES.items():
-    if _value(config, key) not in allowed:
-      raise ConfigError(f"Bad value for {key}: {_value(config, key)!r}; "
-                        f"valid: {', '.join(map(repr, allowed))}.")
-  if config.model.blocks is not None:
-    try:
-      block_strings.decode_all(config.model.blocks.split())
-    except ValueError as err:
-      raise ConfigError(f"Bad value for model.blocks: {err}") from None
-  for key, value in flatten(config.progressive.to_dict()):
-    if key.startswith(("min_", "max_")) and value is not None and value < 0:
-      raise ConfigError(f"Bad value for progressive.{key}: {value!r} < 0.")
-    if key.endswith("_image_size") and value is not None and value < 8:
-      raise ConfigError(f"Bad value for progressive.{key}: {value!r}; image "
-                        "sizes must be at least 8 pixels.")
+  """Checks every value against its `settings.Setting` before any heavy
+  work; raises ConfigError naming the key and its valid range or names."""
+  for section, keys in base.SECTIONS.items():
+    for setting in keys:
+      value = config[section][setting.name]
+      valid = setting.problem(value, config[section])
+      if valid:
+        raise ConfigError(f"Bad value for {section}.{setting.name}: "
+                          f"{value!r}; valid: {valid}.")
 
 
 def _apply_run_config(config, run_config, model_name, dataset_given):

@@ -1,11 +1,18 @@
 """Tests of the experiment configs: recipe values, overrides and validation."""
 
 import json
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
+from configs import base
 from configs import datasets
 from effnetv2_tf import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_base_recipe_matches_paper_section_5_1():
@@ -171,3 +178,25 @@ def test_config_json_names_its_data_from_any_directory(tmp_path,
 def test_every_dataset_config_builds():
   for name in datasets.DATASET_CONFIGS:
     config_lib.build_config("efficientnetv2-b0", name)
+
+
+def _help_text():
+  """`python main.py --help`, its wrapping undone."""
+  result = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+  return re.sub(r"-\s+", "-", " ".join(result.stdout.split()))
+
+
+def test_help_lists_every_config_key_with_its_default():
+  text = _help_text()
+  for key, value in config_lib.flatten(base.get_config().to_dict()):
+    shown = f"{key} = {value!r}" if value is not None else f"{key} = "
+    assert shown in text, key
+  # A few by hand: the paper's recipe (section 5.1) and the reference's
+  # hparams.py (survival_prob 0.8, lr_base 0.016, ema_decay 0.9999).
+  for line in ("model.survival_prob = 0.8 (in (0, 1])",
+               "train.lr_base = 0.016", "train.ema_decay = 0.9999",
+               "train.optimizer = 'rmsprop' (rmsprop | momentum | sgd | adam)",
+               "data.crop_padding = the row's (>= 0)"):
+    assert line in text

@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # (configs/ and its builder, effnetv2_tf.config) sits above all of those.
 LAYERS = (
     ("base", ("effnetv2_tf.errors", "effnetv2_tf.tpu_env",
-              "effnetv2_tf.quiet_start", "effnetv2_tf.fileio")),
+              "effnetv2_tf.quiet_start", "effnetv2_tf.startup",
+              "effnetv2_tf.fileio", "effnetv2_tf.settings")),
     ("data", ("effnetv2_tf.data",)),
     ("models", ("effnetv2_tf.models",)),
     ("runs", ("effnetv2_tf.runs",)),  # run I/O: what export, infer, plot read

@@ -30,10 +30,12 @@ from typing import Optional
 
 import tensorflow as tf
 
+from effnetv2_tf import settings
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import mix
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import recipes
+from effnetv2_tf.settings import Setting
 
 AUTOTUNE = tf.data.AUTOTUNE
 _ELEMENT, _BATCH = 0, 1  # seed streams
@@ -99,6 +101,33 @@ def train_preprocess(features, seed, image_size, prep, augname=None,
   return image
 
 
+# The config's keys of the training input (`data` section), its label
+# smoothing (`train`) and the eval batch (`eval`).
+SETTINGS = (
+    Setting("augname", None, str, "the augmentation ('': none)",
+            fills="the model's", choices=("",) + augment.AUGNAMES),
+    Setting("num_layers", 2, int, "RandAugment ops per image",
+            **settings.at_least(0)),
+    Setting("augment_arithmetic", None, str, "the augmentation ops' "
+            "arithmetic: the released code's, quirks included, or PIL's",
+            fills="progressive.preset's", choices=augment.ARITHMETICS),
+    Setting("cache", False, bool, "cache the examples in memory (small "
+            "datasets)"),
+    Setting("shuffle_buffer", 10_000, int, "examples in the shuffle buffer",
+            **settings.at_least(1)),
+)
+TRAIN_SETTINGS = (
+    Setting("label_smoothing", 0.1, float, "label smoothing, applied before "
+            "mixup/CutMix (reference order)",
+            **settings.in_unit(low_open=False, high_open=True)),
+)
+EVAL_SETTINGS = (
+    Setting("batch_size", 1024, int, "the global eval batch",
+            **settings.at_least(1)),
+)
+_DEFAULTS = settings.by_name(SETTINGS)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainInput:
   """What a run's training input keeps over all its stages.
@@ -114,11 +143,11 @@ class TrainInput:
   """
   prep: recipes.Preprocessing
   augname: Optional[str] = None
-  num_layers: int = 2
+  num_layers: int = _DEFAULTS["num_layers"].default
   augment_arithmetic: str = augment.DEFAULT_ARITHMETIC
   label_smoothing: float = 0.0
-  shuffle_buffer: int = 10_000
-  cache: bool = False
+  shuffle_buffer: int = _DEFAULTS["shuffle_buffer"].default
+  cache: bool = _DEFAULTS["cache"].default
 
 
 def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,

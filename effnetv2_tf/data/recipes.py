@@ -25,6 +25,9 @@ docs generator import it too.
 
 import dataclasses
 
+from effnetv2_tf import settings
+from effnetv2_tf.settings import Setting
+
 # Input scalings, each the affine map x * scale + offset per RGB channel of
 # 0..255 pixels (one formula for the pipeline and the in-model layer).
 SCALE_MINUS_ONE_ONE = "minus_one_one"            # (x - 128) / 128
@@ -66,26 +69,47 @@ CROP_FALLBACKS = ("whole", "center")
 CROP_OFFSETS = ("floor", "ceil")
 
 
+def _field(help_text, **valid):
+  """A `Preprocessing` field: its help and valid range (`settings`)."""
+  return dataclasses.field(metadata=dict(help=help_text, **valid))
+
+
+def _aspect_ok(value, data):
+  return 0.0 < value <= data.crop_aspect_max
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """Every pixel-level value of one train + eval pipeline."""
-  decode: str                # DECODE_METHODS
-  input_scaling: str
-  train_crop: bool           # inception-style random crop (else whole image)
-  crop_area_min: float       # of the image area; the maximum is 1
-  crop_aspect_min: float     # width / height
-  crop_aspect_max: float
-  crop_min_object_covered: float  # of the whole-image box (0: no box)
-  crop_max_attempts: int
-  crop_fallback: str         # CROP_FALLBACKS
-  resize_method: str         # RESIZE_METHODS
-  random_flip: bool
-  cutout: bool               # finetune: a square of side <= size / 2,
-                             # uniform [0, 1) noise on the scaled image
-  eval_crop: bool            # center crop at eval (else the whole image)
-  crop_padding: int          # the crop keeps size / (size + padding)
-  skip_crop_from_size: int   # no eval crop from this size on (0: always)
-  crop_offset: str           # CROP_OFFSETS
+  decode: str = _field("how bytes become pixels: the crop window alone "
+                       "(fused, JPEG) or the whole image, then sliced")
+  input_scaling: str = _field("the affine map of 0..255 pixels")
+  train_crop: bool = _field("inception-style random crop (else the whole "
+                            "image)")
+  crop_area_min: float = _field("the crop's smallest share of the image "
+                                "area (the largest is 1)",
+                                **settings.in_unit())
+  crop_aspect_min: float = _field("the crop's smallest width / height",
+                                  valid="in (0, data.crop_aspect_max]",
+                                  check=_aspect_ok)
+  crop_aspect_max: float = _field("the crop's largest width / height")
+  crop_min_object_covered: float = _field(
+      "share of the whole-image box the crop covers (0: no box)",
+      **settings.in_unit(low_open=False))
+  crop_max_attempts: int = _field("crop windows sampled before the "
+                                  "fallback", **settings.at_least(1))
+  crop_fallback: str = _field("what a crop becomes when no window fits")
+  resize_method: str = _field("the resize kernel and grid")
+  random_flip: bool = _field("random left-right flips in training")
+  cutout: bool = _field("finetune: a square of side <= size / 2 of uniform "
+                        "[0, 1) noise on the scaled image")
+  eval_crop: bool = _field("center crop at eval (else the whole image)")
+  crop_padding: int = _field("the eval crop keeps size / (size + padding)",
+                             **settings.at_least(0))
+  skip_crop_from_size: int = _field("no eval crop from this size on (0: "
+                                    "always)", **settings.at_least(0))
+  crop_offset: str = _field("center-crop offset: (h - c) // 2 or "
+                            "(h - c + 1) // 2")
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing))
@@ -121,6 +145,17 @@ ROWS = {
 CHOICES = {"decode": DECODE_METHODS, "input_scaling": tuple(SCALINGS),
            "resize_method": RESIZE_METHODS, "crop_fallback": CROP_FALLBACKS,
            "crop_offset": CROP_OFFSETS}
+
+# The config's preprocessing keys (`data` section): the row, then every
+# field, each filled from the row where unset (`resolve`).
+SETTINGS = (
+    Setting("preprocessing", None, str, "the preprocessing row",
+            fills="the model's", choices=tuple(ROWS)),
+) + tuple(
+    Setting(f.name, None, f.type, f.metadata["help"],
+            fills="the row's", choices=CHOICES.get(f.name, ()),
+            **{k: v for k, v in f.metadata.items() if k != "help"})
+    for f in dataclasses.fields(Preprocessing))
 
 
 def scaling(name):

@@ -16,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf import settings
 from effnetv2_tf.data import tfrecord_format
+from effnetv2_tf.settings import Setting
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Folders up to this many images are decoded once before training, so an
@@ -486,6 +488,40 @@ FROM_CONFIG = {
 }
 # Sources read from `data.data_dir`, which they need.
 NEEDS_DATA_DIR = ("tfrecord", "folder")
+
+# The config's dataset keys (`data` section).
+SETTINGS = (
+    Setting("name", "imagenet", str, "the dataset (TFRecord file names, "
+            "summaries)"),
+    Setting("dataset_cfg", "imagenet", str,
+            "the --dataset_cfg this config was built on"),
+    Setting("source", "tfrecord", str, "where examples come from",
+            choices=tuple(FROM_CONFIG)),
+    Setting("tfds_name", "", str, "the TFDS dataset of source tfds"),
+    Setting("tfds_train_split", "train", str,
+            "the TFDS split (expression) that trains"),
+    Setting("data_dir", None, str, "the dataset's location (--data_dir)",
+            fills="unset"),
+    Setting("multi_label", False, bool,
+            "multi-hot targets, sigmoid loss (ImageNet-21k)"),
+    # Reference datasets.py: ImageNet trains on train files 20 onward
+    # (1,256,144 images), 0-19 are 'minival'; 21k without validation
+    # files: files 0-15 are the eval split (eval_files), then
+    # minival_files more are 'minival'.
+    Setting("minival_files", 20, int, "train files held out as 'minival' "
+            "(0: train on all, the reference's 'trainval')",
+            **settings.at_least(0)),
+    Setting("minival_every", 0, int, "digits: every Nth training digit is "
+            "'minival', the architecture search's hold-out",
+            **settings.at_least(0, " (0: no minival split)")),
+    Setting("eval_files", 16, int, "21k: train files that form the eval "
+            "split when there are no validation files"),
+    Setting("eval_split", "validation", str, "the split evaluated"),
+    Setting("train_examples", None, int, "overrides the counted training "
+            "split size", fills="counted", **settings.at_least(1)),
+    Setting("eval_examples", None, int, "overrides the counted eval split "
+            "size", fills="counted", **settings.at_least(1)),
+)
 
 
 def from_config(config):

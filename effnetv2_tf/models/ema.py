@@ -9,7 +9,16 @@ import contextlib
 
 import tensorflow as tf
 
+from effnetv2_tf import settings
+from effnetv2_tf.settings import Setting
+
 BN_STAT_SUFFIXES = ("moving_mean", "moving_variance")
+# The config's key (`train` section).
+SETTINGS = (
+    Setting("ema_decay", 0.9999, float, "decay of the weights' moving "
+            "average (warm-up: min(decay, (1 + t) / (10 + t)))",
+            **settings.in_unit(low_open=False, high_open=True)),
+)
 
 
 def ema_variables(model):

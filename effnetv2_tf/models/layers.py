@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from effnetv2_tf.models import options
+
 
 @keras.saving.register_keras_serializable(package="effnetv2_tf")
 class StochasticDepth(keras.layers.Layer):
@@ -18,9 +20,7 @@ class StochasticDepth(keras.layers.Layer):
   def __init__(self, survival_prob, seed=None, **kwargs):
     super().__init__(**kwargs)
     survival_prob = float(survival_prob)
-    if not 0.0 < survival_prob <= 1.0:
-      raise ValueError(
-          f"survival_prob must be in (0, 1], got {survival_prob}.")
+    options.check("survival_prob", survival_prob)
     self.survival_prob = survival_prob
     self.seed = seed
     self.seed_generator = keras.random.SeedGenerator(seed)

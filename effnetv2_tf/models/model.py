@@ -11,43 +11,18 @@ import dataclasses
 import math
 import string
 import sys
-from typing import Optional, Sequence
 
 import keras
 from keras import layers
 
 from effnetv2_tf.data import recipes
 from effnetv2_tf.models import block_strings
+from effnetv2_tf.models import options as options_lib
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.layers import ScheduledDropout
 from effnetv2_tf.models.layers import StochasticDepth
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelOptions:
-  """Knobs a caller may override per model (`create_model(**overrides)`)."""
-  dropout_rate: float
-  survival_prob: float = 0.8
-  bn_momentum: float = 0.9  # Keras sense, as the reference (paper text: 0.99)
-  # The reference's value (also Keras' default), kept explicit because the
-  # published weights were trained with it.
-  bn_epsilon: float = 1e-3
-  # Replicas whose BN statistics are pooled in training: 1 each its own,
-  # k groups of k consecutive replicas, 0 all (`fused_bn`); the drivers
-  # set it from runtime.bn_group_size.
-  bn_group_size: int = 1
-  # TensorFlow's fused BN kernel (`fused_bn`), same numerics as Keras' layer.
-  bn_fused: bool = True
-  # 1x1 convolutions as matmuls in training (`pointwise_conv`), same math.
-  pointwise_matmul: bool = True
-  activation: str = "swish"
-  width_coefficient: Optional[float] = None  # None: the registry's value
-  depth_coefficient: Optional[float] = None
-  blocks: Optional[Sequence[str]] = None
-  feature_size: Optional[int] = None
-
-
-OVERRIDABLE = tuple(f.name for f in dataclasses.fields(ModelOptions))
+from effnetv2_tf.models.options import ModelOptions
+from effnetv2_tf.models.options import OVERRIDABLE
 
 
 def round_filters(filters, width_coefficient, depth_divisor=8, min_depth=8,
@@ -265,9 +240,7 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   Returns:
     A `keras.Model` named after the variant.
   """
-  if not 0.0 < options.survival_prob <= 1.0:
-    raise ValueError(
-        f"survival_prob must be in (0, 1], got {options.survival_prob}.")
+  options_lib.check("survival_prob", options.survival_prob)
   if not 0.0 <= options.dropout_rate < 1.0:
     raise ValueError(
         f"dropout_rate must be in [0, 1), got {options.dropout_rate}.")

@@ -21,6 +21,7 @@ from effnetv2_tf import errors
 from effnetv2_tf import fileio
 from effnetv2_tf.data import recipes
 from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import options
 from effnetv2_tf.models import registry
 
 CONFIG_FILENAME = "config.json"
@@ -121,10 +122,10 @@ def preprocessing(run_config):
       registry.get_model_spec(run_config["model"]["name"]).preprocessing)
 
 
-# Keys of a run's `config.model` section (configs/base.py) that are
-# create_model overrides; None there means the registry's value.
-CONFIG_OVERRIDES = ("survival_prob", "bn_momentum", "bn_epsilon",
-                    "width_coefficient", "depth_coefficient")
+# Keys of a run's `config.model` section that are create_model overrides;
+# None there means the registry's value.
+CONFIG_OVERRIDES = tuple(s.name for s in options.SETTINGS
+                         if s.name in options.OVERRIDABLE)
 
 
 def model_from_config(model_config, num_classes, dropout_rate=0.0,
@@ -136,8 +137,8 @@ def model_from_config(model_config, num_classes, dropout_rate=0.0,
   """
   overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
                if model_config.get(key) is not None}
-  if model_config.get("blocks"):  # space-separated block strings
-    overrides["blocks"] = tuple(model_config["blocks"].split())
+  if "blocks" in overrides:  # space-separated block strings
+    overrides["blocks"] = tuple(overrides["blocks"].split()) or None
   return model_lib.create_model(
       model_config["name"], num_classes=num_classes,
       dropout_rate=dropout_rate, bn_group_size=bn_group_size, **overrides)

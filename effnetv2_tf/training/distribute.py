@@ -7,7 +7,9 @@ from absl import logging
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf import settings
 from effnetv2_tf import tpu_env
+from effnetv2_tf.settings import Setting
 
 STRATEGIES = ("default", "tpu", "mirrored", "multi_worker")
 
@@ -104,6 +106,14 @@ def get_strategy(name="default", use_tpu=False, tpu=None):
 # reference's TpuBatchNormalization pools min(8, replicas) (utils.py L189),
 # and main.py L78 / main_tf2.py L127 select it on TPUs only.
 TPU_BN_GROUP = 8
+# The config's key (`runtime` section).
+SETTINGS = (
+    Setting("bn_group_size", None, int,
+            "replicas whose batch-norm statistics are pooled: 1 each its "
+            "own, k groups of k consecutive replicas, 0 all",
+            fills=f"min({TPU_BN_GROUP}, replicas) under TPUStrategy, else 1",
+            **settings.at_least(0, " (0: all replicas), or null (default)")),
+)
 
 
 def resolve_bn_group_size(setting, replicas, tpu):
@@ -128,9 +138,11 @@ def resolve_bn_group_size(setting, replicas, tpu):
   else:
     size = setting or replicas
     why = f"runtime.bn_group_size={setting}"
-  if size < 0:
-    raise StrategyError(f"runtime.bn_group_size={setting}: must be >= 0 (0: "
-                        "all replicas).")
+  invalid = settings.by_name(SETTINGS)["bn_group_size"].problem(setting,
+                                                                None)
+  if invalid:
+    raise StrategyError(f"runtime.bn_group_size={setting}: must be "
+                        f"{invalid}.")
   if replicas % size:
     raise StrategyError(
         f"Batch-norm groups of {size} replicas ({why}) do not divide the "

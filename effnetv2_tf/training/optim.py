@@ -20,11 +20,35 @@ import keras
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf import settings
+from effnetv2_tf.settings import Setting
 from effnetv2_tf.training import fused_optim
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
 SCHEDULES = ("exponential", "cosine", "constant")
 OPTIMIZERS = ("rmsprop", "momentum", "sgd", "adam")  # build_optimizer
+
+# The config's optimizer and schedule keys (`train` section).
+SETTINGS = (
+    Setting("optimizer", "rmsprop", str, "the optimizer, by the reference's "
+            "names", choices=OPTIMIZERS),
+    Setting("rmsprop_rho", 0.9, float, "RMSProp's mean-square decay"),
+    Setting("momentum", 0.9, float, "momentum of rmsprop and momentum"),
+    Setting("epsilon", 1e-3, float, "RMSProp's and Adam's epsilon"),
+    Setting("fused_optimizer", True, bool,
+            "TensorFlow's fused update kernels (fused_optim.py)"),
+    Setting("lr_base", 0.016, float, "learning rate per 256 images, scaled "
+            "with the batch", **settings.at_least(0)),
+    Setting("lr_schedule", "exponential", str, "the decay after warmup",
+            choices=SCHEDULES),
+    Setting("lr_decay_factor", 0.97, float, "exponential: the factor per "
+            "lr_decay_epochs"),
+    Setting("lr_decay_epochs", 2.4, float, "exponential: epochs per decay"),
+    Setting("warmup_epochs", 5.0, float, "linear warmup from 0",
+            **settings.at_least(0)),
+    Setting("weight_decay", 1e-5, float, "coupled L2 on kernels: wd * "
+            "sum(w^2) / 2", **settings.at_least(0)),
+)
 
 
 class OptimizerError(errors.UserError, ValueError):

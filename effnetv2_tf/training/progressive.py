@@ -31,7 +31,9 @@ from typing import List
 import numpy as np
 
 from effnetv2_tf import errors
+from effnetv2_tf import settings
 from effnetv2_tf.models import registry
+from effnetv2_tf.settings import Setting
 
 KEYS = ("image_size", "randaug", "mixup", "cutmix", "dropout")
 # Table 6: (max size, max RandAugment, max mixup, max dropout); every model
@@ -49,6 +51,41 @@ PAPER_MAX = {
 REFERENCE_MIN_SIZE = 128  # hparams.py data.ibase
 REFERENCE_MIN_RANDAUG = 5.0
 PRESETS = ("paper", "reference")
+
+
+def _range_setting(bound, key):
+  """progressive.min_/max_<key>: the preset's value where unset."""
+  size = key == "image_size"
+  return Setting(f"{bound}_{key}", None, int if size else float,
+                 f"the {'first' if bound == 'min' else 'last'} stage's "
+                 f"{key.replace('_', ' ')}", fills="the preset's",
+                 **settings.at_least(8 if size else 0))
+
+
+# The run's length (`train` section) and its stages (`progressive`).
+TRAIN_SETTINGS = (
+    Setting("epochs", 350.0, float, "training epochs",
+            valid="> 0", check=lambda v, _: v > 0),
+    Setting("steps", None, int, "training steps, in place of epochs",
+            fills="from epochs",
+            **settings.at_least(1, ", or null")),
+    Setting("min_steps", 0, int, "at least this many steps (finetuning)",
+            **settings.at_least(0)),
+    Setting("batch_size", 4096, int, "the global training batch",
+            **settings.at_least(1)),
+)
+SETTINGS = (
+    Setting("preset", "paper", str, "Table 6 (paper) or the released code's "
+            "stage values (reference)", choices=PRESETS),
+    Setting("num_stages", None, int, "progressive stages",
+            fills="the registry's (V1: 1)", **settings.at_least(1)),
+    Setting("random_resize", False, bool, "paper Table 13: a random stage "
+            "every random_resize_epochs instead"),
+    Setting("random_resize_epochs", 8.0, float,
+            "epochs between random-resize draws",
+            valid="> 0", check=lambda v, _: v > 0),
+) + tuple(_range_setting(bound, key) for key in KEYS
+          for bound in ("min", "max"))
 
 
 class StageError(errors.UserError, ValueError):

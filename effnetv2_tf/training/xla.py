@@ -8,10 +8,9 @@ when the setting is on; the input pipeline (tf.data has no XLA kernels),
 the on-device step loop and the serving signatures' raw-image crop and
 resize (any image size; a bicubic resize has no XLA kernel) stay outside.
 
-Default: on under TPUStrategy, where XLA is implied, off on CPU and GPU:
-`benchmarks/xla_step.py` measured the XLA step of B0 (128 px, batch 16)
-at 0.21x the plain step's images/s on 2 CPU cores, after a 57 s compile
-per stage (benchmarks/README.md); on GPUs it is unmeasured.
+Default: on under TPUStrategy, where XLA is implied, off on CPU and GPU,
+where the XLA step measured slower on CPUs and is unmeasured on GPUs
+(benchmarks/README.md, xla_step.py).
 """
 
 import re
@@ -20,6 +19,7 @@ from absl import logging
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf.settings import Setting
 
 # TensorFlow's message for an op without an XLA kernel: "... on
 # XLA_CPU_JIT: PyFunc (No registered 'PyFunc' OpKernel ...".
@@ -27,6 +27,17 @@ _UNSUPPORTED_OP = re.compile(r"on (XLA_\w+_JIT): (\w+) \(")
 # tensorflow-tpu 2.20 on a machine without TPU (measured): its XLA has no
 # CPU backend, and every jit_compile function fails with this NotFoundError.
 _NO_BACKEND = "could not find registered transfer manager for platform Host"
+
+
+# The config's keys (`runtime` section).
+SETTINGS = (
+    Setting("jit_compile", None, bool, "XLA-compiled train and eval steps",
+            fills="on under TPUStrategy (XLA implied), off on CPU and GPU"),
+    Setting("retrace_per_stage", None, bool,
+            "a train step traced per stage with its static image size "
+            "(else one step with an unknown size serves every stage)",
+            fills="on wherever XLA compiles the step (static shapes)"),
+)
 
 
 class XlaError(errors.UserError, RuntimeError):

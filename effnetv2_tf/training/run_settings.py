@@ -1,0 +1,26 @@
+"""The config's keys of the run as a whole: seed, logging and checkpoint
+cadence (`train` section), device loop, precision and determinism
+(`runtime`), which the trainer, the loops and the drivers apply."""
+
+from effnetv2_tf import settings
+from effnetv2_tf.settings import Setting
+
+TRAIN_SETTINGS = (
+    Setting("seed", 0, int, "seed of the input order, augmentation and "
+            "random-resize draws (of every random op with deterministic)"),
+    Setting("keep_checkpoints", 5, int, "checkpoints kept",
+            **settings.at_least(1)),
+    Setting("checkpoint_every", None, int, "steps between checkpoints",
+            fills="once per stage",
+            **settings.at_least(1, ", or null (once per stage)")),
+    Setting("log_every", 100, int, "steps between progress lines",
+            **settings.at_least(1)),
+)
+RUNTIME_SETTINGS = (
+    Setting("steps_per_loop", 100, int, "train steps per device call "
+            "(--steps_per_loop)", **settings.at_least(1)),
+    Setting("mixed_precision", False, bool, "bfloat16 (TPU, CPU) or float16 "
+            "(GPU) compute (--mixed_precision)"),
+    Setting("deterministic", False, bool, "seeded randomness and "
+            "deterministic ops (--deterministic)"),
+)
