@@ -20,16 +20,19 @@ and eval size of the recipe they were trained with, and the ImageNet class
 names that ship with the package (21k weights: class indices).
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 
-# First: the TPU build's set-up and the quiet TensorFlow import (see
-# effnetv2_tf/__init__.py).
-import effnetv2_tf  # noqa: F401  pylint: disable=unused-import
 from effnetv2_tf import errors
 from effnetv2_tf import export
 from effnetv2_tf import quiet_start

@@ -13,11 +13,15 @@ resumes from the latest checkpoint in the right stage and step. main_tf2.py
 takes the same flags and trains through keras.Model.fit instead.
 """
 
-import os
+from effnetv2_tf import startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
 
-from absl import app  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
 from absl import flags
 
 from effnetv2_tf import cli

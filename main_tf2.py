@@ -15,11 +15,15 @@ checkpoint callback, a NaN guard, TensorBoard and a progress bar.
 epoch so every execution ends on an epoch or stage boundary).
 """
 
-import os
+from effnetv2_tf import startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
 
-from absl import app  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
 from absl import flags
 
 from effnetv2_tf import cli

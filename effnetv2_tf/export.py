@@ -38,6 +38,14 @@ images in [0, 1] of any size, resizes them to the model's size and returns
 the pooled features [B, C] before the classifier.
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 
 from absl import app

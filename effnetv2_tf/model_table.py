@@ -11,6 +11,14 @@ multiply-adds counted by `effnetv2_tf.models.flops.count_flops`. The table
 goes to stdout, per-model progress to stderr.
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import sys
 import time

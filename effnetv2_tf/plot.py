@@ -9,6 +9,14 @@ when the run evaluated there; the learning rate below) into --out_dir
 (default: --model_dir).
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 
 from absl import app

@@ -6,9 +6,9 @@ absl::InitializeLog() is called are written to STDERR" and INFO lines (the
 oneDNN notice): four lines that `TF_CPP_MIN_LOG_LEVEL` does not stop (absl
 prints below-threshold messages before InitializeLog: abseil/abseil-cpp#1718
 and #1957, tensorflow/tensorflow#102212). No environment variable does, so
-the package (`effnetv2_tf/__init__.py`) imports TensorFlow inside
-`filtered_import()`, which sends
-file descriptor 2 through a forked filter process for that import only:
+a program's start-up (`effnetv2_tf/startup.py`) imports TensorFlow inside
+`filtered_import()`, which sends file descriptor 2 through a forked filter
+process for that import only:
 
   * a glog-style line (`I0000 00:00:1796237450.668119  5305 port.cc:153] ...`) is
     dropped when its level (I, W, E, F = 0..3) is below
@@ -19,10 +19,10 @@ file descriptor 2 through a forked filter process for that import only:
 The filter is a separate process, so what a crash during the import prints
 (libtpu's abort message, a fatal error) still reaches the terminal: the
 filter reads to the end of the pipe after the importing process is gone.
-`import effnetv2_tf` does it (before anything else imports TensorFlow);
-`EFFNETV2_TF_SHOW_TF_START=1`, `TF_CPP_MIN_LOG_LEVEL` unset or 0 (a
-library user's default), a platform without `fork` or a process with
-threads leave stderr as it is. This module imports no TensorFlow.
+`startup.start()` does it, before anything else imports TensorFlow;
+`EFFNETV2_TF_SHOW_TF_START=1`, `TF_CPP_MIN_LOG_LEVEL` unset or 0, a
+platform without `fork` or a process with threads leave stderr as it is.
+`import effnetv2_tf` does none of it. This module imports no TensorFlow.
 """
 
 import contextlib

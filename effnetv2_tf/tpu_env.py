@@ -7,8 +7,10 @@ pinned in setup.py asks the GCE metadata server for the TPU's configuration,
 retrying for minutes. `TPU_LOAD_LIBRARY=0` (read by TensorFlow's TPU loader)
 skips libtpu, and TensorFlow then runs on the CPU. `configure()` sets it
 when the TPU build is installed, the machine has no TPU chip and the user
-has not set it; it must run before `import tensorflow`, so the package calls
-it first (`effnetv2_tf/__init__.py`). This module imports no TensorFlow.
+has not set it; it must run before `import tensorflow`, so a program's
+start-up calls it first (`effnetv2_tf/startup.py`); a library user sets
+the variable or calls `configure()` first. This module imports no
+TensorFlow.
 
 TPU chips are PCI devices of Google's vendor id (0x1ae0), the same test
 libtpu and JAX use to decide whether they run on a Cloud TPU VM; it reads

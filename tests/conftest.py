@@ -3,11 +3,14 @@
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# First: with the TPU build and no TPU, it sets TPU_LOAD_LIBRARY=0 before
-# TensorFlow loads (effnetv2_tf.tpu_env); subprocesses inherit it.
+# First, as every entry point: the quiet TensorFlow import and, with the TPU
+# build and no TPU, TPU_LOAD_LIBRARY=0 (subprocesses inherit both).
+from effnetv2_tf import startup  # pylint: disable=g-import-not-at-top
+
+startup.start()
+
 import effnetv2_tf  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top

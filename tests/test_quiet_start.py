@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from effnetv2_tf import quiet_start
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUIET_START = ROOT / "effnetv2_tf" / "quiet_start.py"
 BANNER = ("WARNING: All log messages before absl::InitializeLog() is called "
@@ -19,15 +21,6 @@ WARNING = "W0000 00:00:1796237450.668119    5305 cpu_info.cc:1] a warning"
 ERROR = "E1202 18:39:10.262554 140500401220480 loader.cc:7] an error"
 
 
-def _load():
-  """The module alone: importing the package would import TensorFlow."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("quiet_start", QUIET_START)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.mark.parametrize("level, kept", [
     (0, [BANNER, INFO, WARNING, ERROR, "text"]),
     (1, [WARNING, ERROR, "text"]),
@@ -35,7 +28,6 @@ def _load():
     (3, ["text"]),
 ])
 def test_lines_below_the_level_are_dropped(level, kept):
-  quiet_start = _load()
   lines = [BANNER, INFO, WARNING, ERROR, "text"]
   assert [line for line in lines if quiet_start.keep(line, level)] == kept
   assert quiet_start.BANNER == BANNER
@@ -91,4 +83,23 @@ def test_drivers_print_no_start_up_lines():
       [sys.executable, str(ROOT / "main.py"), "--model=nope"], timeout=300,
       env=dict(env, TF_CPP_MIN_LOG_LEVEL="0"), capture_output=True,
       text=True, check=False)
+  assert result.stderr.startswith(BANNER)
+
+
+@pytest.mark.slow
+def test_tools_print_no_start_up_lines():
+  # A `python -m` tool starts up as the drivers do (effnetv2_tf.startup).
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the tools' default: 2
+  command = [sys.executable, "-m", "effnetv2_tf.data.check_tfrecords",
+             "--help"]
+  result = subprocess.run(command, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert "python -m effnetv2_tf.data.check_tfrecords" in result.stdout
+  assert BANNER not in result.stderr, result.stderr
+  assert "oneDNN" not in result.stderr, result.stderr
+  # The control: at level 0 TensorFlow prints them.
+  result = subprocess.run(command, env=dict(env, TF_CPP_MIN_LOG_LEVEL="0"),
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
   assert result.stderr.startswith(BANNER)

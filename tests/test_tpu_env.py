@@ -1,7 +1,13 @@
 """The TPU build stays on the CPU where there is no TPU (TPU_LOAD_LIBRARY=0)."""
 
+import contextlib
+import os
+import types
+
 import pytest
 
+from effnetv2_tf import quiet_start
+from effnetv2_tf import startup
 from effnetv2_tf import tpu_env
 
 
@@ -30,3 +36,24 @@ def test_counts_google_pci_devices_only(tmp_path):
 def test_skips_libtpu_only_for_the_tpu_build_without_chips(
     environ, imported, tpu_build, chips, skip):
   assert tpu_env.skips_libtpu(environ, imported, tpu_build, chips) is skip
+
+
+def test_start_configures_before_tensorflow_loads(monkeypatch):
+  # A program's start-up: the level, then tpu_env, then the quiet import.
+  calls = []
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  monkeypatch.setattr(tpu_env, "configure", lambda: calls.append(
+      ("configure", os.environ.get("TF_CPP_MIN_LOG_LEVEL"))))
+
+  @contextlib.contextmanager
+  def filtered_import():
+    calls.append(("enter",))
+    yield
+    calls.append(("exit",))
+
+  monkeypatch.setattr(quiet_start, "filtered_import", filtered_import)
+  monkeypatch.setattr(startup, "importlib", types.SimpleNamespace(
+      import_module=lambda name: calls.append(("import", name))))
+  startup.start()
+  assert calls == [("configure", "2"), ("enter",), ("import", "tensorflow"),
+                   ("exit",)]

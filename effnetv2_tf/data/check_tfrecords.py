@@ -10,6 +10,14 @@ and prints each unreadable record as `shard#index (image/filename)`, then
 the count. Exit status 1 when any is found.
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 import sys
 

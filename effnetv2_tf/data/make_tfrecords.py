@@ -15,6 +15,14 @@ mixes classes. Unreadable files are logged and skipped. A later split (e.g.
 validation) reuses OUT/labels.txt and is merged into dataset_info.json.
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import collections
 import concurrent.futures
 import os

@@ -14,6 +14,14 @@ for a difference no DEVIATIONS entry covers, StaleDeviation for an entry
 whose keys cover none.
 """
 
+from effnetv2_tf import startup
+
+# Run as a program, start up before the imports below load TensorFlow
+# (see startup); imported as a module, this changes nothing.
+if __name__ == "__main__":
+  startup.start()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import difflib
 import fnmatch
 import functools
