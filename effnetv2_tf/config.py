@@ -12,7 +12,6 @@ import json
 import os
 import re
 
-from absl import logging
 import ml_collections
 import tensorflow as tf
 import yaml
@@ -20,7 +19,6 @@ import yaml
 from configs import base
 from configs import datasets
 from effnetv2_tf import errors
-from effnetv2_tf import fileio
 from effnetv2_tf.data import recipes
 from effnetv2_tf.models import registry
 from effnetv2_tf.runs import run_dir
@@ -174,18 +172,16 @@ def _apply_run_config(config, run_config, model_name, dataset_given):
     raise ConfigError(f"config.json holds a run on {old_data!r}, not "
                       f"{config.data.name!r} (--dataset_cfg); use another "
                       "--model_dir.")
-  old_cfg = run_config["data"].get("dataset_cfg")  # None: an older run
-  if dataset_given and old_cfg and config.data.dataset_cfg != old_cfg:
+  old_cfg = run_config["data"]["dataset_cfg"]
+  if dataset_given and config.data.dataset_cfg != old_cfg:
     raise ConfigError(f"config.json holds a run of --dataset_cfg={old_cfg}, "
                       f"not {config.data.dataset_cfg}; drop the flag to go "
                       "on with it, or use another --model_dir.")
   for key, value in flatten(run_config):
     try:
       set_value(config, key, value)
-    except ConfigError as err:  # a key of another version of this code
-      logging.warning("config.json: %s; ignored.", err)
-  if not old_cfg and not dataset_given:
-    config.data.dataset_cfg = old_data  # a run written before the key
+    except ConfigError as err:
+      raise ConfigError(f"config.json: {err}") from None
 
 
 def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
@@ -244,13 +240,13 @@ def save_config(config, model_dir):
   """Writes config.json; refuses a model_dir that belongs to another model."""
   path = os.path.join(model_dir, run_dir.CONFIG_FILENAME)
   tf.io.gfile.makedirs(model_dir)
-  previous = fileio.read_json(path) or {}
+  previous = run_dir.read_config(model_dir) or {}
   old = previous.get("model", {}).get("name")
   if old and old != config.model.name:
     raise ConfigError(
         f"--model_dir {model_dir} holds a run of {old}, not "
         f"{config.model.name}; use another --model_dir.")
-  fileio.write_atomic(path, config.to_json(indent=2))
+  run_dir.write_config(model_dir, json.loads(config.to_json()))
   return path
 
 

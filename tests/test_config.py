@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from configs import base
 from configs import datasets
 from effnetv2_tf import config as config_lib
+from effnetv2_tf.runs import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -200,3 +202,63 @@ def test_help_lists_every_config_key_with_its_default():
                "train.optimizer = 'rmsprop' (rmsprop | momentum | sgd | adam)",
                "data.crop_padding = the row's (>= 0)"):
     assert line in text
+
+
+def test_config_json_carries_its_format_and_reads_back(tmp_path):
+  config = config_lib.build_config("efficientnetv2-b0", "smoke")
+  config_lib.save_config(config, str(tmp_path))
+  written = json.loads((tmp_path / "config.json").read_text())
+  assert written["format_version"] == run_dir.CONFIG_FORMAT
+  assert run_dir.read_config(str(tmp_path)) == json.loads(config.to_json())
+
+
+def test_an_older_format_is_upgraded_with_one_line(monkeypatch, capsys):
+  monkeypatch.setattr(run_dir, "RENAMED_KEYS",
+                      {2: {"data.buffer": "data.shuffle_buffer"}})
+  old = {"model": {"name": "efficientnetv2-b0"},
+         "data": {"name": "digits", "buffer": 64}}  # format 1: no version
+  tree = run_dir.upgrade_config(old, "x/config.json")
+  assert tree["data"] == {"name": "digits", "shuffle_buffer": 64,
+                          "dataset_cfg": "digits"}
+  assert "buffer" in old["data"]  # the caller's dict is left alone
+  assert capsys.readouterr().out == (
+      "x/config.json (format 1): renamed data.buffer -> data.shuffle_buffer\n")
+  run_dir.upgrade_config(old, "x/config.json")
+  assert capsys.readouterr().out == ""  # once per file
+
+
+def test_a_newer_format_or_an_unknown_key_is_one_line():
+  with pytest.raises(run_dir.RunDirError, match="format 9 is newer"):
+    run_dir.upgrade_config({"format_version": 9}, "x/config.json")
+  run = json.loads(config_lib.build_config("efficientnetv2-b0",
+                                           "smoke").to_json())
+  run["train"]["warmup_epoch"] = 1.0
+  with pytest.raises(config_lib.ConfigError,
+                     match="config.json: Unknown config key "
+                     "'train.warmup_epoch'"):
+    config_lib.build_config(dataset_cfg=None, run_config=run)
+
+
+def _main(*args):
+  result = subprocess.run(
+      [sys.executable, "main.py", "--model=efficientnetv2-b0", *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout
+
+
+@pytest.mark.slow
+def test_a_run_written_before_issue_32_evaluates_and_resumes(tmp_path):
+  # tests/data/run_before_issue32: `main.py --dataset_cfg=smoke` at commit
+  # da5f550 (train.steps=4, width and depth 0.1), config.json format 1.
+  old = tmp_path / "run"
+  shutil.copytree(ROOT / "tests" / "data" / "run_before_issue32", old)
+  recorded = json.loads((old / "summary.json").read_text())["eval"]["top1"]
+  out = _main("--mode=eval", f"--model_dir={old}")
+  # The old code's own eval of these weights, reproduced.
+  assert f"top-1 {recorded:.4f}" in out
+  out = _main("--mode=train", f"--model_dir={old}",
+              "--hparam_str=train.steps=6")
+  assert "step 4 of 6" in out and "step 6/6" in out
+  assert json.loads((old / "config.json").read_text())[
+      "format_version"] == run_dir.CONFIG_FORMAT

@@ -1,7 +1,7 @@
 """A run directory and what it says about its run.
 
-  config.json    the resolved config (`read_config`; `config.save_config`
-                 writes it)
+  config.json    the resolved config and its format version
+                 (`read_config`, `write_config`)
   summary.json   stages, loss history and evaluation (`read_summary`)
   labels.txt     class names, when the source has them
   ckpt-N.*       checkpoints (`checkpoint_prefix`)
@@ -25,6 +25,13 @@ from effnetv2_tf.models import options
 from effnetv2_tf.models import registry
 
 CONFIG_FILENAME = "config.json"
+# config.json's format, in its "format_version". 1: before the field
+# existed (runs before it may also lack data.dataset_cfg: their dataset's
+# name). Each later format lists the keys it renamed, {old: new}, so an
+# older run still resumes and evaluates; any other unknown key is an error.
+FORMAT_KEY = "format_version"
+CONFIG_FORMAT = 2
+RENAMED_KEYS = {2: {}}
 SUMMARY_FILENAME = "summary.json"
 
 
@@ -90,8 +97,53 @@ def _mib(num_bytes):
 
 
 def read_config(model_dir):
-  """config.json of `model_dir` as a dict, or None."""
-  return fileio.read_json(os.path.join(model_dir, CONFIG_FILENAME))
+  """config.json of `model_dir` as a dict in this code's format, or None."""
+  path = os.path.join(model_dir, CONFIG_FILENAME)
+  tree = fileio.read_json(path)
+  return None if tree is None else upgrade_config(tree, path)
+
+
+def write_config(model_dir, tree):
+  """Writes config.json (a nested dict of the config) with its format."""
+  fileio.write_atomic(
+      os.path.join(model_dir, CONFIG_FILENAME),
+      json.dumps({FORMAT_KEY: CONFIG_FORMAT, **tree}, indent=2,
+                 sort_keys=True))
+
+
+_REPORTED = set()  # config.json files whose renames were printed
+
+
+def upgrade_config(tree, where):
+  """A config.json dict of any format in this code's (keys renamed, one
+  line printed per file); RunDirError for a newer format."""
+  tree = json.loads(json.dumps(tree))  # a copy
+  version = tree.pop(FORMAT_KEY, 1)
+  if version > CONFIG_FORMAT:
+    raise RunDirError(
+        f"{where}: config format {version} is newer than this code's "
+        f"({CONFIG_FORMAT}); update effnetv2-tf to read it.")
+  renamed = []
+  for since, table in sorted(RENAMED_KEYS.items()):
+    for old, new in table.items() if version < since else ():
+      *parents, leaf = old.split(".")
+      section = tree
+      for part in parents:
+        section = section.get(part, {})
+      if leaf in section:
+        *new_parents, new_leaf = new.split(".")
+        target = tree
+        for part in new_parents:
+          target = target.setdefault(part, {})
+        target[new_leaf] = section.pop(leaf)
+        renamed.append(f"{old} -> {new}")
+  if version < 2:
+    tree.get("data", {}).setdefault("dataset_cfg", tree["data"]["name"])
+  if renamed and where not in _REPORTED:
+    _REPORTED.add(where)
+    print(f"{where} (format {version}): renamed {', '.join(renamed)}",
+          flush=True)
+  return tree
 
 
 def check_model_flag(model_name, run_config, source="the run"):
