@@ -3,7 +3,7 @@
 The same flags, configs, config.json, summary.json, checkpoints and export
 as main.py; each progressive stage is one `Model.fit` call whose epochs
 continue the previous stage's (`initial_epoch`), with a stage-aware
-checkpoint callback, a NaN guard, TensorBoard and a progress bar.
+checkpoint callback, a NaN guard, TensorBoard and progress lines.
 
   python main_tf2.py --model=efficientnetv2-b0 --dataset_cfg=digits \
       --model_dir=runs/digits_fit --export_dir=runs/digits_fit/export

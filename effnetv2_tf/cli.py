@@ -87,14 +87,14 @@ def flag_given(values, flag, default=True):
     return default
 
 
-def config_from_flags(values, model_dir, extra_hparams=""):
+def config_from_flags(values, model_dir, extra_overrides=None):
   """The locked config from parsed flag values (`flags.FLAGS`).
 
   When `model_dir` holds a run (config.json), its config is the base: a
   rerun resumes and --mode=eval evaluates exactly what was trained, and
   only the flags and keys given now override it (each printed). So is the
   config.json beside --init_checkpoint for --mode=eval in a new
-  `model_dir`. `extra_hparams` go after --hparam_str.
+  `model_dir`. `extra_overrides` ({key: value}) go last.
   """
   base_name = f"{model_dir}/config.json"
   run_config = run_dir.read_config(model_dir)
@@ -109,22 +109,20 @@ def config_from_flags(values, model_dir, extra_hparams=""):
       run_config = config_dir and run_dir.read_config(config_dir)
       base_name = f"{config_dir}/config.json"
   resuming = run_config is not None
-  hparams = values.hparam_str
-  if values.steps_per_loop:
-    hparams = ",".join(filter(None, [
-        hparams, f"runtime.steps_per_loop={values.steps_per_loop}"]))
-  for flag in ("mixed_precision", "deterministic"):
-    if getattr(values, flag):
-      hparams = ",".join(filter(None, [hparams, f"runtime.{flag}=true"]))
-  hparams = ",".join(filter(None, [hparams, extra_hparams]))
+  # The flags that set a config key, as typed values after --hparam_str.
+  flag_values = {"runtime.steps_per_loop": values.steps_per_loop or None,
+                 "runtime.mixed_precision": values.mixed_precision or None,
+                 "runtime.deterministic": values.deterministic or None}
+  overrides = {k: v for k, v in flag_values.items() if v is not None}
+  overrides.update(extra_overrides or {})
   config = config_lib.build_config(
       model_name=model_name(values)
       if not resuming or flag_given(values, "model") else None,
       dataset_cfg=values.dataset_cfg
       if not resuming or flag_given(values, "dataset_cfg") else None,
-      hparam_str=hparams, config_file=values.config_file,
-      data_dir=values.data_dir, run_config=run_config)
-  if resuming and not extra_hparams:
+      hparam_str=values.hparam_str, config_file=values.config_file,
+      data_dir=values.data_dir, run_config=run_config, overrides=overrides)
+  if resuming and not extra_overrides:
     changes = config_lib.changed_values(run_config, config)
     print(f"Config: {base_name}" + (
         ", overridden: " + ", ".join(f"{k} {old!r} -> {new!r}"
@@ -198,4 +196,4 @@ def with_data_class_count(values, model_dir, config, source):
         f"{config.data.dataset_cfg} config says {config.model.num_classes})",
         flush=True)
   return config_from_flags(values, model_dir,
-                           extra_hparams=f"model.num_classes={count}")
+                           extra_overrides={"model.num_classes": count})

@@ -185,7 +185,8 @@ def _apply_run_config(config, run_config, model_name, dataset_given):
 
 
 def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
-                 config_file=None, data_dir=None, run_config=None):
+                 config_file=None, data_dir=None, run_config=None,
+                 overrides=None):
   """Returns the final locked ConfigDict.
 
   Args:
@@ -198,6 +199,8 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
     data_dir: `--data_dir`, stored as data.data_dir.
     run_config: a run's config.json dict, to resume or evaluate it: its
       values replace the defaults; the arguments above override them.
+    overrides: {dotted key: typed value} (flags that set keys), applied
+      after `hparam_str`.
 
   Raises:
     ConfigError: unknown dataset config, key, type or a bad value; a model
@@ -221,7 +224,8 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
     config.data.data_dir = data_dir
   if config_file:
     apply_overrides(config, load_config_file(config_file))
-  for key, value in parse_hparam_str(hparam_str).items():
+  for key, value in {**parse_hparam_str(hparam_str),
+                     **(overrides or {})}.items():
     set_value(config, key, value)
   if config.data.data_dir and "://" not in config.data.data_dir:
     # config.json's data_dir must work from any working directory (an

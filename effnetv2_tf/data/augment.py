@@ -240,9 +240,7 @@ def randaugment(image, num_layers, magnitude, seed, translate_const=100,
     num_layers: Python int N, ops applied in sequence.
     magnitude: M shared by all ops (Python number or scalar tensor).
     seed: shape [2] integer seed.
-    translate_const: pixels of TranslateX/Y at level 1.
-    cutout_const: Cutout half side at level 1.
-    arithmetic: one of ARITHMETICS.
+    translate_const, cutout_const, arithmetic: as `apply_op`'s.
 
   Returns:
     uint8 image of the same shape.
