@@ -130,3 +130,52 @@ def test_the_drivers_do_load_the_training_stack():
   loaded = _loaded_after_import("import main")
   assert {"effnetv2_tf.training.custom_loop", "effnetv2_tf.training.optim",
           "effnetv2_tf.driver"} <= loaded
+
+
+def import_graph(modules):
+  """{module: project modules it imports} (a `from P import n` counts as
+  P.n when that is a module, else as P)."""
+  graph = {}
+  for module, source in modules.items():
+    deps = set()
+    for name in imported_modules(source):
+      while name and name not in modules:
+        name = name.rpartition(".")[0]
+      if name and name != module:
+        deps.add(name)
+    graph[module] = deps
+  return graph
+
+
+def find_cycle(graph):
+  """One import cycle as [a, b, ..., a], or None."""
+  state = {}  # module -> "open" while on the path, "done" after
+
+  def visit(module, path):
+    state[module] = "open"
+    for dep in sorted(graph[module]):
+      if state.get(dep) == "open":
+        return path[path.index(dep):] + [dep]
+      if dep not in state:
+        cycle = visit(dep, path + [dep])
+        if cycle:
+          return cycle
+    state[module] = "done"
+    return None
+
+  for module in sorted(graph):
+    if module not in state:
+      cycle = visit(module, [module])
+      if cycle:
+        return cycle
+  return None
+
+
+def test_no_import_cycle():
+  assert find_cycle(import_graph(project_modules())) is None
+
+
+def test_an_import_cycle_is_found():
+  modules = {"a": "import b\n", "b": "def f():\n  from c import x\n",
+             "c": "import a\n", "d": "import a\n"}
+  assert find_cycle(import_graph(modules)) == ["a", "b", "c", "a"]
