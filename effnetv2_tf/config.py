@@ -218,19 +218,8 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
   if run_config is not None:
     _apply_run_config(config, run_config, model_name,
                       dataset_given=dataset_cfg is not None)
-  if model_name:
-    config.model.name = model_name
-  if data_dir:
-    config.data.data_dir = data_dir
-  if config_file:
-    apply_overrides(config, load_config_file(config_file))
-  for key, value in {**parse_hparam_str(hparam_str),
-                     **(overrides or {})}.items():
-    set_value(config, key, value)
-  if config.data.data_dir and "://" not in config.data.data_dir:
-    # config.json's data_dir must work from any working directory (an
-    # eval, export or resume started elsewhere).
-    config.data.data_dir = os.path.abspath(config.data.data_dir)
+  _apply_given(config, model_name, data_dir, config_file,
+               {**parse_hparam_str(hparam_str), **(overrides or {})})
   try:
     _fill_defaults(config)
   except ValueError as err:
@@ -238,6 +227,23 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
   validate(config)
   _fill_stage_ranges(config)
   return ml_collections.FrozenConfigDict(config)
+
+
+def _apply_given(config, model_name, data_dir, config_file, values):
+  """The values this command gives, in order: --model, --data_dir,
+  --config_file, then `values` ({dotted key: value})."""
+  if model_name:
+    config.model.name = model_name
+  if data_dir:
+    config.data.data_dir = data_dir
+  if config_file:
+    apply_overrides(config, load_config_file(config_file))
+  for key, value in values.items():
+    set_value(config, key, value)
+  if config.data.data_dir and "://" not in config.data.data_dir:
+    # config.json's data_dir must work from any working directory (an
+    # eval, export or resume started elsewhere).
+    config.data.data_dir = os.path.abspath(config.data.data_dir)
 
 
 def save_config(config, model_dir):

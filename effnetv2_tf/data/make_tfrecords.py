@@ -261,6 +261,23 @@ def _check_args(num_shards, split, num_images=None):
 
 
 # --------------------------------------------------------------------- main
+def _write_shards(files, labels, output_dir, split, num_shards, num_threads,
+                  progress):
+  """Writes `files` into `num_shards` equal shards of `split`; returns
+  ({shard basename: records}, [(path, reason) skipped])."""
+  bounds = np.linspace(0, len(files), num_shards + 1).astype(int)
+  shards, skipped = {}, []
+  with concurrent.futures.ThreadPoolExecutor(
+      num_threads or min(8, os.cpu_count() or 1)) as pool:
+    for i in range(num_shards):
+      name = tfrecord_format.shard_name(split, i, num_shards)
+      shards[name], bad = _write_shard(
+          os.path.join(output_dir, name), files[bounds[i]:bounds[i + 1]],
+          labels, pool, progress)
+      skipped += bad
+  return shards, skipped
+
+
 def convert(image_dir, output_dir, num_shards, split="train",
             layout="folders", seed=0, num_threads=None, log_every=500):
   """Converts `image_dir` into `output_dir/<split>-*` shards and metadata.
@@ -295,16 +312,8 @@ def convert(image_dir, output_dir, num_shards, split="train",
   print(f"{split}: {len(files)} images of {len(classes)} classes from "
         f"{image_dir} -> {num_shards} shards in {output_dir}", flush=True)
   progress = _Progress(split, len(files), log_every)
-  bounds = np.linspace(0, len(files), num_shards + 1).astype(int)
-  shards, skipped = {}, []
-  with concurrent.futures.ThreadPoolExecutor(
-      num_threads or min(8, os.cpu_count() or 1)) as pool:
-    for i in range(num_shards):
-      name = tfrecord_format.shard_name(split, i, num_shards)
-      shards[name], bad = _write_shard(
-          os.path.join(output_dir, name), files[bounds[i]:bounds[i + 1]],
-          labels, pool, progress)
-      skipped += bad
+  shards, skipped = _write_shards(files, labels, output_dir, split,
+                                  num_shards, num_threads, progress)
   _remove_stale_shards(output_dir, split, set(shards))
   tfrecord_format.write_labels(output_dir, classes)
   tfrecord_format.write_info(output_dir, tfrecord_format.merge_info(

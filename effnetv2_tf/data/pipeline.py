@@ -173,6 +173,19 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
     A `tf.data.Dataset` of dicts: 'images' float32 [B, S, S, 3], 'labels'
     float32 [B, C] (rows sum to 1), 'skipped' int64 scalar.
   """
+  ds = _train_examples(source, split, stage, train_input, seed,
+                       input_context)
+  ds = _count_skipped(ds.ignore_errors(log_warning=True))
+  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+  mixer = _batch_mixer(stage, train_input, static_image_size,
+                       _base_seed(seed, input_context, _BATCH))
+  ds = ds.enumerate().map(mixer, num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE)
+
+
+def _train_examples(source, split, stage, train_input, seed, input_context):
+  """The shuffled, endless, preprocessed examples of `split`, each with its
+  stream index (seeded per example by that index)."""
   ds = source.read(split, input_context, shuffle_files_seed=seed)
   if train_input.cache:
     ds = ds.cache()
@@ -190,10 +203,12 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
                              train_input.augment_arithmetic)
     return {"images": image, "labels": features["label"], "index": index}
 
-  ds = ds.map(one_example, num_parallel_calls=AUTOTUNE)
-  ds = _count_skipped(ds.ignore_errors(log_warning=True))
-  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-  batch_base = _base_seed(seed, input_context, _BATCH)
+  return ds.map(one_example, num_parallel_calls=AUTOTUNE)
+
+
+def _batch_mixer(stage, train_input, static_image_size, batch_base):
+  """The map of (batch index, batch): label smoothing, then mixup/CutMix
+  seeded by the index."""
 
   def mix_labels(index, batch):
     labels = mix.smooth_labels(batch["labels"], train_input.label_smoothing)
@@ -210,8 +225,7 @@ def build_train_dataset(source, batch_size, stage, train_input, *, seed=0,
     return {"images": images, "labels": labels,
             "skipped": batch["skipped"][-1]}
 
-  ds = ds.enumerate().map(mix_labels, num_parallel_calls=AUTOTUNE)
-  return ds.prefetch(AUTOTUNE)
+  return mix_labels
 
 
 def eval_steps(num_examples, global_batch_size):

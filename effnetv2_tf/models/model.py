@@ -186,6 +186,26 @@ class _Builder:
       x = self.bn_act(x, prefix + "project_bn", prefix + "project_activation")
     return self.residual(x, inputs, args, survival_prob, prefix)
 
+  def blocks(self, x, blocks):
+    """Every block of `scaled_block_args`, stochastic depth ramped."""
+    ramp = survival_probabilities(len(blocks), self.opt.survival_prob)
+    for (stage, j, args), survival in zip(blocks, ramp):
+      prefix = f"block{stage + 1}{_block_suffix(j)}_"
+      block_fn = (self.fused_mbconv
+                  if args.conv_type == block_strings.FUSED_MBCONV
+                  else self.mbconv)
+      x = block_fn(x, args, survival, prefix)
+    return x
+
+  def head(self, x, num_classes, classifier_activation):
+    # Dropout always present (rate may be 0) so progressive learning can
+    # set it; float32 logits under mixed precision.
+    x = ScheduledDropout(self.opt.dropout_rate, name="top_dropout")(x)
+    return layers.Dense(
+        num_classes, activation=classifier_activation,
+        kernel_initializer=_dense_init(num_classes),
+        bias_initializer="zeros", name="predictions", dtype="float32")(x)
+
 
 def scaled_block_args(spec, options: ModelOptions):
   """Block args per block after width/depth scaling, in network order.
@@ -259,26 +279,13 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   x = builder.conv(x, blocks[0][2].input_filters, 3, 2, "stem_conv")
   x = builder.bn_act(x, "stem_bn", "stem_activation")
 
-  ramp = survival_probabilities(len(blocks), options.survival_prob)
-  for (stage, j, args), survival in zip(blocks, ramp):
-    prefix = f"block{stage + 1}{_block_suffix(j)}_"
-    block_fn = (builder.fused_mbconv
-                if args.conv_type == block_strings.FUSED_MBCONV
-                else builder.mbconv)
-    x = block_fn(x, args, survival, prefix)
-
+  x = builder.blocks(x, blocks)
   x = builder.conv(x, rf(options.feature_size or spec.feature_size), 1, 1,
                    "top_conv")
   x = builder.bn_act(x, "top_bn", "top_activation")
   x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
   if include_top:
-    # Always present (rate may be 0) so progressive learning can set it.
-    x = ScheduledDropout(options.dropout_rate, name="top_dropout")(x)
-    x = layers.Dense(
-        num_classes, activation=classifier_activation,
-        kernel_initializer=_dense_init(num_classes),
-        bias_initializer="zeros", name="predictions",
-        dtype="float32")(x)  # float32 logits under mixed precision
+    x = builder.head(x, num_classes, classifier_activation)
   # Keras walks the functional graph recursively; XL is deeper than
   # Python's default limit of 1000 frames allows.
   sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
@@ -294,7 +301,7 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
   Args:
     name: a name from `list_models()`.
     num_classes: size of the head; default: that of the weights (21843 for
-      the ImageNet-21k tag), else 1000. Another count than the weights'
+      the ImageNet-21k tag), else the config's default (1000). Another count than the weights'
       keeps their backbone and initialises the head (a warning says so).
     include_top, input_shape, include_preprocessing, classifier_activation:
       see `build_model`.
@@ -304,10 +311,7 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
       (`.weights.h5` or legacy `.h5`); or a reference TF1 checkpoint.
     input_scaling: a `recipes.SCALINGS` name for `include_preprocessing`;
       None: that of the tag's training recipe, else of the model's row.
-    **overrides: any of `OVERRIDABLE` (dropout_rate, survival_prob,
-      bn_momentum, bn_epsilon, bn_group_size, bn_fused, pointwise_matmul,
-      activation, width_coefficient, depth_coefficient, blocks,
-      feature_size).
+    **overrides: any field of `ModelOptions` (`OVERRIDABLE`).
 
   Returns:
     A `keras.Model`.
@@ -326,9 +330,9 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
     if entry and input_scaling is None:
       input_scaling = pretrained.preprocessing(entry)[0].input_scaling
   if num_classes is None:
-    num_classes = entry.num_classes if entry else 1000
-  if int(num_classes) < 1:
-    raise ValueError(f"num_classes must be positive, got {num_classes}.")
+    num_classes = (entry.num_classes if entry else
+                   options_lib.default("num_classes"))
+  options_lib.check("num_classes", int(num_classes))
   overrides.setdefault("dropout_rate", spec.dropout_rate)
   options = ModelOptions(**overrides)
   model = build_model(spec, options, int(num_classes), include_top,

@@ -53,6 +53,11 @@ SETTINGS = (
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
 
+def default(name):
+  """The default of setting `name`."""
+  return _DEFAULTS[name]
+
+
 def check(name, value):
   """ValueError naming setting `name` unless `value` is valid for it."""
   problem = settings.by_name(SETTINGS)[name].problem(value, None)
