@@ -301,8 +301,9 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
   Args:
     name: a name from `list_models()`.
     num_classes: size of the head; default: that of the weights (21843 for
-      the ImageNet-21k tag), else the config's default (1000). Another count than the weights'
-      keeps their backbone and initialises the head (a warning says so).
+      the ImageNet-21k tag), else model.num_classes' default (1000).
+      Another count than the weights' keeps their backbone and
+      initialises the head (a warning says so).
     include_top, input_shape, include_preprocessing, classifier_activation:
       see `build_model`.
     weights: None; a published tag ('imagenet', 'imagenet21k',
