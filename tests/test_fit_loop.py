@@ -65,7 +65,7 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk["history"][-1]["step"] == 8
   assert all(math.isfinite(h["loss"]) for h in on_disk["history"])
-  assert trainer.manager.latest_checkpoint.endswith("-8")
+  assert trainer.checkpointer.latest.endswith("-8")
   # One TensorBoard writer, the custom loop's: model_dir/train, a point per
   # 2-step execution, no rate for a stage's first (tracing) one.
   trainer.log.writer.flush()
@@ -111,8 +111,8 @@ def test_fit_resumes_a_custom_loop_checkpoint_in_the_right_stage(tmp_path):
   # Same checkpoint format: main.py stops after stage 1, main_tf2.py goes on.
   loop = _fit_trainer(tmp_path, "train.steps=8",
                       cls=custom_loop.CustomLoopTrainer)
-  loop._train_stage(loop.stages[0])  # pylint: disable=protected-access
-  assert loop.manager.latest_checkpoint.endswith("-4")
+  loop.train_stage(loop.stages[0])
+  assert loop.checkpointer.latest.endswith("-4")
   resumed = _fit_trainer(tmp_path, "train.steps=8")
   assert resumed.restore().endswith("-4") and resumed.step == 4
   resumed.train()

@@ -14,6 +14,7 @@ import pytest
 from configs import nas as nas_configs
 from effnetv2_tf import config as config_lib
 from effnetv2_tf.nas import search
+from effnetv2_tf.nas import space as space_lib
 from effnetv2_tf.nas import trial as trial_lib
 from effnetv2_tf.runs import run_dir
 
@@ -49,6 +50,30 @@ def test_proxy_config_is_the_candidate_at_the_proxy_size():
   assert run.progressive.num_stages == 1 and run.train.steps == 5
   # The search never sees the 360 eval digits: accuracy is on minival.
   assert run.data.eval_split == "minival" and run.data.minival_every == 4
+
+
+def test_a_trial_writes_its_lines_to_its_log_and_leaves_stdout_alone(
+    tmp_path, monkeypatch, capsys):
+  config = nas_configs.get_config("digits")
+  config.proxy.update(steps=2, image_size=16, timing_steps=1)
+  stdout, seen = sys.stdout, []
+  step_time = trial_lib.step_time
+
+  def step_time_seeing_stdout(trainer, steps):
+    seen.append(sys.stdout)  # what a print inside the trial would reach
+    return step_time(trainer, steps)
+
+  monkeypatch.setattr(trial_lib, "step_time", step_time_seeing_stdout)
+  measured = trial_lib.run(config, space_lib.backbone_blocks(config.space),
+                           str(tmp_path / "trial"))
+  assert seen == [stdout]  # not redirected
+  assert capsys.readouterr().out == ""
+  lines = (tmp_path / "trial" / "train.log").read_text().splitlines()
+  assert lines[0].startswith("stage 1/1: steps 0-2 (2), image size 16,")
+  assert lines[-2].startswith("step 2/2 stage 1/1 loss ")
+  # Every 4th of the 1,437 training digits is minival: 360.
+  assert lines[-1].startswith("eval at step 2 (16 px, 360 images, ")
+  assert 0 <= measured.accuracy <= 1 and measured.step_time > 0
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Tests of the custom training loop: stages, retracing, resume, EMA eval, finetune."""
+"""Tests of the custom training loop: stages, retracing, resume, EMA eval,
+finetune; the checkpointer and the reporter."""
 
 import json
 import re
@@ -14,7 +15,9 @@ from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.runs import checkpoints
 from effnetv2_tf.runs import run_dir
+from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import custom_loop
+from effnetv2_tf.training import reporter as reporter_lib
 from effnetv2_tf.training import run_log
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
@@ -25,11 +28,12 @@ from conftest import observe_dropout
 TINY = "train.warmup_epochs=0"  # on the smoke config (configs/datasets.py)
 
 
-def _trainer(model_dir, hparams=""):
+def _trainer(model_dir, hparams="", reporter=None):
   config = config_lib.build_config(
       "efficientnetv2-b0", "smoke", ",".join(filter(None, [TINY, hparams])))
   return custom_loop.CustomLoopTrainer(config, str(model_dir),
-                                       tf.distribute.get_strategy())
+                                       tf.distribute.get_strategy(),
+                                       reporter=reporter)
 
 
 DROPOUTS = "progressive.min_dropout=0.1,progressive.max_dropout=0.6"
@@ -61,7 +65,7 @@ def test_stages_share_one_trace_and_each_its_dropout(tmp_path, monkeypatch,
               "steps", "images_per_sec", "retrace_seconds"):
     assert key in on_disk["stages"][0]
   assert on_disk["history"][-1]["step"] == 8
-  assert trainer.manager.latest_checkpoint.endswith("-8")
+  assert trainer.checkpointer.latest.endswith("-8")
 
 
 @pytest.mark.slow
@@ -75,10 +79,12 @@ def test_resume_mid_stage_continues_at_the_right_step(tmp_path, monkeypatch):
       raise KeyboardInterrupt  # stands in for a kill
     original_log(self, stage, *args)
 
-  monkeypatch.setattr(custom_loop.CustomLoopTrainer, "record_progress", killed_at_step_3)
+  monkeypatch.setattr(custom_loop.CustomLoopTrainer, "record_progress",
+                      killed_at_step_3)
   with pytest.raises(KeyboardInterrupt):
     trainer.train()
-  monkeypatch.setattr(custom_loop.CustomLoopTrainer, "record_progress", original_log)
+  monkeypatch.setattr(custom_loop.CustomLoopTrainer, "record_progress",
+                      original_log)
   resumed = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=1,"
                      "train.checkpoint_every=1")
   assert resumed.restore().endswith("-2")
@@ -113,8 +119,8 @@ def test_checkpoints_at_the_configured_steps_and_progress_lines(tmp_path,
   trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
                      "train.checkpoint_every=3,train.log_every=2")
   trainer.train()
-  assert [int(p.rsplit("-", 1)[1]) for p in trainer.manager.checkpoints] == [
-      3, 4, 6, 8]
+  assert [int(p.rsplit("-", 1)[1])
+          for p in trainer.checkpointer.checkpoints] == [3, 4, 6, 8]
   assert trainer.traces == 1  # calls of 1 and 2 steps, 2 sizes: one trace
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("step ")]
@@ -136,7 +142,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path,
   trainer = _trainer(tmp_path, "train.steps=4,runtime.steps_per_loop=2,"
                      "train.checkpoint_every=2")
   trainer.train()
-  latest = trainer.manager.latest_checkpoint
+  latest = trainer.checkpointer.latest
   bad = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
                  "train.checkpoint_every=2")
   bad.restore()
@@ -146,7 +152,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path,
   # Stage 2's first call is its one-step call, 5.
   with pytest.raises(trainer_lib.TrainingError, match=r"step 5 \(stage 2\)"):
     bad.train()
-  assert bad.manager.latest_checkpoint == latest
+  assert bad.checkpointer.latest == latest
 
 
 @pytest.mark.slow
@@ -298,3 +304,82 @@ def test_multi_label_eval_reports_the_reference_names(tmp_path, capsys):
   line = capsys.readouterr().out.splitlines()[-1]
   assert re.search(r"acc_top1 [\d.]+ acc_top5 [\d.]+ \(lowest-index label\) "
                    r"precision@1 [\d.]+ \(any label\)", line), line
+
+
+def test_a_recorder_keeps_every_line_and_nothing_is_printed(tmp_path,
+                                                           capsys):
+  log = tmp_path / "train.log"
+  with open(log, "w") as stream:
+    recorder = reporter_lib.Recorder(stream)
+    trainer = _trainer(tmp_path / "run", "train.steps=2,"
+                       "progressive.num_stages=1", reporter=recorder)
+    trainer.train()
+    trainer.evaluate()
+    # A batch with unreadable images: its line says so, and a hint once.
+    trainer.record_progress(trainer.stages[0], 1.0, None, 3)
+    trainer.record_progress(trainer.stages[0], 1.0, None, 4)
+  assert capsys.readouterr().out == ""
+  lines = recorder.lines
+  assert log.read_text().splitlines() == lines
+  # The stage, the 1-step first call, the stage end, the eval, then the
+  # two progress lines with their skipped counts and the one hint.
+  assert len(lines) == 7, lines
+  assert lines[0].startswith("stage 1/1: steps 0-2 (2), image size 24,")
+  assert lines[1].startswith("step 1/2 stage 1/1 loss ")
+  assert lines[2].startswith("step 2/2 stage 1/1 loss ")
+  assert lines[3].startswith("eval at step 2 (24 px, 360 images, ")
+  assert lines[4].endswith(", skipped 3")
+  assert lines[5] == "skipped 3 unreadable image(s) (tf.data logs each error)"
+  assert lines[6].endswith(", skipped 4")
+
+
+def test_the_default_reporter_prints_flushed_lines(capsys):
+  reporter_lib.Printer().line("stage 1/2")
+  assert capsys.readouterr().out == "stage 1/2\n"
+
+
+def test_checkpointer_saves_a_step_once_keeps_the_latest_and_restores(
+    tmp_path):
+  value = tf.Variable(0.0)
+  written = []
+  saver = checkpointer_lib.Checkpointer(str(tmp_path), {"value": value},
+                                        keep=2)
+  assert saver.restore() is None and saver.latest is None
+  for step in (1, 2, 3, 3):  # step 3 twice: saved once
+    value.assign(float(step))
+    saver.save(step, then=lambda: written.append(saver.latest))
+  assert written == [str(tmp_path / f"ckpt-{n}") for n in (1, 2, 3)]
+  assert saver.checkpoints == [str(tmp_path / "ckpt-2"),
+                               str(tmp_path / "ckpt-3")]
+  assert not list(tmp_path.glob("ckpt-1.*"))  # only 2 kept
+  value.assign(0.0)
+  assert saver.restore() == str(tmp_path / "ckpt-3")
+  assert value.numpy() == 3.0 and saver.restored_path.endswith("ckpt-3")
+  saver.restore(str(tmp_path / "ckpt-2"))
+  assert value.numpy() == 2.0
+
+
+def test_checkpointer_saves_every_n_steps():
+  every_3 = checkpointer_lib.Checkpointer("unused", {}, keep=1, every=3)
+  # Calls ending at 2, 4 (crosses 3), 6 (reaches 6), 7, then one of 3..9.
+  assert [every_3.due(a, b) for a, b in (
+      (0, 2), (2, 4), (4, 6), (6, 7), (3, 9))] == [
+          False, True, True, False, True]
+  never = checkpointer_lib.Checkpointer("unused", {}, keep=1, every=0)
+  assert not any(never.due(0, step) for step in range(1, 20))
+
+
+def test_a_workers_checkpoints_go_to_its_scratch_directory(tmp_path):
+  value = tf.Variable(1.0)
+  worker = checkpointer_lib.Checkpointer(str(tmp_path), {"value": value},
+                                         keep=1, task_id=2)
+  worker.save(5)
+  assert worker.latest == str(tmp_path / "worker_tmp_2" / "ckpt-5")
+  assert tf.train.latest_checkpoint(str(tmp_path)) is None
+  worker.remove_scratch()
+  assert not (tmp_path / "worker_tmp_2").exists()
+  chief = checkpointer_lib.Checkpointer(str(tmp_path), {"value": value},
+                                        keep=1)
+  chief.save(5)
+  chief.remove_scratch()  # the run's own directory stays
+  assert chief.latest == str(tmp_path / "ckpt-5")

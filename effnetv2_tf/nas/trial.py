@@ -6,11 +6,10 @@ loop's step, optimizer and input pipeline) on the dataset config named by
 (or `proxy.steps`), and is evaluated with its EMA weights on the 'minival'
 split, held out of the training data. Its training step time is then timed
 on the device the trial runs on: the same step, after tracing, the median
-of `proxy.timing_steps` calls, each waited for. The trial's own output goes
-to `<trial dir>/train.log`.
+of `proxy.timing_steps` calls, each waited for. The trainer's status lines
+go to `<trial dir>/train.log` (a `reporter.Recorder`), not to stdout.
 """
 
-import contextlib
 import dataclasses
 import os
 import statistics
@@ -20,6 +19,7 @@ import tensorflow as tf
 
 from effnetv2_tf import config as config_lib
 from effnetv2_tf.training import custom_loop
+from effnetv2_tf.training import reporter as reporter_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +92,10 @@ def run(search_config, blocks, trial_dir, source=None):
     tf.io.gfile.rmtree(trial_dir)
   tf.io.gfile.makedirs(trial_dir)
   log_path = os.path.join(trial_dir, "train.log")
-  with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+  with open(log_path, "w") as log:
     trainer = custom_loop.CustomLoopTrainer(
-        config, trial_dir, tf.distribute.get_strategy(), source=source)
+        config, trial_dir, tf.distribute.get_strategy(), source=source,
+        reporter=reporter_lib.Recorder(log))
     trainer.train()
     accuracy = trainer.evaluate()["top1"]
     seconds = step_time(trainer, search_config.proxy.timing_steps)

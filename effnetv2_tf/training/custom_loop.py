@@ -33,8 +33,8 @@ class CustomLoopTrainer(trainer_lib.Trainer):
     saved state holds the shuffle and prefetch buffers (and an in-memory
     cache), which is large for ImageNet.
     """
-    self.checkpoint.train_iterator = iterator
-    path = self.restored_path
+    self.checkpointer.add(train_iterator=iterator)
+    path = self.checkpointer.restored_path
     if not path or not stage.start_step < self.step < stage.end_step:
       return  # a fresh stage starts at its first element
     names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
@@ -44,8 +44,8 @@ class CustomLoopTrainer(trainer_lib.Trainer):
                       path, stage.index + 1)
       return
     tf.train.Checkpoint(train_iterator=iterator).read(path).expect_partial()
-    print(f"Restored the stage {stage.index + 1} input iterator from "
-          f"{path}", flush=True)
+    self.reporter.line(f"Restored the stage {stage.index + 1} input "
+                       f"iterator from {path}")
 
   def _make_train_loop(self):
     """The stage's tf.function: `steps` optimizer steps per call, on device.
@@ -72,14 +72,14 @@ class CustomLoopTrainer(trainer_lib.Trainer):
     self._train_loop = train_loop
     return train_loop
 
-  def _train_stage(self, stage):
+  def _run_stage(self, stage):
     step_lib.set_dropout(self.model, stage.dropout)
     iterator = iter(self.train_dataset(stage))
     if self.config.runtime.deterministic:
       self._track_iterator(iterator, stage)
     train_loop = self._make_train_loop()
     steps_per_loop = self.config.runtime.steps_per_loop
-    every = self.config.train.checkpoint_every
+    every = self.checkpointer.every
     clock = run_log.StageClock(self.global_batch)
     while self.step < stage.end_step:
       start_step = self.step
@@ -99,7 +99,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
       rate = clock.stop(steps)
       self.check_finite(loss, start_step, stage)
       self.record_progress(stage, loss, rate, int(skipped))
-      if run_log.save_due(every, start_step, self.step):
+      if self.checkpointer.due(start_step, self.step):
         self.save()
     self.save()
     return clock.stage_record(stage)

@@ -11,10 +11,11 @@ learning rate follows `optimizer.iterations`, so it does too), and
 targets, EMA update). The stage's dropout is set on the model's rate
 variable; the train function is rebuilt per stage only where XLA needs
 static shapes (`Trainer.retrace_per_stage`). Progress,
-TensorBoard scalars, stage timings and periodic saves go through the same
-`run_log` helpers as the custom loop's, and so do the progress lines
-(loss, learning rate, images/s, ETA, elapsed time; main.py's), in place of
-fit's own bar, which knows neither the stages nor the run's end.
+TensorBoard scalars and stage timings go through the same `run_log`
+helpers as the custom loop's, periodic saves through the same
+`checkpointer.Checkpointer`; the progress lines (loss, learning rate,
+images/s, ETA, elapsed time; main.py's) go to the trainer's reporter in
+place of fit's own bar, which knows neither the stages nor the run's end.
 
 Stages are whole fit epochs (`progressive.fit_epoch_steps`); only the
 run's last epoch may be cut short, by `StopAtStep`.
@@ -141,16 +142,14 @@ class StageCheckpoint(_ExecutionCallback):
   Unlike keras.callbacks.BackupAndRestore, which deletes its backup when a
   `fit` ends and restores only the epoch, this keeps the run's
   CheckpointManager checkpoints across fit calls; the step in them tells a
-  rerun its stage and epoch. `every_steps` adds mid-epoch saves.
+  rerun its stage and epoch. The checkpointer's `every` adds mid-epoch
+  saves.
   """
 
-  def __init__(self, trainer, every_steps=None):
-    super().__init__(trainer)
-    self._every = every_steps
-
   def on_train_batch_end(self, batch, logs=None):
-    if run_log.save_due(self._every, self._start_step, self._trainer.step):
-      self._trainer.save()
+    trainer = self._trainer
+    if trainer.checkpointer.due(self._start_step, trainer.step):
+      trainer.save()
 
   def on_epoch_end(self, epoch, logs=None):
     self._trainer.save()
@@ -178,10 +177,11 @@ class StageRecorder(_ExecutionCallback):
 class FitTrainer(trainer_lib.Trainer):
   """`Trainer` whose stages run through `keras.Model.fit`."""
 
-  def __init__(self, config, model_dir, strategy, source=None):
+  def __init__(self, config, model_dir, strategy, source=None,
+               reporter=None):
     # fit cannot save its input iterator (`checkpoints_input` stays False).
     super().__init__(config, model_dir, strategy, whole_epochs=True,
-                     source=source)
+                     source=source, reporter=reporter)
     with strategy.scope():
       self.fit_model = FitModel(
           self.model, self.make_step_fn(), self.replicas,
@@ -194,30 +194,18 @@ class FitTrainer(trainer_lib.Trainer):
                    "iterator, so a resumed stage restarts its data order "
                    "(main.py resumes it exactly).")
 
-  def _train_stage(self, stage):
+  def _run_stage(self, stage):
     step_lib.set_dropout(self.model, stage.dropout)
-    epoch_steps = self.epoch_steps
-    # Executions must end exactly on epoch and stage ends.
-    execution = math.gcd(self.config.runtime.steps_per_loop, epoch_steps,
-                         stage.end_step - self.step)
-    if execution > 1 and self.replicas > 1 and not isinstance(
-        self.strategy, tf.distribute.TPUStrategy):
-      # Keras 3's multi-step loop puts apply_gradients' merge_call inside a
-      # tf.cond, which fails under MirroredStrategy ("You must feed a value
-      # for placeholder tensor", keras-team/keras#19246; measured here with
-      # 2 replicas). One step per execution works.
-      logging.warning("steps_per_execution %d -> 1 with %d mirrored "
-                      "replicas (keras-team/keras#19246).", execution,
-                      self.replicas)
-      execution = 1
+    execution = self._execution_steps(stage)
     retrace = self.retrace_per_stage or (
         execution != self.fit_model.steps_per_execution)
     self.fit_model.steps_per_execution = execution
-    every = self.config.train.checkpoint_every
+    every = self.checkpointer.every
     if every and every % execution:
-      print(f"train.checkpoint_every={every}: fit checks it after each "
-            f"{execution}-step execution, so a save comes at the first "
-            f"execution end past each multiple of {every}.", flush=True)
+      self.reporter.line(
+          f"train.checkpoint_every={every}: fit checks it after each "
+          f"{execution}-step execution, so a save comes at the first "
+          f"execution end past each multiple of {every}.")
     # With retrace_per_stage a new step (new size, compiled again under
     # XLA) in a new train function; otherwise the step and the train
     # function of the first stage, unless the execution length (a
@@ -229,14 +217,32 @@ class FitTrainer(trainer_lib.Trainer):
     # NanGuard first (no recording or saving of a NaN), the recorder before
     # the checkpoint (summary.json, saved with it, then has its step).
     callbacks = [StopAtStep(self, stage.end_step), NanGuard(self, stage),
-                 recorder,
-                 StageCheckpoint(self, self.config.train.checkpoint_every)]
+                 recorder, StageCheckpoint(self)]
     with self.strategy.scope(), self.xla_errors("the train step"):
       self.fit_model.fit(
           self.train_dataset(stage),
-          initial_epoch=self.step // epoch_steps,
-          epochs=math.ceil(stage.end_step / epoch_steps),
-          steps_per_epoch=epoch_steps, callbacks=callbacks, shuffle=False,
-          verbose=0)  # StageRecorder prints the progress lines
+          initial_epoch=self.step // self.epoch_steps,
+          epochs=math.ceil(stage.end_step / self.epoch_steps),
+          steps_per_epoch=self.epoch_steps, callbacks=callbacks,
+          shuffle=False, verbose=0)  # StageRecorder reports the progress
     self.save()
     return recorder.clock.stage_record(stage)
+
+  def _execution_steps(self, stage):
+    """fit's steps_per_execution in `stage`: the greatest common divisor
+    of runtime.steps_per_loop, the epoch and the stage's remaining steps
+    (executions end exactly on epoch and stage ends); 1 with mirrored
+    replicas."""
+    execution = math.gcd(self.config.runtime.steps_per_loop,
+                         self.epoch_steps, stage.end_step - self.step)
+    if execution > 1 and self.replicas > 1 and not isinstance(
+        self.strategy, tf.distribute.TPUStrategy):
+      # Keras 3's multi-step loop puts apply_gradients' merge_call inside a
+      # tf.cond, which fails under MirroredStrategy ("You must feed a value
+      # for placeholder tensor", keras-team/keras#19246; measured here with
+      # 2 replicas). One step per execution works.
+      logging.warning("steps_per_execution %d -> 1 with %d mirrored "
+                      "replicas (keras-team/keras#19246).", execution,
+                      self.replicas)
+      execution = 1
+    return execution

@@ -1,10 +1,10 @@
-"""What both loops record while they train: summary.json, TensorBoard, progress.
+"""What both loops record while they train: summary.json, TensorBoard, timing.
 
 `RunLog` holds summary.json's contents (stages, loss history, eval) and the
-run's one TensorBoard writer (`model_dir/train`) and prints the progress
-lines; `StageClock` times a stage's device calls; `save_due` is the
-periodic-checkpoint rule. The custom loop and the fit callbacks call these,
-so the two drivers write the same files.
+run's one TensorBoard writer (`model_dir/train`); `StageClock` times a
+stage's device calls; `clock` formats the progress lines' times. The
+custom loop and the fit callbacks call these, so the two drivers write the
+same files.
 """
 
 import os
@@ -18,17 +18,13 @@ from effnetv2_tf.runs import run_dir
 # data only), as summary.json's stage records and "eval" hold them.
 EVAL_SCORES = ("top1", "top5", "precision@1")
 
+
 def clock(seconds):
   """Seconds as h:mm:ss (or m:ss under an hour), for progress lines."""
   minutes, secs = divmod(int(round(seconds)), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}:{minutes:02d}:{secs:02d}" if hours else (
       f"{minutes}:{secs:02d}")
-
-
-def save_due(every, start_step, step):
-  """Whether steps start_step+1..step crossed a multiple of `every` (0: off)."""
-  return bool(every) and step // every > start_step // every
 
 
 class StageClock:
@@ -68,7 +64,7 @@ class StageClock:
 
 
 class RunLog:
-  """summary.json's contents, TensorBoard scalars and the progress lines.
+  """summary.json's contents and TensorBoard scalars.
 
   Only the chief writes files (none with `writes` off); every worker keeps
   the same contents.

@@ -1,20 +1,21 @@
 """What both training loops share (paper Algorithm 1), around their stage loop.
 
 Read top to bottom: `Trainer.__init__` builds data source, stage plan,
-model, optimizer, EMA and checkpointing under the strategy; `train` walks
-the progressive stages, each with its own input pipeline and a freshly
-traced step where XLA needs static shapes (TPUs, jit_compile: exactly one
-trace per stage), else one step traced with an unknown image size for all
-stages (`xla.resolve_retrace`); the dropout rate reaches either through a
-variable; `evaluate` runs the padded eval pipeline with the EMA weights.
-A subclass runs one stage (`_train_stage`): `custom_loop.CustomLoopTrainer`
-(main.py) and `fit_loop.FitTrainer` (main_tf2.py).
+model, optimizer, EMA and its `checkpointer.Checkpointer` under the
+strategy; `train` walks the progressive stages, each with its own input
+pipeline and a freshly traced step where XLA needs static shapes (TPUs,
+jit_compile: exactly one trace per stage), else one step traced with an
+unknown image size for all stages (`xla.resolve_retrace`); the dropout rate
+reaches either through a variable; `evaluate` runs the padded eval pipeline
+with the EMA weights. Status lines go to the caller's reporter
+(`reporter`). A subclass runs one stage (`_run_stage`):
+`custom_loop.CustomLoopTrainer` (main.py) and `fit_loop.FitTrainer`
+(main_tf2.py).
 """
 
 import concurrent.futures
 import contextlib
 import math
-import os
 import time
 
 from absl import logging
@@ -26,10 +27,11 @@ from effnetv2_tf.data import sources
 from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.runs import checkpoints
 from effnetv2_tf.runs import run_dir
+from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import distribute
-from effnetv2_tf.training import faults
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
+from effnetv2_tf.training import reporter as reporter_lib
 from effnetv2_tf.training import run_log
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import xla
@@ -43,12 +45,9 @@ def variable_bytes(variables):
              for v in variables)
 
 
-class TrainingError(errors.UserError, RuntimeError):
-  """Training cannot go on (e.g. a non-finite loss); says step and stage."""
-
-
-class CheckpointError(TrainingError):
-  """A checkpoint could not be written (e.g. the disk is full)."""
+# Raised by the trainer and its checkpointer; named here for the callers.
+TrainingError = checkpointer_lib.TrainingError
+CheckpointError = checkpointer_lib.CheckpointError
 
 
 class Trainer:
@@ -57,91 +56,39 @@ class Trainer:
   `whole_epochs`: plan stages of whole `progressive.fit_epoch_steps`
   epochs (Model.fit); otherwise any step count. `source`: the config's
   `sources.Source` when the caller has built (and checked) it already.
+  `reporter`: where status lines go (`reporter.Printer` when None).
   """
 
   # --deterministic saves the input iterator in checkpoints (main.py only).
   checkpoints_input = False
 
   def __init__(self, config, model_dir, strategy, whole_epochs=False,
-               source=None):
+               source=None, reporter=None):
     self.config = config
     self.model_dir = model_dir
     self.strategy = strategy
+    self.reporter = reporter or reporter_lib.Printer()
     self.chief = distribute.is_chief(strategy)
     self.replicas = strategy.num_replicas_in_sync
-    if (config.runtime.deterministic and self.checkpoints_input
-        and distribute.distributes_input(strategy)):
-      raise TrainingError(
-          f"--deterministic: {type(strategy).__name__} feeds replicas "
-          "through a tf.distribute DistributedIterator, which checkpoints "
-          "cannot save (tensorflow/tensorflow#56372), so a resumed run "
-          "could not continue the input where it stopped. Use it with one "
-          "device (the default strategy), or main_tf2.py, whose resumed "
-          "stages restart their data order.")
-    self.jit_compile, xla_choice = xla.resolve(
-        config.runtime.jit_compile, strategy)
-    self.retrace_per_stage, retrace_choice = xla.resolve_retrace(
-        config.runtime.retrace_per_stage,
-        self.jit_compile or isinstance(strategy, tf.distribute.TPUStrategy))
-    self.bn_group_size, bn_choice = distribute.bn_group_size(
-        config.runtime.bn_group_size, strategy)
-    # How the steps run, the drivers' "Steps: ..." line at start.
-    self.steps_choice = f"{xla_choice}; {retrace_choice}; {bn_choice}"
+    self._check_input_checkpoints()
+    (self.jit_compile, self.retrace_per_stage, self.bn_group_size,
+     self.steps_choice) = self._step_options()
     self.global_batch = config.train.batch_size
-    for key, batch in (("train.batch_size", self.global_batch),
-                       ("eval.batch_size", config.eval.batch_size)):
-      if batch % self.replicas:
-        raise errors.ConfigError(
-            f"{key}={batch} is not divisible by the {self.replicas} "
-            "replicas.")
+    self._check_batches()
     self.source = source or sources.from_config(config)
     self.num_classes = self.source.num_classes
-    # sources.check asks training data of every mode but eval; without
-    # it (validation files alone) the step counts only label eval's line.
-    train_examples = (self.source.num_examples("train") if "train" in
-                      self.source.split_sizes else 0)
-    self.steps_per_epoch, self.total_steps = progressive.step_counts(
-        config, train_examples, self.global_batch)
-    self.epoch_steps = (progressive.fit_epoch_steps(
-        config, self.steps_per_epoch, self.total_steps) if whole_epochs
-                        else 1)
+    self.steps_per_epoch, self.total_steps, self.epoch_steps = (
+        self._step_counts(whole_epochs))
     self.stages = progressive.plan(config, self.total_steps,
                                    self.steps_per_epoch, self.epoch_steps)
     self.preprocessing = run_dir.preprocessing(config)
-    self.train_input = pipeline.TrainInput(
-        self.preprocessing, augname=config.data.augname or None,
-        num_layers=config.data.num_layers,
-        augment_arithmetic=config.data.augment_arithmetic,
-        label_smoothing=config.train.label_smoothing,
-        shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
+    self.train_input = self._train_input()
     with strategy.scope():
-      self.model = run_dir.model_from_config(
-          config.model, self.num_classes,
-          dropout_rate=self.stages[0].dropout,
-          bn_group_size=self.bn_group_size)
-      step_lib.schedule_dropout(self.model)
-      self.schedule = optim.build_schedule(
-          config.train, self.global_batch, self.steps_per_epoch,
-          self.total_steps)
-      self.optimizer = optim.build_optimizer(config.train, self.schedule)
-      self.optimizer.build(self.model.trainable_variables)
-      self.ema = ema_lib.ExponentialMovingAverage(self.model,
-                                                  config.train.ema_decay)
-    # Keras keeps the dropout/stochastic-depth noise state in seed generator
-    # variables that Model weights leave out; saved so a resumed run draws
-    # the noise an uninterrupted one would.
-    rng = [v for v in self.model.variables
-           if v.path.endswith("seed_generator_state")]
-    self.checkpoint = tf.train.Checkpoint(
-        model=self.model, optimizer=self.optimizer, ema=self.ema, rng=rng)
-    self.restored_path = None
+      self.model, self.schedule, self.optimizer, self.ema = (
+          self._build_model_and_optimizer())
+    self.checkpointer = self._make_checkpointer()
     self._train_started = time.time()
     self._skip_hint_shown = False
-    self.ckpt_dir = model_dir if self.chief else os.path.join(
-        model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, self.ckpt_dir,
-        max_to_keep=config.train.keep_checkpoints)
     self.traces = 0  # train-step traces, both loops (`make_compiled_step`)
     self._traces_before_stage = 0
     self._inputs_ahead = {}  # stage index -> Future of its training input
@@ -151,6 +98,96 @@ class Trainer:
         "preset": ("random_resize" if config.progressive.random_resize
                    else config.progressive.preset),
         "total_steps": self.total_steps})
+
+  # -------------------------------------------------------------- building
+  def _check_input_checkpoints(self):
+    """--deterministic needs an input iterator checkpoints can save."""
+    if (self.config.runtime.deterministic and self.checkpoints_input
+        and distribute.distributes_input(self.strategy)):
+      raise TrainingError(
+          f"--deterministic: {type(self.strategy).__name__} feeds replicas "
+          "through a tf.distribute DistributedIterator, which checkpoints "
+          "cannot save (tensorflow/tensorflow#56372), so a resumed run "
+          "could not continue the input where it stopped. Use it with one "
+          "device (the default strategy), or main_tf2.py, whose resumed "
+          "stages restart their data order.")
+
+  def _step_options(self):
+    """jit_compile, retrace_per_stage, bn_group_size and the drivers'
+    "Steps: ..." line saying how the steps run."""
+    runtime, strategy = self.config.runtime, self.strategy
+    jit_compile, xla_choice = xla.resolve(runtime.jit_compile, strategy)
+    retrace, retrace_choice = xla.resolve_retrace(
+        runtime.retrace_per_stage,
+        jit_compile or isinstance(strategy, tf.distribute.TPUStrategy))
+    bn_group_size, bn_choice = distribute.bn_group_size(
+        runtime.bn_group_size, strategy)
+    return (jit_compile, retrace, bn_group_size,
+            f"{xla_choice}; {retrace_choice}; {bn_choice}")
+
+  def _check_batches(self):
+    """Both batch sizes split evenly over the replicas."""
+    for key, batch in (("train.batch_size", self.global_batch),
+                       ("eval.batch_size", self.config.eval.batch_size)):
+      if batch % self.replicas:
+        raise errors.ConfigError(
+            f"{key}={batch} is not divisible by the {self.replicas} "
+            "replicas.")
+
+  def _step_counts(self, whole_epochs):
+    """steps_per_epoch, total_steps and the steps stages are whole
+    multiples of (an epoch with `whole_epochs`, else 1)."""
+    # sources.check asks training data of every mode but eval; without
+    # it (validation files alone) the step counts only label eval's line.
+    train_examples = (self.source.num_examples("train") if "train" in
+                      self.source.split_sizes else 0)
+    steps_per_epoch, total_steps = progressive.step_counts(
+        self.config, train_examples, self.global_batch)
+    epoch_steps = (progressive.fit_epoch_steps(
+        self.config, steps_per_epoch, total_steps) if whole_epochs else 1)
+    return steps_per_epoch, total_steps, epoch_steps
+
+  def _train_input(self):
+    """The per-example training preprocessing of every stage."""
+    data = self.config.data
+    return pipeline.TrainInput(
+        self.preprocessing, augname=data.augname or None,
+        num_layers=data.num_layers,
+        augment_arithmetic=data.augment_arithmetic,
+        label_smoothing=self.config.train.label_smoothing,
+        shuffle_buffer=data.shuffle_buffer, cache=data.cache)
+
+  def _build_model_and_optimizer(self):
+    """Model (first stage's dropout), schedule, optimizer and EMA; under
+    the strategy's scope."""
+    train = self.config.train
+    model = run_dir.model_from_config(
+        self.config.model, self.num_classes,
+        dropout_rate=self.stages[0].dropout,
+        bn_group_size=self.bn_group_size)
+    step_lib.schedule_dropout(model)
+    schedule = optim.build_schedule(train, self.global_batch,
+                                    self.steps_per_epoch, self.total_steps)
+    optimizer = optim.build_optimizer(train, schedule)
+    optimizer.build(model.trainable_variables)
+    ema = ema_lib.ExponentialMovingAverage(model, train.ema_decay)
+    return model, schedule, optimizer, ema
+
+  def _make_checkpointer(self):
+    """The run's checkpoints: model, optimizer, EMA and noise state."""
+    # Keras keeps the dropout/stochastic-depth noise state in seed generator
+    # variables that Model weights leave out; saved so a resumed run draws
+    # the noise an uninterrupted one would.
+    rng = [v for v in self.model.variables
+           if v.path.endswith("seed_generator_state")]
+    return checkpointer_lib.Checkpointer(
+        self.model_dir,
+        dict(model=self.model, optimizer=self.optimizer, ema=self.ema,
+             rng=rng),
+        keep=self.config.train.keep_checkpoints,
+        every=self.config.train.checkpoint_every,
+        task_id=(None if self.chief else
+                 self.strategy.cluster_resolver.task_id))
 
   @property
   def step(self):
@@ -212,58 +249,18 @@ class Trainer:
 
   # ------------------------------------------------------------ checkpoints
   def restore(self, path=None):
-    """Restores `path` or the latest checkpoint; returns the path or None.
-
-    Every worker restores the chief's latest checkpoint (the others save
-    only into scratch directories).
-    """
-    path = path or tf.train.latest_checkpoint(self.model_dir)
+    """Restores `path` or the latest checkpoint; returns the path or None."""
+    path = self.checkpointer.restore(path)
     if path:
-      self.checkpoint.restore(path).expect_partial()
-      self.restored_path = path
       logging.info("Restored %s at step %d.", path, self.step)
       self.log.resume_at(self.step)
     return path
 
   def save(self):
-    """Checkpoints the current step (once); raises CheckpointError.
-
-    TensorFlow writes the files under a temporary name and only then
-    records them in the `checkpoint` state file, so a kill or a failed
-    write mid-save leaves the previous checkpoint the latest.
-    """
-    step, latest = self.step, self.manager.latest_checkpoint
-    if latest and latest.endswith(f"-{step}"):
-      return
-    try:
-      with faults.checkpoint_save(step) as options:
-        self.manager.save(checkpoint_number=step, options=options)
-        self.log.write()  # the loss history so far survives a kill
-    except (OSError, tf.errors.OpError) as err:
-      self._remove_partial_save(f"{self.ckpt_dir}/ckpt-{step}")
-      reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
-      # The latest checkpoint is the previous one, or this step's when
-      # only summary.json failed.
-      latest = self.manager.latest_checkpoint or "none"
-      raise CheckpointError(
-          f"Could not write the checkpoint of step {step} to "
-          f"{self.ckpt_dir}: {reason.split(' [Op:')[0]}. The latest "
-          f"checkpoint ({latest}) is kept; free disk space and rerun the "
-          "same command to resume from it.") from None
-
-  def _remove_partial_save(self, prefix):
-    """Deletes what a failed save of `prefix` left (never a kept one)."""
-    if prefix in self.manager.checkpoints:
-      return
-    for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(
-        prefix + "_temp"):
-      try:
-        if tf.io.gfile.isdir(path):
-          tf.io.gfile.rmtree(path)
-        else:
-          tf.io.gfile.remove(path)
-      except (OSError, tf.errors.OpError):
-        logging.warning("Could not remove %s of the failed save.", path)
+    """Checkpoints the current step (once), summary.json with it; raises
+    CheckpointError."""
+    # The loss history so far survives a kill.
+    self.checkpointer.save(self.step, then=self.log.write)
 
   # ----------------------------------------------------------------- input
   def train_dataset(self, stage):
@@ -331,7 +328,6 @@ class Trainer:
     for theirs.
     """
     self._train_started = time.time()
-    num_stages = len(self.stages)
     todo = [stage for stage in self.stages if stage.end_step > self.step]
     builder = concurrent.futures.ThreadPoolExecutor(1)
     try:
@@ -339,22 +335,27 @@ class Trainer:
         self._inputs_ahead[stage.index] = builder.submit(
             self._build_train_dataset, stage)
       for stage in todo:
-        print(progressive.describe(stage, num_stages, self.summary["preset"],
-                                   self.preprocessing,
-                                   self.config.data.augname,
-                                   self.config.data.augment_arithmetic),
-              flush=True)
-        self._traces_before_stage = self.traces
-        record = self._train_stage(stage)
-        if eval_every_stage:
-          record.update(self.evaluate())
-        self.log.record_stage(record)
+        self.train_stage(stage, evaluate=eval_every_stage)
     finally:  # a failed stage does not wait for the later inputs
       builder.shutdown(cancel_futures=True)
       self._inputs_ahead.clear()
     return self.summary
 
-  def _train_stage(self, stage):
+  def train_stage(self, stage, evaluate=False):
+    """Trains `stage` to its end step, then evaluates with `evaluate`;
+    records it in summary.json and returns that entry."""
+    data = self.config.data
+    self.reporter.line(progressive.describe(
+        stage, len(self.stages), self.summary["preset"], self.preprocessing,
+        data.augname, data.augment_arithmetic))
+    self._traces_before_stage = self.traces
+    record = self._run_stage(stage)
+    if evaluate:
+      record.update(self.evaluate())
+    self.log.record_stage(record)
+    return record
+
+  def _run_stage(self, stage):
     """Trains `stage` to its end step; returns its summary.json entry."""
     raise NotImplementedError
 
@@ -377,7 +378,7 @@ class Trainer:
       raise TrainingError(
           f"Non-finite loss {loss} in {steps} "
           f"(stage {stage.index + 1}); stopping. The latest checkpoint "
-          f"({self.manager.latest_checkpoint}) is the last good one.")
+          f"({self.checkpointer.latest}) is the last good one.")
 
   def record_progress(self, stage, loss, images_per_sec, skipped):
     """History, TensorBoard scalars and the progress line (every
@@ -390,31 +391,36 @@ class Trainer:
     lr = float(self.schedule(step))
     self.log.progress(step, loss, lr, images_per_sec)
     every = self.config.train.log_every
-    # A stage's first call is printed too: a first sign of life per stage.
+    # A stage's first call is reported too: a first sign of life per stage.
     if (images_per_sec is None or step == stage.end_step or
         step % every < self.config.runtime.steps_per_loop):
-      elapsed = time.time() - self._train_started
-      if images_per_sec is None:
-        speed = ("(first call: includes tracing)"
-                 if self.traces > self._traces_before_stage else
-                 "(first call)")
-      else:
-        eta = (progressive.remaining_cost(self.stages, stage, step)
-               * self.global_batch / images_per_sec)
-        speed = (f"{images_per_sec:.1f} images/s, ETA "
-                 f"{run_log.clock(eta)}")
-      print(f"step {step}/{self.total_steps} stage "
-            f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
-            f"lr {lr:.3g} {speed}, elapsed {run_log.clock(elapsed)}"
-            + (f", skipped {skipped}" if skipped else ""), flush=True)
+      self.reporter.line(self._progress_line(stage, loss, lr,
+                                             images_per_sec, skipped))
     if skipped and not self._skip_hint_shown:
       self._skip_hint_shown = True
-      print(f"skipped {skipped} unreadable image(s) (tf.data logs each "
-            "error)" + (
-                "; `python -m effnetv2_tf.data.check_tfrecords --data_dir="
-                f"{self.source.data_dir}` names the records"
-                if isinstance(self.source, sources.TFRecordSource) else ""),
-            flush=True)
+      self.reporter.line(
+          f"skipped {skipped} unreadable image(s) (tf.data logs each "
+          "error)" + (
+              "; `python -m effnetv2_tf.data.check_tfrecords --data_dir="
+              f"{self.source.data_dir}` names the records"
+              if isinstance(self.source, sources.TFRecordSource) else ""))
+
+  def _progress_line(self, stage, loss, lr, images_per_sec, skipped):
+    """"step 3/6 stage 1/2 loss ... lr ... <speed>, elapsed 0:05"."""
+    step = self.step
+    elapsed = time.time() - self._train_started
+    if images_per_sec is None:
+      speed = ("(first call: includes tracing)"
+               if self.traces > self._traces_before_stage else
+               "(first call)")
+    else:
+      eta = (progressive.remaining_cost(self.stages, stage, step)
+             * self.global_batch / images_per_sec)
+      speed = f"{images_per_sec:.1f} images/s, ETA {run_log.clock(eta)}"
+    return (f"step {step}/{self.total_steps} stage "
+            f"{stage.index + 1}/{len(self.stages)} loss {loss:.4f} "
+            f"lr {lr:.3g} {speed}, elapsed {run_log.clock(elapsed)}"
+            + (f", skipped {skipped}" if skipped else ""))
 
   # ------------------------------------------------------------------ eval
   def make_eval_step(self):
@@ -423,10 +429,34 @@ class Trainer:
 
   def evaluate(self, image_size=None, use_ema=True):
     """Top-1/top-5 on the eval split with the EMA weights."""
-    config = self.config
-    size = image_size or config.model.eval_size
-    split = config.data.eval_split
-    eval_batch = config.eval.batch_size
+    size = image_size or self.config.model.eval_size
+    counts, seconds = self._eval_counts(size, use_ema)
+    examples = counts[3]
+    result = {"top1": float(counts[0] / examples),
+              "top5": float(counts[1] / examples),
+              "eval_examples": int(examples), "eval_image_size": size}
+    scalars = {"eval/acc_top1": result["top1"],
+               "eval/acc_top5": result["top5"]}
+    scores = f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}"
+    if self.source.multi_label:
+      # The reference's names (main.py L262-283): acc_top1/acc_top5 score the
+      # lowest-index label, precision@1 the arg-max against every label.
+      result["precision@1"] = scalars["eval/precision@1"] = float(
+          counts[2] / examples)
+      scores = (f"acc_top1 {result['top1']:.4f} acc_top5 "
+                f"{result['top5']:.4f} (lowest-index label) precision@1 "
+                f"{result['precision@1']:.4f} (any label)")
+    self.reporter.line(
+        f"eval at step {self.step} ({size} px, {int(examples)} images, "
+        f"{seconds:.1f}s): {scores}")
+    self.log.scalars(self.step, scalars)
+    return result
+
+  def _eval_counts(self, size, use_ema):
+    """`step.topk_hits`' four counts summed over the eval split at `size`
+    px, and the seconds the eval loop took."""
+    split = self.config.data.eval_split
+    eval_batch = self.config.eval.batch_size
     steps = pipeline.eval_steps(self.source.num_examples(split), eval_batch)
 
     def dataset_fn(context):
@@ -452,25 +482,7 @@ class Trainer:
     with self.xla_errors("the eval step"), (
         self.ema.swapped() if use_ema else contextlib.nullcontext()):
       counts = eval_loop(iter(dataset)).numpy()
-    examples = counts[3]
-    result = {"top1": float(counts[0] / examples),
-              "top5": float(counts[1] / examples),
-              "eval_examples": int(examples), "eval_image_size": size}
-    scalars = {"eval/acc_top1": result["top1"],
-               "eval/acc_top5": result["top5"]}
-    scores = f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}"
-    if self.source.multi_label:
-      # The reference's names (main.py L262-283): acc_top1/acc_top5 score the
-      # lowest-index label, precision@1 the arg-max against every label.
-      result["precision@1"] = scalars["eval/precision@1"] = float(
-          counts[2] / examples)
-      scores = (f"acc_top1 {result['top1']:.4f} acc_top5 "
-                f"{result['top5']:.4f} (lowest-index label) precision@1 "
-                f"{result['precision@1']:.4f} (any label)")
-    print(f"eval at step {self.step} ({size} px, {int(examples)} images, "
-          f"{time.time() - started:.1f}s): {scores}", flush=True)
-    self.log.scalars(self.step, scalars)
-    return result
+    return counts, time.time() - started
 
   def final_eval(self):
     """The last stage's evaluation when it had one, else a new one."""
@@ -479,7 +491,5 @@ class Trainer:
   def finish(self, eval_result=None):
     """Records the final eval in summary.json; removes a worker's scratch."""
     summary = self.log.finish(self.step, eval_result)
-    if not self.chief and tf.io.gfile.exists(self.ckpt_dir):
-      tf.io.gfile.rmtree(self.ckpt_dir)
+    self.checkpointer.remove_scratch()
     return summary
-

@@ -1,0 +1,121 @@
+"""A run's checkpoints: save under the step, keep the latest few, restore.
+
+`Checkpointer` holds the `tf.train.Checkpoint` of the run's objects (model,
+optimizer, EMA, noise state; main.py's input iterator with
+--deterministic) and its `CheckpointManager`. Only the chief saves into the
+run directory; under tf.distribute every worker must save, so the others
+write into scratch directories that `remove_scratch` deletes at the end.
+"""
+
+import os
+
+from absl import logging
+import tensorflow as tf
+
+from effnetv2_tf import errors
+from effnetv2_tf.training import faults
+
+
+class TrainingError(errors.UserError, RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss); says step and stage."""
+
+
+class CheckpointError(TrainingError):
+  """A checkpoint could not be written (e.g. the disk is full)."""
+
+
+class Checkpointer:
+  """Saves, keeps and restores the checkpoints of `objects` in `model_dir`.
+
+  `keep`: how many checkpoints stay; `every`: save every that many steps
+  (`due`; 0: only where the loop saves anyway); `task_id`: a worker other
+  than the chief (saves into `model_dir/worker_tmp_<task_id>`).
+  """
+
+  def __init__(self, model_dir, objects, keep, every=0, task_id=None):
+    self.model_dir = model_dir
+    self.every = every
+    self.directory = model_dir if task_id is None else os.path.join(
+        model_dir, f"worker_tmp_{task_id}")
+    self.restored_path = None  # the checkpoint `restore` read, if any
+    self._checkpoint = tf.train.Checkpoint(**objects)
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint, self.directory, max_to_keep=keep)
+
+  @property
+  def latest(self):
+    """The latest checkpoint's path (this worker's), or None."""
+    return self._manager.latest_checkpoint
+
+  @property
+  def checkpoints(self):
+    """The kept checkpoints' paths, oldest first."""
+    return list(self._manager.checkpoints)
+
+  def add(self, **objects):
+    """Saves (and restores) `objects` too from now on."""
+    for name, value in objects.items():
+      setattr(self._checkpoint, name, value)
+
+  def due(self, start_step, step):
+    """Whether steps start_step+1..step crossed a multiple of `every`."""
+    return bool(self.every) and step // self.every > start_step // self.every
+
+  def restore(self, path=None):
+    """Restores `path` or the latest checkpoint; returns the path or None.
+
+    Every worker restores the chief's latest checkpoint (the others save
+    only into scratch directories).
+    """
+    path = path or tf.train.latest_checkpoint(self.model_dir)
+    if path:
+      self._checkpoint.restore(path).expect_partial()
+      self.restored_path = path
+    return path
+
+  def save(self, step, then=None):
+    """Checkpoints `step` (once); raises CheckpointError.
+
+    `then` (summary.json) runs after the files are written, inside the same
+    error handling. TensorFlow writes the files under a temporary name and
+    only then records them in the `checkpoint` state file, so a kill or a
+    failed write mid-save leaves the previous checkpoint the latest.
+    """
+    latest = self.latest
+    if latest and latest.endswith(f"-{step}"):
+      return
+    try:
+      with faults.checkpoint_save(step) as options:
+        self._manager.save(checkpoint_number=step, options=options)
+        if then is not None:
+          then()
+    except (OSError, tf.errors.OpError) as err:
+      self._remove_partial_save(f"{self.directory}/ckpt-{step}")
+      reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
+      # The latest checkpoint is the previous one, or this step's when
+      # only `then` failed.
+      raise CheckpointError(
+          f"Could not write the checkpoint of step {step} to "
+          f"{self.directory}: {reason.split(' [Op:')[0]}. The latest "
+          f"checkpoint ({self.latest or 'none'}) is kept; free disk space "
+          "and rerun the same command to resume from it.") from None
+
+  def _remove_partial_save(self, prefix):
+    """Deletes what a failed save of `prefix` left (never a kept one)."""
+    if prefix in self._manager.checkpoints:
+      return
+    for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(
+        prefix + "_temp"):
+      try:
+        if tf.io.gfile.isdir(path):
+          tf.io.gfile.rmtree(path)
+        else:
+          tf.io.gfile.remove(path)
+      except (OSError, tf.errors.OpError):
+        logging.warning("Could not remove %s of the failed save.", path)
+
+  def remove_scratch(self):
+    """Deletes a worker's scratch directory (never the chief's run)."""
+    if self.directory != self.model_dir and tf.io.gfile.exists(
+        self.directory):
+      tf.io.gfile.rmtree(self.directory)
