@@ -1,8 +1,11 @@
 """absl flags shared by main.py and main_tf2.py, and the config they build."""
 
+import dataclasses
 import os
+from typing import Optional
 
 from absl import flags
+import ml_collections
 
 from configs import base
 from configs import datasets
@@ -87,48 +90,71 @@ def flag_given(values, flag, default=True):
     return default
 
 
-def config_from_flags(values, model_dir, extra_overrides=None):
-  """The locked config from parsed flag values (`flags.FLAGS`).
+def config_from_flags(values, model_dir):
+  """The locked config from parsed flag values (`flags.FLAGS`)."""
+  return draft_from_flags(values, model_dir).lock(values)
+
+
+@dataclasses.dataclass
+class Draft:
+  """A command's config before it is locked: filled and checked, without
+  the values that come from the data (`lock` sets them)."""
+  config: ml_collections.ConfigDict
+  run_config: Optional[dict]  # the run's config.json it continues
+  origin: str                 # where run_config comes from
+
+  def lock(self, values, source=None):
+    """The locked config; with `source`, model.num_classes is its class
+    count (printed when the config said otherwise) unless the command gave
+    the key, which is then an error. A continued run's overrides are
+    printed."""
+    if source is not None:
+      _set_class_count(values, self.config, source.num_classes)
+    config = config_lib.freeze(self.config)
+    if self.run_config is not None:
+      changes = config_lib.changed_values(self.run_config, config)
+      print(f"Config: {self.origin}" + (
+          ", overridden: " + ", ".join(f"{k} {old!r} -> {new!r}"
+                                       for k, old, new in changes)
+          if changes else ""), flush=True)
+    return config
+
+
+def draft_from_flags(values, model_dir):
+  """The `Draft` of a command.
 
   When `model_dir` holds a run (config.json), its config is the base: a
   rerun resumes and --mode=eval evaluates exactly what was trained, and
   only the flags and keys given now override it (each printed). So is the
   config.json beside --init_checkpoint for --mode=eval in a new
-  `model_dir`. `extra_overrides` ({key: value}) go last.
+  `model_dir`.
   """
-  base_name = f"{model_dir}/config.json"
+  origin = f"{model_dir}/config.json"
   run_config = run_dir.read_config(model_dir)
   if run_config is None and values.mode == "eval" and values.init_checkpoint:
     weights = published_weights(values)
     if weights:  # published weights: evaluated on their own recipe
       run_config = config_lib.build_config(
           model_name=weights.model, dataset_cfg=weights.recipe).to_dict()
-      base_name = f"recipe {weights.recipe} of {weights.name}"
+      origin = f"recipe {weights.recipe} of {weights.name}"
     else:
       config_dir = _checkpoint_dir(values.init_checkpoint)
       run_config = config_dir and run_dir.read_config(config_dir)
-      base_name = f"{config_dir}/config.json"
+      origin = f"{config_dir}/config.json"
   resuming = run_config is not None
   # The flags that set a config key, as typed values after --hparam_str.
   flag_values = {"runtime.steps_per_loop": values.steps_per_loop or None,
                  "runtime.mixed_precision": values.mixed_precision or None,
                  "runtime.deterministic": values.deterministic or None}
-  overrides = {k: v for k, v in flag_values.items() if v is not None}
-  overrides.update(extra_overrides or {})
-  config = config_lib.build_config(
+  config = config_lib.draft_config(
       model_name=model_name(values)
       if not resuming or flag_given(values, "model") else None,
       dataset_cfg=values.dataset_cfg
       if not resuming or flag_given(values, "dataset_cfg") else None,
       hparam_str=values.hparam_str, config_file=values.config_file,
-      data_dir=values.data_dir, run_config=run_config, overrides=overrides)
-  if resuming and not extra_overrides:
-    changes = config_lib.changed_values(run_config, config)
-    print(f"Config: {base_name}" + (
-        ", overridden: " + ", ".join(f"{k} {old!r} -> {new!r}"
-                                     for k, old, new in changes)
-        if changes else ""), flush=True)
-  return config
+      data_dir=values.data_dir, run_config=run_config,
+      overrides={k: v for k, v in flag_values.items() if v is not None})
+  return Draft(config, run_config or None, origin)
 
 
 def published_weights(values):
@@ -177,16 +203,10 @@ def given_keys(values):
   return keys
 
 
-def with_data_class_count(values, model_dir, config, source):
-  """`config`, with model.num_classes the data's class count.
-
-  The folders, TFDS info or dataset_info.json say how many classes there
-  are; a config that says otherwise is rebuilt with the data's count
-  (printed), unless model.num_classes was given, which is an error.
-  """
-  count = source.num_classes
+def _set_class_count(values, config, count):
+  """model.num_classes = `count`, the data's (see `Draft.lock`)."""
   if count == config.model.num_classes:
-    return config
+    return
   if "model.num_classes" in given_keys(values):
     raise config_lib.ConfigError(
         f"model.num_classes={config.model.num_classes}, but the data "
@@ -195,5 +215,4 @@ def with_data_class_count(values, model_dir, config, source):
   print(f"model.num_classes: {count}, the data's class count (the "
         f"{config.data.dataset_cfg} config says {config.model.num_classes})",
         flush=True)
-  return config_from_flags(values, model_dir,
-                           extra_overrides={"model.num_classes": count})
+  config.model.num_classes = count

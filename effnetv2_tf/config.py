@@ -184,10 +184,16 @@ def _apply_run_config(config, run_config, model_name, dataset_given):
       raise ConfigError(f"config.json: {err}") from None
 
 
-def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
+def build_config(*args, **kwargs):
+  """The final locked config: `freeze(draft_config(...))`."""
+  return freeze(draft_config(*args, **kwargs))
+
+
+def draft_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
                  config_file=None, data_dir=None, run_config=None,
                  overrides=None):
-  """Returns the final locked ConfigDict.
+  """The config filled and checked, before the values that come from the
+  data (its class count) are set and it is frozen (`freeze`).
 
   Args:
     model_name: registered model name (None keeps the base default, or the
@@ -225,8 +231,15 @@ def build_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
   except ValueError as err:
     raise ConfigError(str(err)) from None
   validate(config)
-  _fill_stage_ranges(config)
-  return ml_collections.FrozenConfigDict(config)
+  return config
+
+
+def freeze(draft):
+  """The final config of a `draft_config` (checked again, stage ranges
+  filled), frozen."""
+  validate(draft)
+  _fill_stage_ranges(draft)
+  return ml_collections.FrozenConfigDict(draft)
 
 
 def _apply_given(config, model_name, data_dir, config_file, values):

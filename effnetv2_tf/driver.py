@@ -28,12 +28,12 @@ def run(values, trainer_cls):
   report = reporter_lib.Printer()
   model_dir = cli.model_dir_from_flags(values)
   reads_only = _check_directories(values, model_dir)
-  config = cli.config_from_flags(values, model_dir)
-  if config.runtime.deterministic:
-    step_lib.make_deterministic(config.train.seed)
-  strategy = _strategy(values, config, report)
-  source = _checked_source(values, config, report)
-  config = cli.with_data_class_count(values, model_dir, config, source)
+  draft = cli.draft_from_flags(values, model_dir)
+  if draft.config.runtime.deterministic:
+    step_lib.make_deterministic(draft.config.train.seed)
+  strategy = _strategy(values, draft.config, report)
+  source = _checked_source(values, draft.config, report)
+  config = draft.lock(values, source)  # the data's class count
   report.line(source.describe())
   trainer = trainer_cls(config, model_dir, strategy, source=source,
                         reporter=report)

@@ -156,16 +156,14 @@ def test_the_data_sets_the_class_count(tmp_path):
       mixed_precision=False, deterministic=False, mode="train",
       init_checkpoint=None)
   model_dir = str(tmp_path / "run")
-  config = cli.config_from_flags(values, model_dir)
+  draft = cli.draft_from_flags(values, model_dir)
   three = types.SimpleNamespace(num_classes=3)  # e.g. 3 class folders
-  assert config.model.num_classes != 3
-  assert cli.with_data_class_count(values, model_dir, config,
-                                   three).model.num_classes == 3
+  assert draft.config.model.num_classes != 3
+  assert draft.lock(values, three).model.num_classes == 3
   values.hparam_str = "model.num_classes=5"  # given: a contradiction
   with pytest.raises(config_lib.ConfigError, match="model.num_classes=5, "
                      r"but the data \(folder\) has 3 classes"):
-    cli.with_data_class_count(values, model_dir,
-                              cli.config_from_flags(values, model_dir), three)
+    cli.draft_from_flags(values, model_dir).lock(values, three)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
