@@ -1,14 +1,19 @@
-"""Pieces the benchmark scripts share: a lean train step, results JSON."""
+"""Pieces the benchmark scripts share: a lean train step with the library's
+optimizer, the machine description and the results JSON."""
 
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from effnetv2_tf import config as config_lib
+from effnetv2_tf.training import optim
 
 
 # The shared ImageNet photos, ../shared beside the checkout.
@@ -34,11 +39,41 @@ def random_batch(size, batch):
   return images, labels
 
 
+# The learning rate of every compared step, TensorFlow's and timm's.
+LEARNING_RATE = 0.01
+
+
+def train_config(name="momentum", fused=False):
+  """The ImageNet config's `train` section (the paper's RMSProp rho,
+  momentum and epsilon) with `train.optimizer` = `name` (optim.OPTIMIZERS)
+  and `train.fused_optimizer` = `fused`."""
+  return config_lib.build_config(
+      dataset_cfg="imagenet", hparam_str=(
+          f"train.optimizer={name},"
+          f"train.fused_optimizer={str(bool(fused)).lower()}")).train
+
+
+def build_optimizer(name="momentum", fused=False):
+  """The library's optimizer `name` (`optim.build_optimizer` of
+  `train_config`) at LEARNING_RATE: default SGD with momentum, Keras'
+  class; wrapped for loss scaling under a mixed_float16 policy."""
+  return optim.build_optimizer(train_config(name, fused), LEARNING_RATE)
+
+
+def optimizer_values():
+  """{learning_rate, momentum, rho, epsilon} of `build_optimizer`, for timm's
+  side (benchmarks/peers_torch.py), which cannot import the library."""
+  train = train_config()
+  return {"learning_rate": LEARNING_RATE, "momentum": train.momentum,
+          "rho": train.rmsprop_rho, "epsilon": train.epsilon}
+
+
 def lean_train_step(model, optimizer=None):
-  """A tf.function (images, labels) -> loss: `optimizer` (default SGD with
-  momentum), softmax cross-entropy, no metrics; the same step for every
-  model compared. A LossScaleOptimizer's loss scaling is applied."""
-  optimizer = optimizer or keras.optimizers.SGD(0.01, momentum=0.9)
+  """A tf.function (images, labels) -> loss: `optimizer` (default
+  `build_optimizer()`: SGD with momentum), softmax cross-entropy, no
+  metrics; the same step for every model compared. A LossScaleOptimizer's
+  loss scaling is applied."""
+  optimizer = optimizer or build_optimizer()
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
   @tf.function
@@ -51,6 +86,21 @@ def lean_train_step(model, optimizer=None):
     return loss
 
   return step
+
+
+def rate_runner(call, batch):
+  """run(steps) -> images/s of `steps` calls of `call` (no arguments,
+  returns a tensor), `batch` images each, timed until the last result is
+  ready, after one untimed call (warm again after other models ran)."""
+  def run(steps):
+    call().numpy()
+    started = time.perf_counter()
+    for _ in range(steps):
+      out = call()
+    out.numpy()
+    return steps * batch / (time.perf_counter() - started)
+
+  return run
 
 
 def cpu_description():
@@ -75,17 +125,27 @@ def cpu_description():
           f"AVX-512 {'yes' if avx512 else 'no'}")
 
 
+def machine():
+  """What a benchmark ran on: platform, CPUs (all, usable by this
+  process), `cpu_description`, Python, TensorFlow, GPUs."""
+  usable = (len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else None)
+  return {"platform": platform.platform(), "cpus": os.cpu_count(),
+          "cpus_usable": usable, "cpu": cpu_description(),
+          "python": platform.python_version(),
+          "tensorflow": tf.__version__,
+          "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
 def write_results(path, payload):
-  """Writes `payload` plus the machine it ran on as JSON (skip if no path)."""
+  """Writes `payload` plus the `machine` it ran on as JSON (skip if no
+  path)."""
   if not path:
     return
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
-             "cpu": cpu_description(),
-             "python": platform.python_version(),
-             "tensorflow": tf.__version__}
   with open(path, "w") as f:
-    json.dump({"machine": machine, **payload}, f, indent=2)
+    json.dump({"machine": machine(), **payload}, f, indent=2)
+    f.write("\n")
   print(f"Wrote {path}")
 
 
@@ -145,6 +205,10 @@ class TorchWorker:
     self.process = subprocess.Popen([python, self.SCRIPT],
                                     stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True)
+
+  def setup(self, **command):
+    """The setup command (see peers_torch.py) with `optimizer_values`."""
+    return self.ask(cmd="setup", optimizer=optimizer_values(), **command)
 
   def ask(self, **command):
     self.process.stdin.write(json.dumps(command) + "\n")

@@ -19,9 +19,6 @@ first converted to TFRecords in a temporary folder.
   PYTHONPATH=. python benchmarks/input_pipeline.py --sizes=128,224,300
 """
 
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -57,22 +54,6 @@ flags.DEFINE_integer("num_classes", 1000, "Classes, when the TFRecords have "
                      "no dataset_info.json.")
 flags.DEFINE_string("json_out", "benchmarks/results/input_pipeline.json",
                     "Where the JSON results go ('' to skip).")
-
-
-def machine():
-  """What the numbers were measured on."""
-  cpu_model = platform.processor() or platform.machine()
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if
-               l.startswith("model name")]
-    cpu_model = names[0] if names else cpu_model
-  return {"cpu_count": os.cpu_count(),
-          "cpus_usable": len(os.sched_getaffinity(0))
-                         if hasattr(os, "sched_getaffinity") else None,
-          "cpu_model": cpu_model, "platform": platform.platform(),
-          "python": platform.python_version(), "tensorflow": tf.__version__,
-          "gpus": len(tf.config.list_physical_devices("GPU"))}
 
 
 def make_source(data_dir):
@@ -153,19 +134,11 @@ def print_table(rows):
         f"{FLAGS.num_batches} timed batches)")
 
 
-def write_json(path, result):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
-    f.write("\n")
-  print(f"Wrote {path}")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  info = machine()
-  print("Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+  print("Machine: " + ", ".join(
+      f"{k}={v}" for k, v in bench_util.machine().items()))
   data_dir = FLAGS.data_dir or convert_samples(FLAGS.samples_dir)
   try:
     source = make_source(data_dir)
@@ -178,11 +151,10 @@ def main(argv):
       "data_dir", "batch_size", "num_batches", "warmup_batches", "augname",
       "magnitude", "mixup_alpha")}
   settings["num_examples"] = source.num_examples("train")
-  if FLAGS.json_out:
-    write_json(FLAGS.json_out, {"benchmark": "input_pipeline",
-                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                "machine": info, "settings": settings,
-                                "results": rows})
+  bench_util.write_results(FLAGS.json_out, {
+      "benchmark": "input_pipeline",
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings,
+      "results": rows})
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ Times, in one run, for each row (task x variant):
   path 0.2, as ours and keras.applications train), in NCHW and in
   channels-last memory format, when some Python imports torch and timm.
 
-Train: the same step on every side, SGD (lr 0.01, momentum 0.9) or, task
-train_rmsprop, the paper's RMSProp (decay 0.9, momentum 0.9, epsilon 1e-3
-inside the square root: Keras' RMSprop, timm's RMSpropTF), softmax
-cross-entropy, float32 (TensorFlow: `bench_util.lean_train_step`, a
-`tf.function`; PyTorch: eager, `torch.set_num_threads(os.cpu_count())`).
+Train: the same step on every side, SGD with momentum or, task
+train_rmsprop, the paper's RMSProp (epsilon inside the square root: Keras'
+RMSprop, timm's RMSpropTF), both with the library's values at lr 0.01
+(`bench_util.build_optimizer`, `optimizer_values`), softmax cross-entropy,
+float32 (TensorFlow: `bench_util.lean_train_step`, a `tf.function`;
+PyTorch: eager, `torch.set_num_threads(os.cpu_count())`).
 Inference: a `tf.function` of the model (training=False) / the model in
 eval mode under `torch.inference_mode()`. Rows: train and inference of B0
 at 224 px batch 32 (also its eval size) and of V2-S at 128 px batch 16,
@@ -47,7 +48,6 @@ output and JSON give the load average at the start and end.
 
 import os
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -108,26 +108,16 @@ def _tf_runner(task, model, images, labels, forward=None):
   (`forward`, default a tf.function of `model`, returns a tensor)."""
   x, y = tf.constant(images), tf.constant(labels)
   if task.startswith("train"):
-    # The paper's RMSProp (decay 0.9, momentum 0.9, epsilon 0.001), as
-    # timm's RMSpropTF is configured in peers_torch.py.
-    optimizer = keras.optimizers.RMSprop(
-        0.01, rho=0.9, momentum=0.9,
-        epsilon=1e-3) if task == "train_rmsprop" else None
+    # The paper's RMSProp in Keras' class, as timm's RMSpropTF is
+    # configured in peers_torch.py; else the lean step's SGD.
+    optimizer = bench_util.build_optimizer(
+        "rmsprop") if task == "train_rmsprop" else None
     train = bench_util.lean_train_step(model, optimizer)
     step = lambda: train(x, y)
   else:
     forward = forward or tf.function(lambda t: model(t, training=False))
     step = lambda: forward(x)
-
-  def run(steps):
-    step().numpy()  # untimed: warms up again after the other models ran
-    started = time.perf_counter()
-    for _ in range(steps):
-      out = step()
-    out.numpy()
-    return steps * len(images) / (time.perf_counter() - started)
-
-  return run
+  return bench_util.rate_runner(step, len(images))
 
 
 def _served(model, name, size, tmp):
@@ -180,8 +170,8 @@ def _row(worker, tmp, variant, task):
   if worker:
     path = os.path.join(tmp, f"{variant}_{size}_{batch}.npz")
     np.savez(path, images=images, labels=labels)
-    answer = worker.ask(cmd="setup", task=task, model=timm_name,
-                        batch_file=path, warmup=FLAGS.warmup)
+    answer = worker.setup(task=task, model=timm_name, batch_file=path,
+                          warmup=FLAGS.warmup)
     framework = f"PyTorch {answer['torch']}, timm {answer['timm']}"
     runners += [(dict(row, framework=framework), None)
                 for row in answer["rows"]]

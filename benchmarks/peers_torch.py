@@ -6,7 +6,8 @@ command a line on stdin and answers each with one JSON line on stdout:
 
 - {"cmd": "setup", "task": "train"|"train_rmsprop"|"inference",
    "model": timm name,
-   "batch_file": .npz of images (NHWC float32) and labels, "warmup": N}
+   "batch_file": .npz of images (NHWC float32) and labels, "warmup": N,
+   "optimizer": {"learning_rate", "momentum", "rho", "epsilon"}}
   builds `timm.create_model(model, num_classes=1000)` (dropout and drop
   path 0.2, as ours) twice, as is
   (NCHW) and in channels-last memory format, runs N untimed steps of
@@ -19,10 +20,12 @@ command a line on stdin and answers each with one JSON line on stdout:
   {op name: self time in ms per step}, "wall_ms": ms per step};
 - end of input exits.
 
-The train step is peers.py's on the TensorFlow side: SGD (lr 0.01,
-momentum 0.9) or timm's RMSpropTF (decay 0.9, momentum 0.9, epsilon 1e-3),
-softmax cross-entropy, float32; inference is the model in
-eval mode under torch.inference_mode().
+The train step is peers.py's on the TensorFlow side: SGD with momentum or
+timm's RMSpropTF (decay `rho`, momentum, epsilon inside the square root, as
+Keras' RMSprop), with the setup's optimizer values (the library's, from
+benchmarks/bench_util.py `optimizer_values`), softmax cross-entropy,
+float32; inference is the model in eval mode under
+torch.inference_mode().
 """
 
 import json
@@ -36,8 +39,9 @@ from timm.optim import RMSpropTF
 import torch
 
 
-def _runner(task, model_name, images, labels, channels_last):
-  """Returns run(steps) -> images/s of one model; `images` NCHW."""
+def _runner(task, model_name, images, labels, channels_last, values):
+  """Returns run(steps) -> images/s of one model; `images` NCHW, `values`
+  the setup's optimizer values."""
   torch.manual_seed(0)
   # Dropout 0.2 and stochastic depth up to 0.2, as ours (B0 and S: survival
   # 0.8) and keras.applications train, so every step does the same work.
@@ -49,11 +53,13 @@ def _runner(task, model_name, images, labels, channels_last):
     x = x.contiguous(memory_format=torch.channels_last)
   if task.startswith("train"):
     model.train()
+    lr, momentum = values["learning_rate"], values["momentum"]
     if task == "train_rmsprop":  # TensorFlow's RMSProp, as Keras' in peers.py
-      optimizer = RMSpropTF(model.parameters(), lr=0.01, alpha=0.9,
-                            eps=1e-3, momentum=0.9)
+      optimizer = RMSpropTF(model.parameters(), lr=lr, alpha=values["rho"],
+                            eps=values["epsilon"], momentum=momentum)
     else:
-      optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+      optimizer = torch.optim.SGD(model.parameters(), lr=lr,
+                                  momentum=momentum)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
@@ -111,7 +117,8 @@ def main():
           np.ascontiguousarray(batch["images"].transpose(0, 3, 1, 2)))
       labels = torch.from_numpy(batch["labels"].astype(np.int64))
       runners = [_runner(command["task"], command["model"], images, labels,
-                         channels_last) for channels_last in (False, True)]
+                         channels_last, command["optimizer"])
+                 for channels_last in (False, True)]
       for _, run in runners:
         run(command["warmup"])
       answer = {"rows": [row for row, _ in runners],

@@ -75,8 +75,8 @@ def _timm_profile(python, images, labels):
       path = os.path.join(tmp, "batch.npz")
       np.savez(path, images=images, labels=labels)
       timm_name = "tf_" + FLAGS.model.replace("-", "_")
-      worker.ask(cmd="setup", task="train", model=timm_name,
-                 batch_file=path, warmup=2)
+      worker.setup(task="train", model=timm_name, batch_file=path,
+                   warmup=2)
     return timm_name, worker.ask(cmd="profile", steps=FLAGS.steps)
   finally:
     worker.close()

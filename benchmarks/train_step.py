@@ -37,9 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
-from configs import base
 import effnetv2_tf
-from effnetv2_tf.training import fused_optim
 
 FLAGS = flags.FLAGS
 # --ours key -> (row name, create_model overrides, fused optimizer kernel)
@@ -51,14 +49,9 @@ OURS = {
     "plain": ("ours (plain Keras layers)", {"bn_fused": False,
                                             "pointwise_matmul": False}, False),
 }
-_TRAIN = base.get_config().train  # the paper's RMSProp, as main.py trains
-# --optimizer -> (Keras' class, our fused class, arguments)
-OPTIMIZERS = {
-    "rmsprop": (keras.optimizers.RMSprop, fused_optim.FusedRMSprop,
-                {"rho": _TRAIN.rmsprop_rho, "momentum": _TRAIN.momentum,
-                 "epsilon": _TRAIN.epsilon}),
-    "sgd": (keras.optimizers.SGD, fused_optim.FusedSGD, {"momentum": 0.9}),
-}
+# --optimizer -> the library's `train.optimizer` (bench_util.build_optimizer:
+# the paper's RMSProp values, as main.py trains; SGD with its momentum)
+OPTIMIZERS = {"rmsprop": "rmsprop", "sgd": "momentum"}
 flags.DEFINE_list("models", ["b0", "s"], "Variants: b0 (224 px, batch 32), "
                   "s (128 px, batch 16), as measured in issue 7.")
 flags.DEFINE_list("ours", ["default", "keras_optimizer"],
@@ -96,24 +89,17 @@ def _models(variant):
   """(row name, model builder, optimizer builder) of each compared model."""
   ours, size, _ = _setting(variant)
   shape = (size, size, 3)
-  plain_cls, fused_cls, arguments = OPTIMIZERS[FLAGS.optimizer]
-
-  def optimizer(cls):
-    def build():
-      built = cls(0.01, **arguments)
-      if FLAGS.dtype_policy == "mixed_float16":
-        built = keras.optimizers.LossScaleOptimizer(built)
-      return built
-    return build
-
+  # Under mixed_float16 the library wraps it in a LossScaleOptimizer.
+  optimizer = functools.partial(bench_util.build_optimizer,
+                                OPTIMIZERS[FLAGS.optimizer])
   yield ("keras.applications",
          functools.partial(bench_util.applications_model, ours, shape),
-         optimizer(plain_cls))
+         optimizer)
   for key in FLAGS.ours:
     name, options, fused = OURS[key]
     yield (name, functools.partial(effnetv2_tf.create_model, ours,
                                    input_shape=shape, **options),
-           optimizer(fused_cls if fused else plain_cls))
+           functools.partial(optimizer, fused=fused))
 
 
 def _setting(variant):
@@ -147,15 +133,7 @@ def step_runner(model, optimizer, images, labels):
   """Returns run(steps) -> images/s of a lean tf.function train step."""
   step = bench_util.lean_train_step(model, optimizer)
   x, y = tf.constant(images), tf.constant(labels)
-
-  def run(steps):
-    step(x, y).numpy()
-    started = time.perf_counter()
-    for _ in range(steps):
-      loss = step(x, y)
-    loss.numpy()
-    return steps * len(images) / (time.perf_counter() - started)
-
+  run = bench_util.rate_runner(lambda: step(x, y), len(images))
   run(WARMUP)
   return run
 
