@@ -39,29 +39,25 @@ def _merge(*dicts):
   return out
 
 
-# The built-in demo: scikit-learn's 1797 real handwritten digits at
-# 32 px, upscaled per stage. efficientnetv2-b0 trains through 4 stages
-# (6 epochs each) on 2 CPU cores in minutes to about 98% top-1 (README,
-# Results; every measured run in benchmarks/README.md).
+# The built-in demo: scikit-learn's 1797 real handwritten digits at 32 px,
+# upscaled per stage; efficientnetv2-b0 trains through 4 stages on 2 CPU
+# cores in minutes. Each choice below was measured (benchmarks/README.md,
+# "Digits recipe").
 _DIGITS = {
-    # Evaluated at the last stage's size: at 64 px the 56 px model
-    # loses ~17 points on these tiny images (measured).
+    # Evaluated at the last stage's size: a larger eval size loses on
+    # these tiny images.
     "model": {"num_classes": 10, "train_size": 56, "eval_size": 56},
-    # The whole digit is the object: no eval crop (crop_padding 0).
-    # No flips: a mirrored digit is another glyph (with flips on the
-    # same run reached 94.7%, without 97.8%).
-    # No RandAugment: its pixel-absolute translate (100 px) and cutout
-    # (40 px) constants, calibrated for ImageNet sizes, push a 32-56 px
-    # digit out of the frame, and at low magnitudes posterize (0 bits,
-    # black under the paper arithmetic) and solarize blank it; stages grow
-    # mixup and dropout instead.
+    # The whole digit is the object: no eval crop (crop_padding 0). No
+    # flips: a mirrored digit is another glyph. No RandAugment: its
+    # pixel-absolute translate (100 px) and cutout (40 px) constants push a
+    # 32-56 px digit out of the frame, and posterize and solarize blank it
+    # at low magnitudes; stages grow mixup and dropout instead.
     "data": {"name": "digits", "source": "digits", "augname": "",
              "crop_area_min": 0.5, "crop_padding": 0, "cache": True,
              "random_flip": False, "shuffle_buffer": 2048},
     # From scratch on 1437 images the ImageNet rate (0.016 per 256)
-    # diverges early; 0.004 per 256 (0.001 at batch 64) trains. RMSProp
-    # with Keras' defaults (epsilon 1e-7, no momentum): 94.7% against
-    # 93.9% with the paper's 1e-3 / 0.9 (both with flips).
+    # diverges early; 0.004 per 256 trains. RMSProp with Keras' defaults
+    # (epsilon 1e-7, no momentum) trains better here than the paper's.
     "train": {"epochs": 24.0, "batch_size": 64, "lr_base": 0.004,
               "epsilon": 1e-7, "momentum": 0.0,
               "warmup_epochs": 2.0, "ema_decay": 0.99,
