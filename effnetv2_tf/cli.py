@@ -135,8 +135,8 @@ def draft_from_flags(values, model_dir):
     weights = published_weights(values)
     if weights:  # published weights: evaluated on their own recipe
       run_config = config_lib.build_config(
-          model_name=weights.model, dataset_cfg=weights.recipe).to_dict()
-      origin = f"recipe {weights.recipe} of {weights.name}"
+          model_name=weights.model, dataset_cfg=weights.dataset_cfg).to_dict()
+      origin = f"recipe {weights.dataset_cfg} of {weights.name}"
     else:
       config_dir = _checkpoint_dir(values.init_checkpoint)
       run_config = config_dir and run_dir.read_config(config_dir)

@@ -85,7 +85,7 @@ def test_unpublished_tag_lists_the_models_tags():
 
 @pytest.mark.parametrize("entry", pretrained.TABLE, ids=lambda e: e.name)
 def test_recipe_preprocessing_is_what_build_config_resolves(entry):
-  config = config_lib.build_config(entry.model, entry.recipe)
+  config = config_lib.build_config(entry.model, entry.dataset_cfg)
   prep, size = pretrained.preprocessing(entry)
   assert prep == recipes.from_config(config.data)
   assert size == config.model.eval_size

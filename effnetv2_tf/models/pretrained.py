@@ -108,7 +108,6 @@ _TRAINED_WITH = {  # tag: (dataset config, preprocessing row, eval size)
     "imagenet21k-ft1k": ("imagenetft", "finetune", None),
     "jft": ("imagenet", None, None),
 }
-RECIPES = {tag: row[0] for tag, row in _TRAINED_WITH.items()}
 
 class PretrainedError(errors.UserError, ValueError):
   """An unknown or unpublished tag, or weights that cannot be fetched."""
@@ -123,10 +122,14 @@ class Pretrained:
   file_format: str       # 'h5' (keras.applications) or 'tgz' (reference)
   md5: str | None        # published hash, or None (the reference has none)
   num_classes: int
-  recipe: str            # configs.datasets name: the training recipe
   source: str            # KERAS or REFERENCE
   alternative: str = ""  # the other publisher's URL for this (model, tag)
   why: str = ""          # why the tag takes `url`, not `alternative`
+
+  @property
+  def dataset_cfg(self):
+    """The configs.datasets name of the weights' training recipe."""
+    return _TRAINED_WITH[self.tag][0]
 
   @property
   def name(self):
@@ -149,21 +152,21 @@ def _entries():
     for tag, url in ref.items():
       if tag == "imagenet" and model in _KERAS_MD5:
         rows.append(Pretrained(model, tag, f"{_KERAS_V2_URL}{model}.h5", "h5",
-                               _KERAS_MD5[model], 1000, RECIPES[tag], KERAS,
+                               _KERAS_MD5[model], 1000, KERAS,
                                alternative=url, why=_WHY_V2))
       else:
         rows.append(Pretrained(model, tag, url, "tgz", None,
-                               _NUM_CLASSES[tag], RECIPES[tag], REFERENCE))
+                               _NUM_CLASSES[tag], REFERENCE))
   for model in _V1_NAMES:
     keras_name = model.replace("-", "")  # efficientnetb0
     rows.append(Pretrained(model, "imagenet", f"{_KERAS_V1_URL}"
                            f"{keras_name}.h5", "h5", _KERAS_MD5[model],
-                           1000, RECIPES["imagenet"], KERAS,
+                           1000, KERAS,
                            alternative=f"{_REF}advprop/{model}.tar.gz",
                            why=_WHY_V1))
     rows.append(Pretrained(
         model, "jft", f"{_REF}noisystudent/noisy_student_{model}.tar.gz",
-        "tgz", None, 1000, RECIPES["jft"], REFERENCE))
+        "tgz", None, 1000, REFERENCE))
   return tuple(rows)
 
 
@@ -260,7 +263,7 @@ def describe(entry):
   prep, size = preprocessing(entry)
   hash_note = f"md5 {entry.md5}" if entry.md5 else "no published hash"
   return (f"{entry.name:<35} {entry.num_classes:>6} classes  recipe "
-          f"{entry.recipe:<11} {size:>3} px "
+          f"{entry.dataset_cfg:<11} {size:>3} px "
           f"{recipes.SCALING_FORMULAS[prep.input_scaling]:<22} "
           f"{entry.source:<18} {entry.url} ({hash_note})")
 

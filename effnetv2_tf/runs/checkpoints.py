@@ -154,7 +154,7 @@ def scaling_note(run_config, value):
   return (f"Input scaling: this run's {recipes.SCALING_FORMULAS[ours]} "
           f"({run_config['data']['preprocessing']} preprocessing) differs "
           f"from the {recipes.SCALING_FORMULAS[theirs]} that {entry.name} "
-          f"was trained with (recipe {entry.recipe}); finetuning adapts "
+          f"was trained with (recipe {entry.dataset_cfg}); finetuning adapts "
           "the weights to it.")
 
 
