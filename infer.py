@@ -37,7 +37,7 @@ from effnetv2_tf import errors
 from effnetv2_tf import export
 from effnetv2_tf import quiet_start
 import tensorflow as tf
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
@@ -126,7 +126,7 @@ def _load_own(saved_model, checkpoint, model_name, num_classes):
                          weights=checkpoint)
     # A weights file has no run config: the model's own preprocessing row.
     module = export.ServingModule(model, spec.eval_size,
-                                  recipes.get_row(spec.preprocessing))
+                                  preprocessing.get_row(spec.preprocessing))
     return module.serve_bytes, os.path.dirname(checkpoint)
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint, what="--checkpoint")

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("samples_dir", bench_util.SAMPLES_DIR,
@@ -60,15 +60,15 @@ flags.DEFINE_string("json_out", "benchmarks/results/decode_compare.json",
 def parse_case(text):
   """(row name, size) of 'ROW:SIZE', or app.UsageError naming it."""
   row, _, size = text.partition(":")
-  if row not in recipes.ROWS or not size.isdigit() or int(size) < 1:
+  if row not in preprocessing.ROWS or not size.isdigit() or int(size) < 1:
     raise app.UsageError(f"Case {text!r}: want ROW:SIZE with ROW one of "
-                         f"{', '.join(recipes.ROWS)} and SIZE a positive "
+                         f"{', '.join(preprocessing.ROWS)} and SIZE a positive "
                          "integer.")
   return row, int(size)
 
 
 def _both(row):
-  return [dataclasses.replace(recipes.ROWS[row], decode=d)
+  return [dataclasses.replace(preprocessing.ROWS[row], decode=d)
           for d in ("fused", "whole")]
 
 
@@ -129,7 +129,7 @@ def run_case(kind, row, size, compare, inputs, names):
   order = [int(i) for i in np.argsort(-scaled, kind="stable")
            if scaled[i] > 0]
   summary = {"kind": kind, "row": row, "size": size,
-             "decode": recipes.ROWS[row].decode, "photos": len(scaled),
+             "decode": preprocessing.ROWS[row].decode, "photos": len(scaled),
              "differ": len(order), "max_abs_scaled": float(scaled.max()),
              "max_abs_raw": int(raw.max()),
              "differing": {names[i]: float(scaled[i]) for i in order}}

@@ -31,7 +31,7 @@ import tensorflow as tf
 import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 from effnetv2_tf import export
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import registry
 
 FLAGS = flags.FLAGS
@@ -62,7 +62,7 @@ def _exported(variant, tmp):
   model = effnetv2_tf.create_model(ours, input_shape=(size, size, 3))
   path = os.path.join(tmp, f"{variant}_ours")
   export.export_saved_model(model, path, size,
-                            recipes.get_row(spec.preprocessing))
+                            preprocessing.get_row(spec.preprocessing))
   loaded = tf.saved_model.load(path)
   yield "ours (BN folded)", model.count_params(), loaded, loaded.preprocessed
 

@@ -31,7 +31,7 @@ import bench_util  # pylint: disable=g-bad-import-order
 from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.training import progressive
@@ -88,7 +88,7 @@ def train_pipeline(source, batch_size, size, augname, magnitude, mixup_alpha):
                             dropout=0.0)
   return pipeline.build_train_dataset(
       source, batch_size, stage,
-      pipeline.TrainInput(recipes.ROWS["v2"], augname=augname), seed=0)
+      pipeline.TrainInput(preprocessing.ROWS["v2"], augname=augname), seed=0)
 
 
 def images_per_second(ds, batch_size, num_batches, warmup_batches):

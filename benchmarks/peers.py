@@ -58,7 +58,7 @@ import tensorflow as tf
 import bench_util  # pylint: disable=g-bad-import-order
 import effnetv2_tf
 from effnetv2_tf import export
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import fold_bn
 from effnetv2_tf.models import registry
 
@@ -125,9 +125,9 @@ def _served(model, name, size, tmp):
   (with registry model `name`'s eval preprocessing) and reloaded."""
   folded = fold_bn.fold_batch_norms(model)
   path = os.path.join(tmp, f"saved_{size}")
-  preprocessing = registry.get_model_spec(name).preprocessing
+  row = registry.get_model_spec(name).preprocessing
   export.export_saved_model(model, path, size,
-                            recipes.get_row(preprocessing))
+                            preprocessing.get_row(row))
   loaded = tf.saved_model.load(path)
   predict = loaded.signatures["preprocessed"]
   # The signature reads the variables of `loaded`: keep it referenced.

@@ -15,7 +15,7 @@ import ml_collections
 
 from effnetv2_tf import settings
 from effnetv2_tf.data import pipeline
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 from effnetv2_tf.models import ema
 from effnetv2_tf.models import options
@@ -27,7 +27,7 @@ from effnetv2_tf.training import xla
 
 SECTIONS = {
     "model": options.SETTINGS,
-    "data": sources.SETTINGS + pipeline.SETTINGS + recipes.SETTINGS,
+    "data": sources.SETTINGS + pipeline.SETTINGS + preprocessing.SETTINGS,
     "train": (progressive.TRAIN_SETTINGS + optim.SETTINGS +
               pipeline.TRAIN_SETTINGS + ema.SETTINGS +
               run_settings.TRAIN_SETTINGS),

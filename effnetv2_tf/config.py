@@ -19,7 +19,7 @@ import yaml
 from configs import base
 from configs import datasets
 from effnetv2_tf import errors
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import registry
 from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import progressive
@@ -129,7 +129,7 @@ def _fill_defaults(config):
     config.data.augment_arithmetic = config.progressive.preset
   if config.progressive.num_stages is None:
     config.progressive.num_stages = spec.num_stages
-  recipes.resolve(config.data, spec.preprocessing)
+  preprocessing.resolve(config.data, spec.preprocessing)
 
 
 def _fill_stage_ranges(config):

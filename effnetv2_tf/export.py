@@ -15,13 +15,13 @@ Classifier SavedModel signatures:
   preprocessed:    already scaled [B, S, S, 3] images at the eval size.
 Each returns `probabilities`, `top5_classes` and `top5_probabilities`.
 Preprocessing is the run's evaluation one, read from its config.json
-(`recipes.Preprocessing`: the decode, eval crop, resize method and input
+(`preprocessing.Preprocessing`: the decode, eval crop, resize method and input
 scaling), so `serving_bytes` serves the pixels of `main.py --mode=eval`.
 The image signatures take pixels decoded whole: for a row that decodes a
 JPEG's crop window alone ('fused', the legacy row) they differ from it
 along the crop's edges (README, Export and inference). Published weights
 (`--weights=TAG`) serve the preprocessing, eval size and class names of
-the recipe they were trained with (`pretrained.preprocessing`). Export the
+the recipe they were trained with (`pretrained.preprocessing_of`). Export the
 EMA weights
 (`Trainer.ema.swapped()`; from a checkpoint they are loaded by
 `checkpoints.load_run_model`).
@@ -75,7 +75,7 @@ def serving_options(run_config):
   `run_config`: the ConfigDict of a run or its config.json dict.
   """
   return dict(image_size=run_config["model"]["eval_size"],
-              preprocessing=run_dir.preprocessing(run_config))
+              preprocessing=run_dir.preprocessing_of(run_config))
 
 
 _BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -258,7 +258,7 @@ def load_published(model_name, weights):
   the recipe's eval size and preprocessing, their class names or None)."""
   entry = pretrained.get(model_name, weights)
   model = model_lib.create_model(entry.model, weights=entry.name)
-  prep, image_size = pretrained.preprocessing(entry)
+  prep, image_size = pretrained.preprocessing_of(entry)
   return (model, dict(image_size=image_size, preprocessing=prep),
           pretrained.class_names(entry))
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from effnetv2_tf import config as config_lib
 from effnetv2_tf.data import pipeline
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 from effnetv2_tf.training import custom_loop
 from effnetv2_tf.training import progressive
@@ -47,7 +47,7 @@ def test_train_preprocess_passes_the_arithmetic():
   # under the reference's arithmetic and none under the paper's, so some
   # seeds (those drawing Solarize, Contrast, ...) differ.
   image = np.random.RandomState(0).randint(0, 256, (32, 32, 3), np.uint8)
-  prep = recipes.ROWS["v2"]
+  prep = preprocessing.ROWS["v2"]
 
   def run(seed, arithmetic):
     return pipeline.train_preprocess(
@@ -66,7 +66,7 @@ def test_train_dataset_passes_the_arithmetic():
   digits = sources.digits_source()
 
   def batch(arithmetic):
-    train_input = pipeline.TrainInput(recipes.ROWS["v2"], augname="randaug",
+    train_input = pipeline.TrainInput(preprocessing.ROWS["v2"], augname="randaug",
                                       augment_arithmetic=arithmetic,
                                       shuffle_buffer=1)
     ds = pipeline.build_train_dataset(digits, 32, stage, train_input, seed=1)
@@ -89,7 +89,7 @@ def test_stage_line_names_the_arithmetic():
   stage = progressive.Stage(index=3, start_step=0, steps=1, image_size=300,
                             randaug_magnitude=10.0, mixup_alpha=0.0,
                             cutmix_alpha=0.0, dropout=0.2)
-  v2 = recipes.ROWS["v2"]
+  v2 = preprocessing.ROWS["v2"]
   line = progressive.describe(stage, 4, "reference", v2, "randaug",
                               "reference")
   assert "flip, RandAugment magnitude 10 (reference ops), mixup" in line

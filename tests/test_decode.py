@@ -24,7 +24,7 @@ import effnetv2_tf
 from effnetv2_tf import export
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_eval_pipeline_decodes_per_row(photos, expected, row, tmp_path):
       class_dir.mkdir(parents=True)
       (class_dir / f"{NAMES[i]}.JPEG").write_bytes(encoded)
   source = sources.folder_source(str(tmp_path))
-  (batch,) = pipeline.build_eval_dataset(source, 3, SIZE, recipes.ROWS[row],
+  (batch,) = pipeline.build_eval_dataset(source, 3, SIZE, preprocessing.ROWS[row],
                                          split="validation")
   order = np.argsort(batch["labels"].numpy().argmax(1))
   np.testing.assert_allclose(batch["images"].numpy()[order], expected[row],
@@ -128,7 +128,7 @@ def exported(tmp_path_factory):
   """{row: SavedModel path} of the identity model with the row's eval."""
   root = tmp_path_factory.mktemp("decode")
   return {row: export.export_saved_model(
-      _identity_model(), str(root / row), SIZE, recipes.ROWS[row])
+      _identity_model(), str(root / row), SIZE, preprocessing.ROWS[row])
           for row in ROW_NAMES}
 
 
@@ -141,7 +141,7 @@ def test_bytes_signature_decodes_per_row(photos, expected, exported, row):
   np.testing.assert_allclose(np.log(served["probabilities"].numpy()), want,
                              atol=1e-4)
   in_process = export.ServingModule(_identity_model(), SIZE,
-                                    recipes.ROWS[row]).serve_bytes
+                                    preprocessing.ROWS[row]).serve_bytes
   np.testing.assert_allclose(
       np.log(in_process(tf.constant(photos))["probabilities"].numpy()), want,
       atol=1e-4)
@@ -190,7 +190,7 @@ def test_infer_decodes_per_row(expected, exported, tmp_path):
 @pytest.mark.parametrize("row", ROW_NAMES)
 def test_include_preprocessing_scales_the_resized_crop_as_the_pipeline(
     photos, row):
-  prep = recipes.ROWS[row]
+  prep = preprocessing.ROWS[row]
   rescaling = effnetv2_tf.create_model(
       "efficientnetv2-b0", width_coefficient=0.1, depth_coefficient=0.1,
       include_preprocessing=True,
@@ -242,7 +242,7 @@ def test_train_crop_decodes_per_row(photos, row):
                        size).numpy()
       want = whole if row == "v2" else fused
       got = preprocess.random_crop({"encoded": encoded}, seed, SIZE,
-                                   recipes.ROWS[row]).numpy()
+                                   preprocessing.ROWS[row]).numpy()
       np.testing.assert_array_equal(got, want)
       differ += int(not np.array_equal(fused, whole))
   assert differ >= 1  # some crop tells the decodes apart
@@ -253,7 +253,7 @@ def test_non_jpeg_bytes_decode_whole_under_a_fused_decode():
   # lossless pixels.
   image = tf.cast(tf.random.stateless_uniform([50, 70, 3], [1, 2], 0, 255),
                   tf.uint8)
-  fused = dataclasses.replace(recipes.ROWS["legacy"], decode="fused")
+  fused = dataclasses.replace(preprocessing.ROWS["legacy"], decode="fused")
   crop = preprocess.eval_crop({"encoded": tf.io.encode_png(image)}, 32,
                               fused).numpy()
   # Legacy center crop at 32 px: side int(32 / 64 * 50) = 25 at
@@ -262,7 +262,7 @@ def test_non_jpeg_bytes_decode_whole_under_a_fused_decode():
 
 
 def test_unknown_decode_is_one_clear_error():
-  bad = dataclasses.replace(recipes.ROWS["v2"], decode="partial")
+  bad = dataclasses.replace(preprocessing.ROWS["v2"], decode="partial")
   with pytest.raises(ValueError, match="Unknown decode 'partial'; valid: "
                      "fused, whole."):
     preprocess.eval_crop({"image": tf.zeros([8, 8, 3], tf.uint8)}, 8, bad)

@@ -14,13 +14,13 @@ from conftest import tiny_model
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.runs import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
-PREP = recipes.ROWS["v2"]  # bilinear, (x - 128) / 128, crop below 320 px
+PREP = preprocessing.ROWS["v2"]  # bilinear, (x - 128) / 128, crop below 320 px
 SCALING = PREP.input_scaling
 
 

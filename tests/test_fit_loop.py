@@ -92,7 +92,7 @@ def test_fit_eval_reads_the_ema_weights(tmp_path):
   config = trainer.config
   batches = list(pipeline.build_eval_dataset(
       trainer.source, 60, config.model.eval_size,
-      run_dir.preprocessing(config)).as_numpy_iterator())
+      run_dir.preprocessing_of(config)).as_numpy_iterator())
 
   def top1():
     hits = [np.sum((np.argmax(trainer.model.predict(b["images"], verbose=0),

@@ -99,7 +99,7 @@ def test_an_upward_import_is_found():
       ("effnetv2_tf.data.pipeline", "effnetv2_tf.training.optim")]
   assert upward_imports("effnetv2_tf.training.trainer", source) == []
   assert upward_imports("effnetv2_tf.models.model",
-                        "import effnetv2_tf.data.recipes\n") == []
+                        "import effnetv2_tf.data.preprocessing\n") == []
 
 
 def _loaded_after_import(statement):

@@ -9,12 +9,12 @@ import tensorflow as tf
 import dataclasses
 
 from effnetv2_tf.data import pipeline
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 from effnetv2_tf.training import progressive
 
 from conftest import SAMPLES
-SCALE = recipes.ROWS["v2"]  # the V2 preprocessing: (x - 128) / 128
+SCALE = preprocessing.ROWS["v2"]  # the V2 preprocessing: (x - 128) / 128
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_augmented_jpeg_stage_and_corrupt_skipped(photo_folder, augname):
   source = sources.folder_source(str(photo_folder))
   ds = pipeline.build_train_dataset(
       source, 4, _stage(32, randaug=15, mixup=0.2),
-      pipeline.TrainInput(recipes.ROWS["legacy"], augname=augname,
+      pipeline.TrainInput(preprocessing.ROWS["legacy"], augname=augname,
                           shuffle_buffer=16), seed=0)
   batches = _first(ds, 5)  # 20 examples: two passes over the 9 good ones
   assert all(b["images"].shape == (4, 32, 32, 3) for b in batches)
@@ -143,7 +143,7 @@ def test_random_flip_off_keeps_orientation():
 
   def left_brighter(random_flip):
     flipped = 0
-    prep = dataclasses.replace(recipes.ROWS["v2"], crop_area_min=1.0,
+    prep = dataclasses.replace(preprocessing.ROWS["v2"], crop_area_min=1.0,
                                random_flip=random_flip)
     for i in range(32):
       out = pipeline.train_preprocess(

@@ -9,7 +9,7 @@ import dataclasses
 
 from effnetv2_tf.data import mix
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 
 from conftest import SAMPLES
 TENCH = SAMPLES / "n01440764_tench.JPEG"
@@ -22,7 +22,7 @@ def jpeg_bytes():
   return TENCH.read_bytes()
 
 
-V2, LEGACY, FINETUNE = (recipes.ROWS[k] for k in ("v2", "legacy", "finetune"))
+V2, LEGACY, FINETUNE = (preprocessing.ROWS[k] for k in ("v2", "legacy", "finetune"))
 
 
 def _seed(i):
@@ -144,15 +144,15 @@ def test_finetune_cutout_geometry_and_fill():
 def test_scalings_by_hand():
   pixels = tf.constant([[[0.0, 128.0, 255.0]]])
   np.testing.assert_allclose(
-      preprocess.normalize(pixels, recipes.SCALE_MINUS_ONE_ONE).numpy(),
+      preprocess.normalize(pixels, preprocessing.SCALE_MINUS_ONE_ONE).numpy(),
       [[[-1.0, 0.0, 127.0 / 128.0]]])
   np.testing.assert_allclose(
-      preprocess.normalize(pixels, recipes.SCALE_FINETUNE).numpy(),
+      preprocess.normalize(pixels, preprocessing.SCALE_FINETUNE).numpy(),
       [[[-1.0, (128 / 255 - 0.5) / 0.5, 1.0]]], rtol=1e-6, atol=1e-6)
   mean = np.array([0.485, 0.456, 0.406]) * 255.0  # preprocess_legacy.py
   std = np.array([0.229, 0.224, 0.225]) * 255.0
   out = preprocess.normalize(tf.constant((mean + std)[None, None]),
-                             recipes.SCALE_IMAGENET)
+                             preprocessing.SCALE_IMAGENET)
   np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-5)
   with pytest.raises(ValueError, match="Unknown input scaling"):
     preprocess.normalize(pixels, "bogus")

@@ -30,7 +30,7 @@ import tensorflow as tf
 from conftest import SAMPLES
 from conftest import tiny_model
 from effnetv2_tf import config as config_lib
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.runs import checkpoints
@@ -86,19 +86,19 @@ def test_unpublished_tag_lists_the_models_tags():
 @pytest.mark.parametrize("entry", pretrained.TABLE, ids=lambda e: e.name)
 def test_recipe_preprocessing_is_what_build_config_resolves(entry):
   config = config_lib.build_config(entry.model, entry.dataset_cfg)
-  prep, size = pretrained.preprocessing(entry)
-  assert prep == recipes.from_config(config.data)
+  prep, size = pretrained.preprocessing_of(entry)
+  assert prep == preprocessing.from_config(config.data)
   assert size == config.model.eval_size
 
 
 def test_recipe_scalings_by_hand():
-  s = pretrained.preprocessing(pretrained.get("efficientnetv2-s",
+  s = pretrained.preprocessing_of(pretrained.get("efficientnetv2-s",
                                               "imagenet21k-ft1k"))[0]
-  assert recipes.scaling(s.input_scaling) == ((2 / 255,) * 3, (-1.0,) * 3)
+  assert preprocessing.scaling(s.input_scaling) == ((2 / 255,) * 3, (-1.0,) * 3)
   assert not s.eval_crop  # preprocess_for_finetune: the whole image
-  s = pretrained.preprocessing(pretrained.get("efficientnetv2-s",
+  s = pretrained.preprocessing_of(pretrained.get("efficientnetv2-s",
                                               "imagenet21k"))
-  assert s[1] == 224 and s[0].input_scaling == recipes.SCALE_MINUS_ONE_ONE
+  assert s[1] == 224 and s[0].input_scaling == preprocessing.SCALE_MINUS_ONE_ONE
 
 
 def test_imagenet_class_names_ship_in_label_order():

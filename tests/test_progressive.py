@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from effnetv2_tf import config as config_lib
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.training import progressive
 
 
@@ -47,7 +47,7 @@ def test_paper_preset_s_sizes_by_hand():
 def test_reference_preset_regularization_uses_its_own_ratio():
   # main_tf2.py: the size at (i + 1) / M, regularization at
   # np.linspace(...)[i], i / (M - 1): RandAugment starts at 5, not at 6.25.
-  # (Full reference tables: tests/test_recipes.py.)
+  # (Full reference tables: tests/test_preprocessing.py.)
   stages = _stages("efficientnetv2-s", hparams="progressive.preset=reference")
   assert [s.image_size for s in stages] == [171, 214, 257, 300]
   assert stages[0].randaug_magnitude == 5.0
@@ -91,7 +91,7 @@ def test_random_resize_draws_stage_values_every_k_epochs():
 
 def test_describe_line_names_the_augmentation_used():
   stage = _stages("efficientnetv2-m")[1]
-  v2 = recipes.ROWS["v2"]  # random crop and flip (reference preprocessing.py)
+  v2 = preprocessing.ROWS["v2"]  # random crop and flip (reference preprocessing.py)
   line = progressive.describe(stage, 4, "paper", v2, "randaug")
   for part in ("stage 2/4 (paper preset)", "image size 212",
                "random crop, flip, RandAugment magnitude", "mixup alpha",
@@ -102,7 +102,7 @@ def test_describe_line_names_the_augmentation_used():
                                                       "autoaug")
   # The finetune recipe: whole image, flip, cutout; one stage, no preset.
   first = _stages("efficientnetv2-m")[0]
-  finetune = recipes.ROWS["finetune"]
+  finetune = preprocessing.ROWS["finetune"]
   line = progressive.describe(first, 1, "paper", finetune, "")
   assert line.startswith("stage 1/1: ") and " flip, cutout, mixup" in line
   bare = dataclasses.replace(finetune, random_flip=False, cutout=False)

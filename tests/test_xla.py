@@ -247,7 +247,7 @@ def test_fit_driver_trains_with_the_compiled_step(tmp_path):
 def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
   trainer = float32_steps[0]
   batch = next(iter(pipeline.build_eval_dataset(
-      trainer.source, 60, 16, run_dir.preprocessing(trainer.config),
+      trainer.source, 60, 16, run_dir.preprocessing_of(trainer.config),
       split=trainer.config.data.eval_split)))
   compiled = trainer.make_eval_step()
   plain = tf.function(compiled.python_function)
@@ -260,7 +260,7 @@ def test_eval_step_compiles_and_counts_like_the_plain_one(float32_steps):
 @needs_xla_cpu
 def test_serving_model_part_compiles_and_matches(float32_steps):
   trainer = float32_steps[0]
-  prep = run_dir.preprocessing(trainer.config)
+  prep = run_dir.preprocessing_of(trainer.config)
   images = tf.random.stateless_uniform([2, 40, 30, 3], [3, 4], 0, 255)
   fast = export.ServingModule(trainer.model, 16, prep, jit_compile=True)
   plain = export.ServingModule(trainer.model, 16, prep)
@@ -277,7 +277,7 @@ def test_serving_model_part_compiles_and_matches(float32_steps):
 def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
                                                         tmp_path):
   trainer = float32_steps[0]
-  prep = run_dir.preprocessing(trainer.config)
+  prep = run_dir.preprocessing_of(trainer.config)
   export.export_saved_model(trainer.model, str(tmp_path), 16, prep,
                             jit_compile=True)
   signature = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]

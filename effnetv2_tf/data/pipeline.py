@@ -6,7 +6,7 @@ training pipeline is built per stage from explicit arguments; nothing is read
 from globals.
 
 The pixel values (decode, crop, resize, flip, scaling, cutout, eval crop)
-come from one `recipes.Preprocessing` row, the run's resolved `data`
+come from one `preprocessing.Preprocessing` row, the run's resolved `data`
 config. Training, per example: random crop (decoded as the row's `decode`
 says) or the whole image, resize to the stage size, random flip,
 RandAugment/AutoAugment on uint8, the input scaling, cutout (finetune); per
@@ -34,7 +34,7 @@ from effnetv2_tf import settings
 from effnetv2_tf.data import augment
 from effnetv2_tf.data import mix
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.settings import Setting
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -72,7 +72,7 @@ def train_preprocess(features, seed, image_size, prep, augname=None,
     features: dict with 'encoded' bytes or a uint8 'image'.
     seed: shape [2] int seed for this example.
     image_size: the stage's square output size.
-    prep: the run's `recipes.Preprocessing`.
+    prep: the run's `preprocessing.Preprocessing`.
     augname: 'randaug', 'autoaug' or None.
     randaug_magnitude: the stage's RandAugment magnitude.
     num_layers: RandAugment ops per image.
@@ -133,7 +133,7 @@ class TrainInput:
   """What a run's training input keeps over all its stages.
 
   Attributes:
-    prep: the run's `recipes.Preprocessing`.
+    prep: the run's `preprocessing.Preprocessing`.
     augname: 'randaug', 'autoaug' or None.
     num_layers: RandAugment ops per image.
     augment_arithmetic: the ops' arithmetic, one of `augment.ARITHMETICS`.
@@ -141,7 +141,7 @@ class TrainInput:
     shuffle_buffer: examples in the shuffle buffer.
     cache: cache the source's examples in memory (small datasets).
   """
-  prep: recipes.Preprocessing
+  prep: preprocessing.Preprocessing
   augname: Optional[str] = None
   num_layers: int = _DEFAULTS["num_layers"].default
   augment_arithmetic: str = augment.DEFAULT_ARITHMETIC
@@ -261,7 +261,7 @@ def build_eval_dataset(source, batch_size, image_size, prep, *,
     source: a `sources.Source`.
     batch_size: per-replica batch size.
     image_size: evaluation image size.
-    prep: the run's `recipes.Preprocessing` (eval crop, resize, scaling).
+    prep: the run's `preprocessing.Preprocessing` (eval crop, resize, scaling).
     split: source split.
     input_context: `tf.distribute.InputContext` for per-replica input.
     cache: cache the decoded, resized examples.

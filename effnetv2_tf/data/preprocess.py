@@ -1,6 +1,6 @@
 """Per-example preprocessing: random crop, resize, flip, eval crop, scaling.
 
-Each function applies the values of one `recipes.Preprocessing` row (the
+Each function applies the values of one `preprocessing.Preprocessing` row (the
 reference's V2, legacy V1 or finetune pipeline); image sizes come from the
 stage. Training: an inception-style crop from
 `stateless_sample_distorted_bounding_box`; resize to the stage size; random
@@ -15,7 +15,7 @@ is stateless and takes an explicit seed.
 import tensorflow as tf
 
 from effnetv2_tf.data import image_ops
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 
 
 def decode_image(encoded):
@@ -36,9 +36,9 @@ def _for_crop(features, decode):
   """The features a crop reads: with `decode` 'whole', the decoded image in
   place of encoded bytes; with 'fused', the bytes (`_crop` decodes the
   window of a JPEG alone)."""
-  if decode not in recipes.DECODE_METHODS:
+  if decode not in preprocessing.DECODE_METHODS:
     raise ValueError(f"Unknown decode {decode!r}; valid: "
-                     f"{', '.join(recipes.DECODE_METHODS)}.")
+                     f"{', '.join(preprocessing.DECODE_METHODS)}.")
   if decode == "whole":
     return {"image": whole_image(features)}
   return features
@@ -88,7 +88,7 @@ def random_crop(features, seed, image_size, prep):
     features: dict with 'encoded' (image bytes) or 'image' (uint8 tensor).
     seed: shape [2] integer seed of the stateless sampler.
     image_size: the output size (sizes the legacy center-crop fallback).
-    prep: a `recipes.Preprocessing` (decode, crop area, aspect, min object
+    prep: a `preprocessing.Preprocessing` (decode, crop area, aspect, min object
       covered, attempts and fallback).
   """
   features = _for_crop(features, prep.decode)
@@ -155,9 +155,9 @@ def resize(images, image_size, method):
   'bicubic' is TF1's `resize_bicubic` (no half-pixel centres), which the
   reference's legacy pipeline ran under tensorflow.compat.v1.
   """
-  if method not in recipes.RESIZE_METHODS:
+  if method not in preprocessing.RESIZE_METHODS:
     raise ValueError(f"Unknown resize method {method!r}; valid: "
-                     f"{', '.join(recipes.RESIZE_METHODS)}.")
+                     f"{', '.join(preprocessing.RESIZE_METHODS)}.")
   size = [image_size, image_size]
   if method == "bilinear":
     out = tf.image.resize(images, size, method="bilinear")
@@ -181,8 +181,8 @@ def to_uint8(image):
 
 
 def normalize(image, input_scaling):
-  """Applies a `recipes.SCALINGS` map to 0..255 pixels."""
-  scale, offset = recipes.scaling(input_scaling)
+  """Applies a `preprocessing.SCALINGS` map to 0..255 pixels."""
+  scale, offset = preprocessing.scaling(input_scaling)
   return tf.cast(image, tf.float32) * scale + offset
 
 

@@ -15,7 +15,7 @@ import sys
 import keras
 from keras import layers
 
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import options as options_lib
 from effnetv2_tf.models import registry
@@ -231,8 +231,8 @@ def scaled_block_args(spec, options: ModelOptions):
 
 
 def _input_scaling(input_scaling, x):
-  """The `recipes.SCALINGS` affine map as one layer, with no weights."""
-  scale, offset = recipes.scaling(input_scaling)
+  """The `preprocessing.SCALINGS` affine map as one layer, with no weights."""
+  scale, offset = preprocessing.scaling(input_scaling)
   if len(set(scale)) == 1 and len(set(offset)) == 1:
     scale, offset = scale[0], offset[0]
   return layers.Rescaling(scale, offset=offset, name="rescaling")(x)
@@ -254,7 +254,7 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
     include_preprocessing: put the input scaling in the graph so the model
       takes 0..255 pixels.
     classifier_activation: e.g. 'softmax'; None returns logits.
-    input_scaling: a `recipes.SCALINGS` name for `include_preprocessing`;
+    input_scaling: a `preprocessing.SCALINGS` name for `include_preprocessing`;
       None: that of the model's preprocessing row.
 
   Returns:
@@ -272,7 +272,7 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
                        name="image")
   if include_preprocessing:
     x = _input_scaling(input_scaling or
-                       recipes.get_row(spec.preprocessing).input_scaling,
+                       preprocessing.get_row(spec.preprocessing).input_scaling,
                        inputs)
   else:
     x = inputs
@@ -310,7 +310,7 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
       'imagenet21k-ft1k', V1 'jft'; `pretrained.TABLE`), downloaded once
       into the Keras cache; a keras.applications weights file
       (`.weights.h5` or legacy `.h5`); or a reference TF1 checkpoint.
-    input_scaling: a `recipes.SCALINGS` name for `include_preprocessing`;
+    input_scaling: a `preprocessing.SCALINGS` name for `include_preprocessing`;
       None: that of the tag's training recipe, else of the model's row.
     **overrides: any field of `ModelOptions` (`OVERRIDABLE`).
 
@@ -329,7 +329,7 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
     from effnetv2_tf.models import pretrained  # pylint: disable=g-import-not-at-top
     path, entry = pretrained.resolve(spec.name, weights)
     if entry and input_scaling is None:
-      input_scaling = pretrained.preprocessing(entry)[0].input_scaling
+      input_scaling = pretrained.preprocessing_of(entry)[0].input_scaling
   if num_classes is None:
     num_classes = (entry.num_classes if entry else
                    options_lib.default("num_classes"))

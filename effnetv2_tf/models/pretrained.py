@@ -4,7 +4,7 @@
 keras.applications publishes for our variants, with its URL, file format,
 hash where one is published, class count and the recipe (a dataset config
 name) the weights were trained with, and the eval preprocessing row and
-size it resolves to (`preprocessing`).
+size it resolves to (`preprocessing_of`).
 
 Tags:
   imagenet          ImageNet-1k: keras.applications' file (the reference's
@@ -39,7 +39,7 @@ import keras
 import tensorflow as tf
 
 from effnetv2_tf import errors
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import registry
 
@@ -251,11 +251,11 @@ def resolve(model_name, weights):
 # ---------------------------------------------------------------- recipe
 
 
-def preprocessing(entry):
-  """(recipes.Preprocessing, eval size) the weights were trained with."""
+def preprocessing_of(entry):
+  """(preprocessing.Preprocessing, eval size) the weights were trained with."""
   spec = registry.get_model_spec(entry.model)
   _, row, eval_size = _TRAINED_WITH[entry.tag]
-  return (recipes.get_row(row or spec.preprocessing),
+  return (preprocessing.get_row(row or spec.preprocessing),
           eval_size or spec.eval_size)
 
 def describe(entry):
@@ -264,7 +264,7 @@ def describe(entry):
   hash_note = f"md5 {entry.md5}" if entry.md5 else "no published hash"
   return (f"{entry.name:<35} {entry.num_classes:>6} classes  recipe "
           f"{entry.dataset_cfg:<11} {size:>3} px "
-          f"{recipes.SCALING_FORMULAS[prep.input_scaling]:<22} "
+          f"{preprocessing.SCALING_FORMULAS[prep.input_scaling]:<22} "
           f"{entry.source:<18} {entry.url} ({hash_note})")
 
 

@@ -3,7 +3,7 @@
 Each entry holds the block strings of paper Table 4 (V2) or the EfficientNet
 paper (V1), the compound-scaling coefficients and the defaults that travel
 with the model: train and eval image size, the preprocessing row
-(`effnetv2_tf.data.recipes`: input scaling, crops, resize), dropout,
+(`effnetv2_tf.data.preprocessing`: input scaling, crops, resize), dropout,
 augmentation, mixup/CutMix and progressive stages. Values are those of the
 reference implementation (google/automl, efficientnetv2/effnetv2_configs.py);
 V1's channel rounding is the original EfficientNet's (`_v1`).
@@ -32,7 +32,7 @@ class ModelSpec:
   train_size: int
   eval_size: int
   dropout_rate: float
-  preprocessing: str  # a row of effnetv2_tf.data.recipes.ROWS
+  preprocessing: str  # a row of effnetv2_tf.data.preprocessing.ROWS
   augname: str  # 'randaug' or 'autoaug' (AutoAugment policy v0)
   randaug_magnitude: int = 0  # data.ram (unused by AutoAugment)
   mixup_alpha: float = 0.0

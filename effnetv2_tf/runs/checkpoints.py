@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from effnetv2_tf import errors
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import weights as weights_lib
@@ -147,13 +147,13 @@ def scaling_note(run_config, value):
   entry = pretrained.lookup(run_config["model"]["name"], value)
   if entry is None:
     return None
-  theirs = pretrained.preprocessing(entry)[0].input_scaling
-  ours = run_dir.preprocessing(run_config).input_scaling
+  theirs = pretrained.preprocessing_of(entry)[0].input_scaling
+  ours = run_dir.preprocessing_of(run_config).input_scaling
   if theirs == ours:
     return None
-  return (f"Input scaling: this run's {recipes.SCALING_FORMULAS[ours]} "
+  return (f"Input scaling: this run's {preprocessing.SCALING_FORMULAS[ours]} "
           f"({run_config['data']['preprocessing']} preprocessing) differs "
-          f"from the {recipes.SCALING_FORMULAS[theirs]} that {entry.name} "
+          f"from the {preprocessing.SCALING_FORMULAS[theirs]} that {entry.name} "
           f"was trained with (recipe {entry.dataset_cfg}); finetuning adapts "
           "the weights to it.")
 

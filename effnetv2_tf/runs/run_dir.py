@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from effnetv2_tf import errors
 from effnetv2_tf import fileio
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import options
 from effnetv2_tf.models import registry
@@ -162,14 +162,14 @@ def check_model_flag(model_name, run_config, source="the run"):
                       f"{run_model} (config.json); drop --model.")
 
 
-def preprocessing(run_config):
-  """The run's `recipes.Preprocessing`.
+def preprocessing_of(run_config):
+  """The run's `preprocessing.Preprocessing`.
 
   `run_config`: a run's ConfigDict or its config.json dict. Fields that
   config.json lacks (runs written before a field existed) take the model's
   row.
   """
-  return recipes.from_config(
+  return preprocessing.from_config(
       run_config["data"],
       registry.get_model_spec(run_config["model"]["name"]).preprocessing)
 

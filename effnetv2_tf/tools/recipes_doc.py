@@ -36,7 +36,7 @@ from configs import datasets as dataset_configs
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import errors
 from effnetv2_tf.data import augment
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 from effnetv2_tf.models import registry
 from effnetv2_tf.tools import recipes_reference as tables
@@ -378,10 +378,10 @@ _ROW_USERS = {"v2": ("efficientnetv2-s", "imagenet"),
 def _ours_field(data, field):
   value = data[field]
   if field == "input_scaling":
-    text = recipes.SCALING_FORMULAS[value]
-    if value == recipes.SCALE_IMAGENET:
-      text += (f"; mean {recipes.IMAGENET_MEAN_RGB}, std "
-               f"{recipes.IMAGENET_STDDEV_RGB}")
+    text = preprocessing.SCALING_FORMULAS[value]
+    if value == preprocessing.SCALE_IMAGENET:
+      text += (f"; mean {preprocessing.IMAGENET_MEAN_RGB}, std "
+               f"{preprocessing.IMAGENET_STDDEV_RGB}")
     return tables.N(text, f"`{value}`")
   unused = ((field in tables.CROP_FIELDS and not data.train_crop) or
             (field in tables.EVAL_CROP_FIELDS and not data.eval_crop))
@@ -389,7 +389,7 @@ def _ours_field(data, field):
 
 
 def _preprocessing_section(chk):
-  out = ["## 5. Preprocessing rows (`effnetv2_tf/data/recipes.py`)", "",
+  out = ["## 5. Preprocessing rows (`effnetv2_tf/data/preprocessing.py`)", "",
          "Ours: the resolved `config.data` of a config using the row: "
          + ", ".join(f"{r}: {m}/{d}" for r, (m, d) in _ROW_USERS.items())
          + ".", ""]
@@ -400,7 +400,7 @@ def _preprocessing_section(chk):
     rows = [[f"`{f}`", _fmt(_ours_field(data, f)), _fmt(ref[f][0]),
              f"{ref_file} {ref[f][1]}".strip(),
              chk.mark(f"preprocessing/{row}/{f}", _ours_field(data, f),
-                      ref[f][0])] for f in recipes.FIELDS]
+                      ref[f][0])] for f in preprocessing.FIELDS]
     out += [f"### `{row}`", ""] + _table(
         ["Field", "Ours", "Reference", "Where", "Dev."], rows)
   return out + _augment_table(chk)

@@ -81,7 +81,7 @@ class Trainer:
         self._step_counts(whole_epochs))
     self.stages = progressive.plan(config, self.total_steps,
                                    self.steps_per_epoch, self.epoch_steps)
-    self.preprocessing = run_dir.preprocessing(config)
+    self.preprocessing = run_dir.preprocessing_of(config)
     self.train_input = self._train_input()
     with strategy.scope():
       self.model, self.schedule, self.optimizer, self.ema = (

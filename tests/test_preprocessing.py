@@ -15,7 +15,7 @@ from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
-from effnetv2_tf.data import recipes
+from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.runs import run_dir
@@ -112,7 +112,7 @@ def test_v1_eval_center_crops_at_380_to_600(model, eval_size):
   side = int(eval_size / (eval_size + 32) * 401)
   top, left = (401 - side + 1) // 2, (500 - side + 1) // 2
   crop = preprocess.eval_crop({"image": image}, eval_size,
-                              run_dir.preprocessing(config))
+                              run_dir.preprocessing_of(config))
   np.testing.assert_array_equal(
       crop.numpy(), image.numpy()[top:top + side, left:left + side])
 
@@ -122,22 +122,22 @@ def test_imagenet21k_scales_every_model_to_minus_one_one():
   # branch: (x - 128) / 128 and the < 320 px center crop, B0 included.
   for model in ("efficientnetv2-b0", "efficientnetv2-s", "efficientnet-b3"):
     config = config_lib.build_config(model, "imagenet21k")
-    prep = run_dir.preprocessing(config)
+    prep = run_dir.preprocessing_of(config)
     out = preprocess.normalize(tf.constant([0.0, 128.0, 255.0]),
                                prep.input_scaling)
     np.testing.assert_allclose(out.numpy(), [-1.0, 0.0, 127 / 128])
     assert prep.resize_method == "bilinear" and prep.crop_offset == "floor"
     assert prep.eval_crop and prep.skip_crop_from_size == 320
   # On ImageNet-1k B0 keeps its legacy mean/std scaling.
-  legacy = run_dir.preprocessing(
+  legacy = run_dir.preprocessing_of(
       config_lib.build_config("efficientnetv2-b0", "imagenet"))
-  assert legacy.input_scaling == recipes.SCALE_IMAGENET
+  assert legacy.input_scaling == preprocessing.SCALE_IMAGENET
 
 
 def test_finetune_scaling_is_half_half_for_every_model():
   # preprocessing.py preprocess_for_finetune: (x / 255 - 0.5) / 0.5.
   for model in ("efficientnetv2-b0", "efficientnetv2-l"):
-    prep = run_dir.preprocessing(config_lib.build_config(model,
+    prep = run_dir.preprocessing_of(config_lib.build_config(model,
                                                            "flowersft"))
     out = preprocess.normalize(tf.constant([0.0, 51.0, 255.0]),
                                prep.input_scaling)
@@ -148,7 +148,7 @@ def test_finetune_scaling_is_half_half_for_every_model():
 def test_config_json_holds_every_resolved_preprocessing_value():
   config = config_lib.build_config("efficientnetv2-b0", "imagenet")
   data = json.loads(config.to_json())["data"]
-  for name in recipes.FIELDS + ("preprocessing",):
+  for name in preprocessing.FIELDS + ("preprocessing",):
     assert data[name] is not None, name
   # The legacy row (preprocess_legacy.py): area 0.08, 10 attempts, bicubic.
   assert (data["crop_area_min"], data["crop_max_attempts"],
@@ -161,7 +161,7 @@ def test_dataset_config_wins_over_model_and_user_over_both():
   config = config_lib.build_config(
       "efficientnetv2-b0", "imagenet21k", "data.resize_method=bicubic")
   assert config.data.preprocessing == "v2"
-  assert config.data.input_scaling == recipes.SCALE_MINUS_ONE_ONE
+  assert config.data.input_scaling == preprocessing.SCALE_MINUS_ONE_ONE
   assert config.data.resize_method == "bicubic"
   with pytest.raises(config_lib.ConfigError, match="data.resize_method"):
     config_lib.build_config("efficientnetv2-b0", "imagenet",
@@ -178,21 +178,21 @@ def test_decode_per_row_and_override():
     assert config.data.decode == decode, dataset
   config = config_lib.build_config("efficientnetv2-b0", "imagenet",
                                    "data.decode=whole")
-  assert run_dir.preprocessing(config).decode == "whole"
+  assert run_dir.preprocessing_of(config).decode == "whole"
   with pytest.raises(config_lib.ConfigError, match="data.decode"):
     config_lib.build_config("efficientnetv2-b0", "imagenet",
                             "data.decode=partial")
   # A config.json written before the field existed: its row's decode.
   old_run = {"model": {"name": "efficientnetv2-b0"},
              "data": {"preprocessing": "legacy"}}
-  assert run_dir.preprocessing(old_run).decode == "fused"
+  assert run_dir.preprocessing_of(old_run).decode == "fused"
 
 
-@pytest.mark.parametrize("row", sorted(recipes.ROWS))
+@pytest.mark.parametrize("row", sorted(preprocessing.ROWS))
 @pytest.mark.parametrize("size", [224, 384])
 def test_export_serves_the_eval_preprocessing(row, size):
   image = _image(301, 411)
-  prep = recipes.ROWS[row]
+  prep = preprocessing.ROWS[row]
   expected = preprocess.eval_preprocess({"image": image}, size, prep)
   module = export.ServingModule(None, size, prep)
   served = module.preprocess(tf.cast(image, tf.float32)[tf.newaxis])[0]
@@ -254,7 +254,7 @@ def test_finetune_train_example_is_the_whole_image_with_noise_cutout():
   # noise on the scaled image; a white image scales to 1.0 everywhere else.
   features = {"image": tf.fill([20, 30, 3], tf.constant(255, tf.uint8))}
   out = pipeline.train_preprocess(features, tf.constant([3, 4]), 32,
-                                  recipes.ROWS["finetune"]).numpy()
+                                  preprocessing.ROWS["finetune"]).numpy()
   cut = out[..., 0] < 1.0 - 1e-6
   assert out.shape == (32, 32, 3) and 0 < cut.sum() <= 32 * 32 // 4
   np.testing.assert_allclose(out[~cut], 1.0, atol=1e-6)
@@ -266,7 +266,7 @@ def test_include_preprocessing_takes_another_recipes_scaling():
   tiny = dict(width_coefficient=0.1, depth_coefficient=0.1,
               input_shape=(32, 32, 3), include_preprocessing=True)
   model = create_model("efficientnetv2-b0", input_scaling=(
-      recipes.SCALE_FINETUNE), **tiny)
+      preprocessing.SCALE_FINETUNE), **tiny)
   rescale = model.get_layer("rescaling")
   x = tf.constant([[[[0.0, 51.0, 255.0]]]])
   np.testing.assert_allclose(rescale(x).numpy().ravel(), [-1.0, -0.6, 1.0],
