@@ -23,7 +23,7 @@ _FINETUNE = {
 
 
 def _tfds(tfds_name, **data):
-  return {"data": {"name": tfds_name, "source": "tfds",
+  return {"data": {"dataset": tfds_name, "source": "tfds",
                    "tfds_name": tfds_name, **data}}
 
 
@@ -52,7 +52,7 @@ _DIGITS = {
     # pixel-absolute translate (100 px) and cutout (40 px) constants push a
     # 32-56 px digit out of the frame, and posterize and solarize blank it
     # at low magnitudes; stages grow mixup and dropout instead.
-    "data": {"name": "digits", "source": "digits", "augname": "",
+    "data": {"dataset": "digits", "source": "digits", "augname": "",
              "crop_area_min": 0.5, "crop_padding": 0, "cache": True,
              "random_flip": False, "shuffle_buffer": 2048},
     # From scratch on 1437 images the ImageNet rate (0.016 per 256)
@@ -79,14 +79,14 @@ DATASET_CONFIGS = {
     "imagenet21k": {
         "model": {"num_classes": 21843, "survival_prob": 1.0,
                   "train_size": 224, "eval_size": 224},
-        "data": {"name": "imagenet21k", "multi_label": True, "augname": "",
+        "data": {"dataset": "imagenet21k", "multi_label": True, "augname": "",
                  "preprocessing": "v2", "minival_files": 4},
         "train": {"epochs": 60.0, "lr_base": 0.008, "lr_schedule": "cosine",
                   "warmup_epochs": 1.0, "label_smoothing": 0.0},
         "progressive": {"num_stages": 1, "max_mixup": 0.0, "max_cutmix": 0.0,
                         "max_dropout": 0.0, "max_randaug": 0.0},
     },
-    "imagenetft": _merge(_FINETUNE, {"data": {"name": "imagenet"}}),
+    "imagenetft": _merge(_FINETUNE, {"data": {"dataset": "imagenet"}}),
     "cifar10ft": _merge(_FINETUNE, _tfds("cifar10")),
     "cifar100ft": _merge(_FINETUNE, _tfds("cifar100")),
     # Reference FlowersInput: trains on train+validation (2,040 images).
@@ -94,13 +94,13 @@ DATASET_CONFIGS = {
                                          tfds_train_split="train+validation")),
     "carsft": _merge(_FINETUNE, _tfds("cars196")),
     # root/<class>/*.jpg at --data_dir; the class count comes from the folders.
-    "folder": {"data": {"name": "folder", "source": "folder"}},
+    "folder": {"data": {"dataset": "folder", "source": "folder"}},
     # Finetuning on one's own folder (with --init_checkpoint): the
     # reference's finetune recipe at a batch and length that fit a small
     # dataset: batch 64, 15 epochs without the 10,000-step minimum (which
     # would be about 450 epochs of 1,437 images), the 1-epoch warmup.
     "folderft": _merge(_FINETUNE, {
-        "data": {"name": "folder", "source": "folder"},
+        "data": {"dataset": "folder", "source": "folder"},
         "train": {"batch_size": 64, "min_steps": 0},
         "eval": {"batch_size": 64},
     }),

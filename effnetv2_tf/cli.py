@@ -210,7 +210,7 @@ def _set_class_count(values, config, count):
   if "model.num_classes" in given_keys(values):
     raise config_lib.ConfigError(
         f"model.num_classes={config.model.num_classes}, but the data "
-        f"({config.data.name}) has {count} classes; drop the key to use "
+        f"({config.data.dataset}) has {count} classes; drop the key to use "
         f"{count}.")
   print(f"model.num_classes: {count}, the data's class count (the "
         f"{config.data.dataset_cfg} config says {config.model.num_classes})",

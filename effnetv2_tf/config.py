@@ -159,7 +159,8 @@ def _apply_run_config(config, run_config, model_name, dataset_given):
   `model_name`, when given, must be the run's model; with `dataset_given`
   the dataset config applied to `config` must be the run's dataset.
   """
-  old_model, old_data = run_config["model"]["name"], run_config["data"]["name"]
+  old_model = run_config["model"]["name"]
+  old_data = run_config["data"]["dataset"]
   if model_name:
     try:
       name = registry.get_model_spec(model_name).name
@@ -168,9 +169,9 @@ def _apply_run_config(config, run_config, model_name, dataset_given):
     if name != old_model:
       raise ConfigError(f"config.json holds a run of {old_model}, not "
                         f"{name}; use another --model_dir.")
-  if dataset_given and config.data.name != old_data:
+  if dataset_given and config.data.dataset != old_data:
     raise ConfigError(f"config.json holds a run on {old_data!r}, not "
-                      f"{config.data.name!r} (--dataset_cfg); use another "
+                      f"{config.data.dataset!r} (--dataset_cfg); use another "
                       "--model_dir.")
   old_cfg = run_config["data"]["dataset_cfg"]
   if dataset_given and config.data.dataset_cfg != old_cfg:

@@ -213,18 +213,23 @@ def test_config_json_carries_its_format_and_reads_back(tmp_path):
 
 
 def test_an_older_format_is_upgraded_with_one_line(monkeypatch, capsys):
-  monkeypatch.setattr(run_dir, "RENAMED_KEYS",
-                      {2: {"data.buffer": "data.shuffle_buffer"}})
+  monkeypatch.setattr(run_dir, "RENAMED_KEYS", {
+      2: {**run_dir.RENAMED_KEYS[2], "data.buffer": "data.shuffle_buffer"}})
   old = {"model": {"name": "efficientnetv2-b0"},
          "data": {"name": "digits", "buffer": 64}}  # format 1: no version
   tree = run_dir.upgrade_config(old, "x/config.json")
-  assert tree["data"] == {"name": "digits", "shuffle_buffer": 64,
+  assert tree["data"] == {"dataset": "digits", "shuffle_buffer": 64,
                           "dataset_cfg": "digits"}
   assert "buffer" in old["data"]  # the caller's dict is left alone
   assert capsys.readouterr().out == (
-      "x/config.json (format 1): renamed data.buffer -> data.shuffle_buffer\n")
+      "x/config.json (format 1): renamed data.name -> data.dataset, "
+      "data.buffer -> data.shuffle_buffer\n")
   run_dir.upgrade_config(old, "x/config.json")
   assert capsys.readouterr().out == ""  # once per file
+  current = {"format_version": 2, "data": {"dataset": "digits",
+                                           "dataset_cfg": "smoke"}}
+  assert run_dir.upgrade_config(current, "y/config.json") == {
+      "data": {"dataset": "digits", "dataset_cfg": "smoke"}}
 
 
 def test_a_newer_format_or_an_unknown_key_is_one_line():
@@ -255,6 +260,7 @@ def test_a_run_written_before_issue_32_evaluates_and_resumes(tmp_path):
   shutil.copytree(ROOT / "tests" / "data" / "run_before_issue32", old)
   recorded = json.loads((old / "summary.json").read_text())["eval"]["top1"]
   out = _main("--mode=eval", f"--model_dir={old}")
+  assert "(format 1): renamed data.name -> data.dataset" in out
   # The old code's own eval of these weights, reproduced.
   assert f"top-1 {recorded:.4f}" in out
   out = _main("--mode=train", f"--model_dir={old}",

@@ -478,7 +478,7 @@ def digits_source(upscale=4, minival_every=0):
 # model's class count; config.py's list of valid names is this table's keys.
 FROM_CONFIG = {
     "tfrecord": lambda data, num_classes: tfrecord_source(
-        data.name, data.data_dir, num_classes, multi_label=data.multi_label,
+        data.dataset, data.data_dir, num_classes, multi_label=data.multi_label,
         minival_files=data.minival_files, eval_files=data.eval_files),
     "tfds": lambda data, _: tfds_source(
         data.tfds_name, data.data_dir, train_split=data.tfds_train_split),
@@ -491,8 +491,8 @@ NEEDS_DATA_DIR = ("tfrecord", "folder")
 
 # The config's dataset keys (`data` section).
 SETTINGS = (
-    Setting("name", "imagenet", str, "the dataset (TFRecord file names, "
-            "summaries)"),
+    Setting("dataset", "imagenet", str, "the dataset (its TFRecord files' "
+            "name, summaries); data.dataset_cfg names the config"),
     Setting("dataset_cfg", "imagenet", str,
             "the --dataset_cfg this config was built on"),
     Setting("source", "tfrecord", str, "where examples come from",
@@ -533,7 +533,7 @@ def from_config(config):
   data = config.data
   if data.source in NEEDS_DATA_DIR and not data.data_dir:
     raise DataNotFoundError(
-        f"--data_dir (data.data_dir) is required for {data.name!r} "
+        f"--data_dir (data.data_dir) is required for {data.dataset!r} "
         f"({data.source} source).")
   source = FROM_CONFIG[data.source](data, config.model.num_classes)
   overrides = {"train": data.train_examples,

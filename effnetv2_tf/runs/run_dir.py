@@ -27,11 +27,12 @@ from effnetv2_tf.models import registry
 CONFIG_FILENAME = "config.json"
 # config.json's format, in its "format_version". 1: before the field
 # existed (runs before it may also lack data.dataset_cfg: their dataset's
-# name). Each later format lists the keys it renamed, {old: new}, so an
-# older run still resumes and evaluates; any other unknown key is an error.
+# name); 2: data.name is data.dataset. Each format lists the keys it
+# renamed, {old: new}, so an older run still resumes and evaluates; any
+# other unknown key is an error.
 FORMAT_KEY = "format_version"
 CONFIG_FORMAT = 2
-RENAMED_KEYS = {2: {}}
+RENAMED_KEYS = {2: {"data.name": "data.dataset"}}
 SUMMARY_FILENAME = "summary.json"
 
 
@@ -138,7 +139,7 @@ def upgrade_config(tree, where):
         target[new_leaf] = section.pop(leaf)
         renamed.append(f"{old} -> {new}")
   if version < 2:
-    tree.get("data", {}).setdefault("dataset_cfg", tree["data"]["name"])
+    tree.get("data", {}).setdefault("dataset_cfg", tree["data"]["dataset"])
   if renamed and where not in _REPORTED:
     _REPORTED.add(where)
     print(f"{where} (format {version}): renamed {', '.join(renamed)}",

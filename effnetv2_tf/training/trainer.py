@@ -94,7 +94,7 @@ class Trainer:
     self._inputs_ahead = {}  # stage index -> Future of its training input
     self.step_function = None  # the current stage's (compiled) step
     self.log = run_log.RunLog(model_dir, self.chief, {
-        "model": config.model.name, "dataset": config.data.name,
+        "model": config.model.name, "dataset": config.data.dataset,
         "preset": ("random_resize" if config.progressive.random_resize
                    else config.progressive.preset),
         "total_steps": self.total_steps})
@@ -211,8 +211,8 @@ class Trainer:
   def describe(self):
     """The line printed before training."""
     data = self.config.data
-    dataset = data.name + (f" ({data.dataset_cfg})"
-                           if data.dataset_cfg != data.name else "")
+    dataset = data.dataset + (f" ({data.dataset_cfg})"
+                              if data.dataset_cfg != data.dataset else "")
     return (f"Training {self.config.model.name} on {dataset}: "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) at "
             f"batch {self.global_batch}, {len(self.stages)} "
