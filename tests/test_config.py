@@ -218,8 +218,14 @@ def test_an_older_format_is_upgraded_with_one_line(monkeypatch, capsys):
   old = {"model": {"name": "efficientnetv2-b0"},
          "data": {"name": "digits", "buffer": 64}}  # format 1: no version
   tree = run_dir.upgrade_config(old, "x/config.json")
-  assert tree["data"] == {"dataset": "digits", "shuffle_buffer": 64,
-                          "dataset_cfg": "digits"}
+  data = tree["data"]
+  assert (data["dataset"], data["shuffle_buffer"], data["dataset_cfg"]) == (
+      "digits", 64, "digits")
+  assert "name" not in data and "buffer" not in data
+  # Preprocessing fields it lacks: B0's row, the reference's legacy
+  # pipeline (preprocess_legacy.py: bicubic resize, crop offset ceil).
+  assert (data["preprocessing"], data["resize_method"],
+          data["crop_offset"]) == ("legacy", "bicubic", "ceil")
   assert "buffer" in old["data"]  # the caller's dict is left alone
   assert capsys.readouterr().out == (
       "x/config.json (format 1): renamed data.name -> data.dataset, "

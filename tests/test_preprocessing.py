@@ -183,8 +183,9 @@ def test_decode_per_row_and_override():
     config_lib.build_config("efficientnetv2-b0", "imagenet",
                             "data.decode=partial")
   # A config.json written before the field existed: its row's decode.
-  old_run = {"model": {"name": "efficientnetv2-b0"},
-             "data": {"preprocessing": "legacy"}}
+  old_run = run_dir.upgrade_config(
+      {"model": {"name": "efficientnetv2-b0"},
+       "data": {"name": "digits", "preprocessing": "legacy"}}, "x")
   assert run_dir.preprocessing_of(old_run).decode == "fused"
 
 

@@ -191,13 +191,6 @@ def resolve(data_config, model_row):
       data_config[name] = getattr(row, name)
 
 
-def from_config(data_config, default_row="v2"):
-  """The `Preprocessing` of a resolved `data` section (ConfigDict or dict).
-
-  A run's config.json written before a field existed gets that field from
-  the row the run names, else from `default_row` (the model's).
-  """
-  row = get_row(data_config.get("preprocessing") or default_row)
-  values = {name: data_config.get(name) for name in FIELDS}
-  return dataclasses.replace(
-      row, **{k: v for k, v in values.items() if v is not None})
+def from_config(data_config):
+  """The `Preprocessing` of a resolved `data` section (ConfigDict or dict)."""
+  return Preprocessing(**{name: data_config[name] for name in FIELDS})

@@ -26,8 +26,8 @@ from effnetv2_tf.models import registry
 
 CONFIG_FILENAME = "config.json"
 # config.json's format, in its "format_version". 1: before the field
-# existed (runs before it may also lack data.dataset_cfg: their dataset's
-# name); 2: data.name is data.dataset. Each format lists the keys it
+# existed (`_fill_format_1` adds the keys its older runs may lack); 2:
+# data.name is data.dataset. Each format lists the keys it
 # renamed, {old: new}, so an older run still resumes and evaluates; any
 # other unknown key is an error.
 FORMAT_KEY = "format_version"
@@ -104,6 +104,20 @@ def read_config(model_dir):
   return None if tree is None else upgrade_config(tree, path)
 
 
+def _fill_format_1(tree):
+  """Keys a format-1 run written before they existed lacks: data.dataset_cfg
+  (the dataset's name) and preprocessing fields (its row's values)."""
+  data = tree["data"]
+  data.setdefault("dataset_cfg", data["dataset"])
+  if not data.get("preprocessing"):
+    data["preprocessing"] = registry.get_model_spec(
+        tree["model"]["name"]).preprocessing
+  row = preprocessing.get_row(data["preprocessing"])
+  for name in preprocessing.FIELDS:
+    if data.get(name) is None:
+      data[name] = getattr(row, name)
+
+
 def write_config(model_dir, tree):
   """Writes config.json (a nested dict of the config) with its format."""
   fileio.write_atomic(
@@ -139,7 +153,7 @@ def upgrade_config(tree, where):
         target[new_leaf] = section.pop(leaf)
         renamed.append(f"{old} -> {new}")
   if version < 2:
-    tree.get("data", {}).setdefault("dataset_cfg", tree["data"]["dataset"])
+    _fill_format_1(tree)
   if renamed and where not in _REPORTED:
     _REPORTED.add(where)
     print(f"{where} (format {version}): renamed {', '.join(renamed)}",
@@ -164,15 +178,9 @@ def check_model_flag(model_name, run_config, source="the run"):
 
 
 def preprocessing_of(run_config):
-  """The run's `preprocessing.Preprocessing`.
-
-  `run_config`: a run's ConfigDict or its config.json dict. Fields that
-  config.json lacks (runs written before a field existed) take the model's
-  row.
-  """
-  return preprocessing.from_config(
-      run_config["data"],
-      registry.get_model_spec(run_config["model"]["name"]).preprocessing)
+  """The run's `preprocessing.Preprocessing` (`run_config`: a run's
+  ConfigDict or its config.json dict)."""
+  return preprocessing.from_config(run_config["data"])
 
 
 # Keys of a run's `config.model` section that are create_model overrides;
