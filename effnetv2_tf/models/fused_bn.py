@@ -2,10 +2,10 @@
 
 `FusedBatchNormalization`: Keras 3's BatchNormalization computes moments
 and normalises in separate ops on every backend; TensorFlow's
-FusedBatchNormV3 does both (and the backward pass) in one kernel. Measured
-on 2 CPU cores, forward + backward of a (32, 112, 112, 32) tensor: 61 ms
-fused against 113 ms for the Keras layer, and EfficientNet has a BN after
-every convolution. It is a drop-in subclass: same constructor, variables,
+FusedBatchNormV3 does both (and the backward pass) in one kernel, about
+twice as fast on CPU (benchmarks/README.md, "Fast paths, one kernel at a
+time"), and EfficientNet has a BN after every convolution. It is a drop-in
+subclass: same constructor, variables,
 names, config and numerics (the moving variance is updated with the biased
 batch variance, as Keras does, not the fused kernel's Bessel-corrected
 one). It falls back to the Keras computation where the kernel does not

@@ -3,12 +3,9 @@
 A 1x1, stride-1 convolution of an NHWC tensor is a matrix product of the
 (N*H*W, C_in) pixels with the (C_in, C_out) kernel, and TensorFlow's
 matmul kernels beat its (oneDNN) convolution kernels at it on CPU; we
-measured that, not why. Forward + backward of single 1x1 convolutions of
-EfficientNetV2-S at 128 px (batch 16) ran 1.04-1.36x faster as matmuls on
-2 CPU cores (one of B0's, 7x7 px with 1280 outputs, 0.9x), and half of
-V2-S's busy time there is 1x1 convolutions (expansion, projection, head).
-The whole train step with matmuls: 1.10x (V2-S, 128 px, batch 16), 1.07x
-(V2-B0, 224 px, batch 32).
+measured that, not why (benchmarks/README.md, "Fast paths, one kernel at a
+time"), and about half of V2-S's busy time there is 1x1 convolutions
+(expansion, projection, head).
 
 `PointwiseConv2D` is a drop-in subclass of keras' Conv2D: same constructor,
 variables, names and config; the product is the same sum, so outputs and

@@ -5,10 +5,10 @@ is about a dozen elementwise ops (and passes over memory) per variable, SGD
 with momentum about eight. TensorFlow has one kernel for each update
 (`ResourceApplyRMSProp`, the one TF1's RMSPropOptimizer and Keras 2 ran;
 `ResourceApplyKerasMomentum`) that reads and writes every tensor once, on
-CPU, GPU and TPU (XLA). Measured on 2 CPU cores, one update of every
-EfficientNetV2-S weight (21.5M): 64-70 ms with keras.optimizers.RMSprop,
-27-29 ms fused; the train step's graph also loses ~12 nodes per variable
-(faster tracing and grappler at each progressive stage).
+CPU, GPU and TPU (XLA): about 2.4x faster per update on CPU
+(benchmarks/README.md, "Fast paths, one kernel at a time"), and the train
+step's graph loses about 12 nodes per variable (faster tracing and
+grappler at each progressive stage).
 
 `FusedRMSprop` and `FusedSGD` are drop-in subclasses: same constructor,
 slot variables (so checkpoints are interchangeable), config and math:
