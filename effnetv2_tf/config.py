@@ -79,30 +79,117 @@ def _load_yaml(text):
   return yaml.load(text, Loader=_YamlLoader)  # safe: a SafeLoader subclass
 
 
+def _yaml_error(err, text, end, at):
+  """(where, what) of a YAML error in `text`: where it is and what was
+  expected, as one line.
+
+  `end` names the end of the text (PyYAML's '<stream end>'); `at(line,
+  column)` (0-based) says where a place is, e.g. a column of an item.
+  """
+  if isinstance(err, yaml.reader.ReaderError):  # a character YAML refuses
+    before = text[:err.position]
+    where = at(before.count("\n"), len(before) - before.rfind("\n") - 1)
+    return where, f"unacceptable character #x{err.character:04x}: {err.reason}"
+  mark = getattr(err, "problem_mark", None)
+  if mark is None:
+    return None, " ".join(str(err).split())
+  what = (err.problem or "").replace("'<stream end>'", end)
+  if err.context:
+    start = err.context_mark
+    what += f" ({err.context}" + (
+        f" from {at(start.line, start.column)})" if start else ")")
+  return at(mark.line, mark.column), what
+
+
+def _split_items(text):
+  """`text` split at the commas outside [] and {} (YAML lists and maps); an
+  unclosed bracket keeps the rest in its item, whose error then shows it."""
+  items, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    if char in "[{":
+      depth += 1
+    elif char in "]}":
+      depth = max(depth - 1, 0)
+    elif char == "," and not depth:
+      items.append(text[start:i])
+      start = i + 1
+  return items + [text[start:]]
+
+
 def parse_hparam_str(hparam_str):
-  """'a.b=1,c=[1, 2],d=x' -> {'a.b': 1, 'c': [1, 2], 'd': 'x'} (YAML values)."""
+  """'a.b=1,c=[1, 2],d=x' -> {'a.b': 1, 'c': [1, 2], 'd': 'x'} (YAML values).
+
+  A value YAML cannot parse is a ConfigError naming its item and key, the
+  column in the item and what was expected.
+  """
   pairs = {}
-  # Split on commas that are not inside brackets.
-  for item in re.split(r",(?![^\[\]]*\])", hparam_str or ""):
+  for item in _split_items(hparam_str or ""):
     item = item.strip()
     if not item:
       continue
     if "=" not in item:
       raise ConfigError(f"Bad --hparam_str item {item!r}: expected key=value.")
     key, text = (s.strip() for s in item.split("=", 1))
-    pairs[key] = _load_yaml(text) if text else ""
+    try:
+      pairs[key] = _load_yaml(text) if text else ""
+    except yaml.YAMLError as err:
+      start = item.index(text, item.index("="))  # the value's column
+
+      def at(line, column, start=start):  # 1-based, in the item
+        return (f"column {start + column + 1}" if line == 0 else
+                f"line {line + 1}, column {column + 1} of the value")
+
+      where, what = _yaml_error(err, text, "the end of the value", at)
+      raise ConfigError(f"Bad --hparam_str item {item!r}, the value of "
+                        f"{key}" + (f", {where}" if where else "") +
+                        f": {what}.") from None
   return pairs
 
 
 def load_config_file(path):
-  """Reads a YAML or JSON file of (nested) overrides."""
+  """Reads a YAML or JSON file of (nested) overrides.
+
+  A file that cannot be read or parsed is a ConfigError naming it and, for
+  a syntax error, the line and column and what was expected.
+  """
   if not os.path.exists(path):
     raise ConfigError(f"--config_file {path!r} does not exist.")
-  with open(path) as f:
-    tree = _load_yaml(f)  # YAML is a superset of JSON
+  if os.path.isdir(path):
+    raise ConfigError(f"--config_file {path} is a directory, not a YAML or "
+                      "JSON file.")
+  try:
+    with open(path, "rb") as f:
+      text = f.read().decode("utf-8-sig")
+  except UnicodeDecodeError as err:
+    raise ConfigError(f"--config_file {path} is not UTF-8 text (byte "
+                      f"0x{err.object[err.start]:02x} at offset {err.start})"
+                      "; give a YAML or JSON file.") from None
+  except OSError as err:
+    raise ConfigError(f"--config_file {path} cannot be read: "
+                      f"{err.strerror}.") from None
+  try:
+    tree = _load_yaml(text)  # YAML is a superset of JSON ...
+  except yaml.YAMLError as err:
+    tree = _load_json(path, text, err)  # ... but for tab indents
   if not isinstance(tree, dict):
     raise ConfigError(f"--config_file {path!r} must hold a mapping of keys.")
   return tree
+
+
+def _load_json(path, text, yaml_error):
+  """A .json file YAML could not read (JSON allows tab indents, YAML does
+  not); else a ConfigError of JSON's error (.json) or `yaml_error`."""
+  if path.lower().endswith(".json"):
+    try:
+      return json.loads(text)
+    except json.JSONDecodeError as err:
+      raise ConfigError(f"--config_file {path} line {err.lineno}, column "
+                        f"{err.colno}: {err.msg}.") from None
+  where, what = _yaml_error(
+      yaml_error, text, "the end of the file",
+      lambda line, column: f"line {line + 1}, column {column + 1}")
+  raise ConfigError(f"--config_file {path}" + (f" {where}" if where else "")
+                    + f": {what}.")
 
 
 def _fill_defaults(config):

@@ -274,3 +274,84 @@ def test_a_run_written_before_issue_32_evaluates_and_resumes(tmp_path):
   assert "step 4 of 6" in out and "step 6/6" in out
   assert json.loads((old / "config.json").read_text())[
       "format_version"] == run_dir.CONFIG_FORMAT
+
+
+def test_a_malformed_hparam_str_value_is_one_line_with_its_column():
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.build_config("efficientnetv2-b0", "digits",
+                            "train.lr_base=0.1,train.batch_size=[8")
+  # By hand: '[' is column 18 of the item, its end column 20.
+  assert str(err.value) == (
+      "Bad --hparam_str item 'train.batch_size=[8', the value of "
+      "train.batch_size, column 20: expected ',' or ']', but got the end of "
+      "the value (while parsing a flow sequence from column 18).")
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^Bad --hparam_str item \"data.augname='x\", the "
+                     r"value of data.augname, column 16: found unexpected end "
+                     r"of stream \(while scanning a quoted scalar from column "
+                     r"14\)\.$"):
+    config_lib.parse_hparam_str("data.augname='x")  # ' at 14, the end 16
+  # Commas split items only outside brackets and braces, nested or not; an
+  # unclosed one keeps the rest in its item.
+  assert config_lib.parse_hparam_str("a=[[1, 2], [3]],b={c: 1, d: 2},e=4") == {
+      "a": [[1, 2], [3]], "b": {"c": 1, "d": 2}, "e": 4}
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"item 'a=\[1, b=2', the value of a, column 10:"):
+    config_lib.parse_hparam_str("a=[1, b=2")
+
+
+def test_an_unreadable_config_file_is_one_line_with_its_place(tmp_path):
+  def error_of(name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(config_lib.ConfigError) as err:
+      config_lib.build_config("efficientnetv2-b0", "digits",
+                              config_file=str(path))
+    return str(err.value)
+
+  # By hand: line 3 is 'lr_base: 1' under the unclosed '[' of line 2.
+  assert error_of("bad.yaml", b"train:\n  batch_size: [8\n  lr_base: 1\n") == (
+      f"--config_file {tmp_path}/bad.yaml line 3, column 10: expected ',' or "
+      "']', but got ':' (while parsing a flow sequence from line 2, column "
+      "15).")
+  assert error_of("end.yaml", b"train: {batch_size: 8\n") == (
+      f"--config_file {tmp_path}/end.yaml line 2, column 1: expected ',' or "
+      "'}', but got the end of the file (while parsing a flow mapping from "
+      "line 1, column 8).")
+  assert error_of("bad.json", b'{"train": {"batch_size": [8}}') == (
+      f"--config_file {tmp_path}/bad.json line 1, column 28: Expecting ',' "
+      "delimiter.")  # JSON's error for a .json file: at the '}'"
+  assert error_of("latin1.yaml", "data:\n  augname: caf\xe9\n".encode(
+      "latin-1")) == (
+          f"--config_file {tmp_path}/latin1.yaml is not UTF-8 text (byte 0xe9 "
+          "at offset 20); give a YAML or JSON file.")
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.build_config("efficientnetv2-b0", "digits",
+                            config_file=str(tmp_path))
+  assert str(err.value) == (f"--config_file {tmp_path} is a directory, not "
+                            "a YAML or JSON file.")
+  # JSON indented with tabs, which YAML refuses, is read as JSON.
+  tabs = tmp_path / "tabs.json"
+  tabs.write_text(json.dumps({"train": {"batch_size": 16}}, indent="\t"))
+  assert config_lib.build_config(
+      "efficientnetv2-b0", "digits",
+      config_file=str(tabs)).train.batch_size == 16
+
+
+@pytest.mark.parametrize("driver, flag, content", [
+    ("main.py", "--hparam_str=train.batch_size=[8", None),
+    ("main_tf2.py", "--config_file", b"train:\n  batch_size: [8\n"),
+])
+def test_a_config_parse_error_ends_a_driver_with_one_line(tmp_path, driver,
+                                                           flag, content):
+  if content is not None:
+    (tmp_path / "c.yaml").write_bytes(content)
+    flag = f"{flag}={tmp_path}/c.yaml"
+  result = subprocess.run(
+      [sys.executable, driver, "--model=efficientnetv2-b0",
+       "--dataset_cfg=smoke", f"--model_dir={tmp_path}/run", flag],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 1
+  assert result.stderr.startswith(f"{driver}: error: ")
+  assert len(result.stderr.splitlines()) == 1, result.stderr[-2000:]
+  assert "expected ',' or ']', but got the end of " in result.stderr
