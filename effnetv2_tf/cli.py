@@ -62,6 +62,9 @@ def define_flags():
                        "Train steps per device call (runtime.steps_per_loop).")
   flags.DEFINE_string("export_dir", None,
                       "Export a SavedModel (EMA weights) here at the end.")
+  flags.DEFINE_bool("overwrite_export", False,
+                    "Replace a non-empty --export_dir whole at the end of "
+                    "the run (checked before the run starts).")
   flags.register_validator(
       "model", _known_model, message="unknown model (see --helpfull)")
 

@@ -3,10 +3,17 @@
 Both drivers parse the same flags (`cli.define_flags`), build the same
 config, write the same config.json/summary.json/checkpoints and export the
 same SavedModel; they differ only in the trainer class that runs a stage.
+SIGTERM and SIGINT stop a run with one line and exit status 143/130
+(`main`, training/preemption.py): during training after a save that
+resumes exactly, elsewhere at once.
 """
+
+import contextlib
+import sys
 
 from absl import app
 import keras
+import tensorflow as tf
 
 from effnetv2_tf import cli
 from effnetv2_tf import config as config_lib
@@ -16,8 +23,11 @@ from effnetv2_tf import quiet_start
 from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.runs import checkpoints
+from effnetv2_tf.runs import lock as run_lock
 from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import distribute
+from effnetv2_tf.training import faults
+from effnetv2_tf.training import preemption
 from effnetv2_tf.training import reporter as reporter_lib
 from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import trainer as trainer_lib
@@ -27,14 +37,21 @@ def run(values, trainer_cls):
   """Runs the configured mode with `trainer_cls`; returns the summary dict."""
   report = reporter_lib.Printer()
   model_dir = cli.model_dir_from_flags(values)
-  reads_only = _check_directories(values, model_dir)
+  with _check_directories(values, model_dir, report) as reads_only:
+    return _run(values, trainer_cls, report, model_dir, reads_only)
+
+
+def _run(values, trainer_cls, report, model_dir, reads_only):
+  """`run` once the directories are checked (and --model_dir held)."""
   draft = cli.draft_from_flags(values, model_dir)
   if draft.config.runtime.deterministic:
     step_lib.make_deterministic(draft.config.train.seed)
   strategy = _strategy(values, draft.config, report)
+  preemption.reinstall()  # over TensorFlow's own (multi-worker)
   source = _checked_source(values, draft.config, report)
   config = draft.lock(values, source)  # the data's class count
   report.line(source.describe())
+  faults.pause("delay_start")
   trainer = trainer_cls(config, model_dir, strategy, source=source,
                         reporter=report)
   if reads_only:
@@ -46,20 +63,33 @@ def run(values, trainer_cls):
     if trainer.class_names:  # for export from a checkpoint
       tfrecord_format.write_class_names(model_dir, trainer.class_names)
   _restore_or_init(values, trainer, report)
+  # Training and evaluation stop a signal themselves (`Trainer.train`).
+  preemption.set_where(
+      "during the evaluation; rerun the same command to evaluate."
+      if values.mode == "eval" else
+      "during training; rerun the same command to resume.")
   result = _train_and_evaluate(values, trainer, report)
+  preemption.set_where(
+      "after the evaluation; rerun the same command to finish."
+      if values.mode == "eval" else
+      f"after training, at step {trainer.step} of {trainer.total_steps}; "
+      "rerun the same command to finish.")
   summary = trainer.finish(result)
   if values.export_dir and trainer.chief:
+    preemption.set_where(f"during the export to {values.export_dir}; rerun "
+                         "the same command to export.")
     with trainer.ema_model() as model:
       export.export_saved_model(
           model, values.export_dir, **export.serving_options(config),
-          class_names=trainer.class_names)
+          class_names=trainer.class_names, overwrite=values.overwrite_export)
     report.line(f"Exported SavedModel (EMA weights) to {values.export_dir}")
   return summary
 
 
-def _check_directories(values, model_dir):
-  """Checks the directories the run writes; returns whether it only reads
-  --model_dir."""
+@contextlib.contextmanager
+def _check_directories(values, model_dir, report):
+  """Checks the directories the run writes and holds --model_dir's lock
+  while it writes there; yields whether the run only reads --model_dir."""
   # --mode=eval of a run (its own config.json there) only reads the run
   # directory, which may then be read-only; a new one gets the result.
   reads_only = (values.mode == "eval" and
@@ -68,7 +98,24 @@ def _check_directories(values, model_dir):
     run_dir.check_writable(model_dir, "--model_dir")
   if values.export_dir:
     run_dir.check_writable(values.export_dir, "--export_dir")
-  return reads_only
+    export.check_export_dir(values.export_dir, values.overwrite_export,
+                            "--export_dir", "--overwrite_export")
+  # One writer at a time (runs/lock.py); readers and non-chief workers
+  # (the chief writes the run) take no lock.
+  writes = not reads_only and _chief_task(values)
+  with (run_lock.hold(model_dir, "--model_dir", report.line) if writes
+        else contextlib.nullcontext()):
+    yield reads_only
+
+
+def _chief_task(values):
+  """Whether this process writes the run directory: every one but the
+  non-chief workers of --strategy=multi_worker, known from TF_CONFIG
+  before the strategy is built (the rule of `distribute.is_chief`)."""
+  if values.strategy != "multi_worker":
+    return True
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  return distribute.is_chief_task(resolver.task_type, resolver.task_id)
 
 
 def _strategy(values, config, report):
@@ -146,9 +193,21 @@ def _train_and_evaluate(values, trainer, report):
 
 
 def main(argv, values, trainer_cls, prog):
-  """absl `main` body: runs, turning user errors into one line + exit 1."""
+  """absl `main` body: runs, turning user errors into one line + exit 1
+  and SIGTERM/SIGINT into one line + exit 143/130."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   quiet_start.quiet_info_logs(values)
-  with errors.reported(prog):
-    run(values, trainer_cls)
+  what = "the evaluation" if values.mode == "eval" else "training"
+  stop = None
+  with preemption.watching(f"before {what} started; rerun the same "
+                           "command to start it."):
+    with errors.reported(prog):
+      try:
+        run(values, trainer_cls)
+      except preemption.Interrupted as interrupted:  # not `reported`'s 1
+        stop = interrupted
+  if stop is not None:
+    preemption.ignore_further()  # the process exits now
+    print(stop, file=sys.stderr, flush=True)
+    sys.exit(stop.status)

@@ -26,6 +26,11 @@ EMA weights
 (`Trainer.ema.swapped()`; from a checkpoint they are loaded by
 `checkpoints.load_run_model`).
 
+A non-empty `--export_dir` (or `--feature_vector_dir`) is refused unless
+`--overwrite`, whoever's export it holds. Each directory is written to a
+hidden sibling (`.<name>.tmp-<pid>`) and renamed into place when complete
+(`staged_dir`), so an interrupted export leaves the old one as it was.
+
 `--tflite` converts the `preprocessed` signature of the written SavedModel
 (converting concrete functions of a Keras 3 model drops its weights) to
 `model.tflite` in the export directory; `--tflite_quantize` adds a
@@ -46,7 +51,9 @@ if __name__ == "__main__":
   startup.start()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import contextlib
 import os
+import tempfile
 
 from absl import app
 from absl import flags
@@ -54,6 +61,7 @@ import keras
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf import fileio
 from effnetv2_tf import quiet_start
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import tfrecord_format
@@ -67,6 +75,101 @@ from effnetv2_tf.training import xla
 TFLITE_FILENAME = "model.tflite"
 TFLITE_QUANT_FILENAME = "model_quant.tflite"
 BYTES_SIGNATURE = "serving_bytes"
+
+
+class ExportDirError(errors.UserError, FileExistsError):
+  """An export directory that holds files, without --overwrite."""
+
+
+def check_export_dir(path, overwrite, flag, overwrite_flag="--overwrite"):
+  """Refuses an export directory up front, before any work.
+
+  A missing or empty directory is fine; one that holds anything needs
+  `overwrite`, even an export of the same model: nothing in it says whose
+  it is, and an export replaces all of it. A file in its place, or a
+  parent in which the export cannot be staged, is refused too. `flag` and
+  `overwrite_flag` name the inputs in the one-line ExportDirError.
+  """
+  parent = _split(path, flag)[0]  # not a bucket or filesystem root
+  if not tf.io.gfile.exists(path):
+    return
+  if not tf.io.gfile.isdir(path):
+    raise ExportDirError(f"{flag} {path} is a file, not a directory.")
+  entries = sorted(tf.io.gfile.listdir(path))
+  if entries and not overwrite:
+    what = ("a SavedModel" if "saved_model.pb" in entries else
+            ", ".join(entries[:3]) + (f" and {len(entries) - 3} more"
+                                      if len(entries) > 3 else ""))
+    raise ExportDirError(
+        f"{flag} {path} already holds {what}; pass {overwrite_flag} to "
+        "replace the directory (any non-empty one needs it), or give a new "
+        "or empty one.")
+  if "://" not in path:  # a bucket's folders are names: nothing to probe
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix=".write_probe_", dir=parent))
+    except OSError as err:
+      raise ExportDirError(
+          f"{flag} {path}: its parent {parent} is not writable "
+          f"({err.strerror}), and the export is written there first, then "
+          "renamed into place.") from None
+
+
+def _split(path, flag="export_dir"):
+  """(parent, name) of an export directory; its staging goes in parent."""
+  full = path if "://" in path else os.path.abspath(path)
+  parent, name = os.path.split(full.rstrip("/"))
+  if not name or not parent or parent.endswith(":"):  # "/", "gs://bucket"
+    raise ExportDirError(f"{flag} {path} is the root of a filesystem or "
+                         "bucket: give a folder in it.")
+  return parent, name
+
+
+def _sibling(path, tag):
+  """`parent/.<name>.<tag>-<pid>`: hidden, beside `path`, this process's."""
+  parent, name = _split(path)
+  return os.path.join(parent, f".{name}.{tag}-{os.getpid()}")
+
+
+def _remove(path):
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.rmtree(path)
+
+
+@contextlib.contextmanager
+def staged_dir(path, overwrite=False):
+  """Yields a temporary sibling of `path` to write an export into; when the
+  block completes, it is renamed to `path`, else removed.
+
+  A `path` that holds files is an ExportDirError unless `overwrite`; then
+  it is renamed aside, the new one renamed in and the old one deleted, so
+  an interruption at any point leaves a whole export at `path` or beside
+  it. Locally each rename is atomic. On gs:// a rename copies each object
+  and deletes it (GCS has no directory rename): an interruption during
+  the renames can leave part of an export at `path`, and the rest in the
+  hidden siblings (`.<name>.tmp-<pid>`, `.<name>.old-<pid>`).
+  """
+  check_export_dir(path, overwrite, "export_dir", "overwrite=True")
+  if "://" not in path:
+    path = os.path.realpath(path)  # a link keeps pointing at the export
+  tmp = _sibling(path, "tmp")
+  _remove(tmp)  # left by a killed process of the same id
+  tf.io.gfile.makedirs(tmp)
+  try:
+    yield tmp
+    if not tf.io.gfile.exists(path):
+      tf.io.gfile.rename(tmp, path)
+    else:
+      old = _sibling(path, "old")
+      _remove(old)
+      tf.io.gfile.rename(path, old)
+      try:
+        tf.io.gfile.rename(tmp, path)
+      except BaseException:
+        tf.io.gfile.rename(old, path)
+        raise
+      tf.io.gfile.rmtree(old)
+  finally:
+    _remove(tmp)
 
 
 def serving_options(run_config):
@@ -166,26 +269,37 @@ def _write_archive(model, export_dir, endpoints):
 
 
 def export_saved_model(model, export_dir, image_size, preprocessing,
-                       class_names=(), jit_compile=False):
+                       class_names=(), jit_compile=False, overwrite=False):
   """Writes a SavedModel of `model` with the signatures above.
 
   `class_names` (label order) go to `export_dir/labels.txt` for infer.py.
   `jit_compile` XLA-compiles the model part of every signature (the
-  SavedModel then needs XLA wherever it is served).
+  SavedModel then needs XLA wherever it is served). A non-empty
+  `export_dir` needs `overwrite`; the write is staged (`staged_dir`).
   """
-  serving = ServingModule(model, image_size, preprocessing,
-                          jit_compile=jit_compile)
-  _write_archive(serving.model, export_dir, serving.endpoints())
-  if class_names:
-    tfrecord_format.write_class_names(export_dir, class_names)
+  with staged_dir(export_dir, overwrite) as staging:
+    _write_classifier(model, staging, image_size, preprocessing, class_names,
+                      jit_compile)
   return export_dir
 
 
-def export_feature_vector(model, export_dir, image_size, preprocessing):
+def _write_classifier(model, directory, image_size, preprocessing,
+                      class_names, jit_compile):
+  """The classifier SavedModel and labels.txt, written into `directory`."""
+  serving = ServingModule(model, image_size, preprocessing,
+                          jit_compile=jit_compile)
+  _write_archive(serving.model, directory, serving.endpoints())
+  if class_names:
+    tfrecord_format.write_class_names(directory, class_names)
+
+
+def export_feature_vector(model, export_dir, image_size, preprocessing,
+                          overwrite=False):
   """Writes the headless feature-vector SavedModel of `model`.
 
   It resizes the whole image (no crop) with the run's resize method and
-  input scaling.
+  input scaling. A non-empty `export_dir` needs `overwrite`; the write is
+  staged (`staged_dir`).
   """
   backbone = fold_bn.fold_batch_norms(
       keras.Model(model.inputs, model.get_layer("avg_pool").output))
@@ -197,8 +311,10 @@ def export_feature_vector(model, export_dir, image_size, preprocessing):
 
   spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
   # `serve` for TFSMLayer, `__call__` for module(images).
-  return _write_archive(backbone, export_dir,
-                        [("serve", features, spec), ("__call__", features, spec)])
+  with staged_dir(export_dir, overwrite) as staging:
+    _write_archive(backbone, staging, [("serve", features, spec),
+                                       ("__call__", features, spec)])
+  return export_dir
 
 
 def convert_tflite(saved_model_dir, quantize=False):
@@ -209,7 +325,8 @@ def convert_tflite(saved_model_dir, quantize=False):
     quantize: dynamic-range quantisation (int8 weights, float activations).
 
   Returns:
-    The path of the written `.tflite` file (in `saved_model_dir`).
+    The path of the written `.tflite` file (in `saved_model_dir`), which
+    it replaces whole (a temporary file, then a rename).
   """
   converter = tf.lite.TFLiteConverter.from_saved_model(
       saved_model_dir, signature_keys=["preprocessed"])
@@ -217,17 +334,21 @@ def convert_tflite(saved_model_dir, quantize=False):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   path = os.path.join(saved_model_dir,
                       TFLITE_QUANT_FILENAME if quantize else TFLITE_FILENAME)
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(converter.convert())
+  flatbuffer = converter.convert()
+  tmp = fileio.temp_path(path)
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(flatbuffer)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
   return path
 
 
 def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
                tflite_quantize=False, feature_vector_dir=None,
-               jit_compile=False, model_name=None):
+               jit_compile=False, model_name=None, overwrite=False):
   """Exports a run's checkpoint (EMA weights); returns the written paths.
 
-  `model_name` (--model), when given, must be the run's model.
+  `model_name` (--model), when given, must be the run's model. The TFLite
+  files are written in the staged export, so they appear with it.
   """
   model, run_config, prefix = checkpoints.load_run_model(
       checkpoint or model_dir,
@@ -238,18 +359,18 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
         f"{run_config['model']['eval_size']} px", flush=True)
   options = serving_options(run_config)
   labels = tfrecord_format.read_labels(os.path.dirname(prefix)) or []
-  written = [export_saved_model(
-      model, export_dir, **options,
-      class_names=[readable for _, readable in labels],
-      jit_compile=jit_compile)]
-  if tflite:
-    written.append(convert_tflite(export_dir))
-  if tflite_quantize:
-    written.append(convert_tflite(export_dir, quantize=True))
+  with staged_dir(export_dir, overwrite) as staging:
+    _write_classifier(model, staging, **options,
+                      class_names=[readable for _, readable in labels],
+                      jit_compile=jit_compile)
+    staged = ([convert_tflite(staging)] if tflite else []) + (
+        [convert_tflite(staging, quantize=True)] if tflite_quantize else [])
+  written = [export_dir] + [os.path.join(export_dir, os.path.basename(path))
+                            for path in staged]
   if feature_vector_dir:
     written.append(export_feature_vector(
         model, feature_vector_dir, options["image_size"],
-        options["preprocessing"]))
+        options["preprocessing"], overwrite=overwrite))
   return written
 
 
@@ -263,12 +384,14 @@ def load_published(model_name, weights):
           pretrained.class_names(entry))
 
 
-def export_published(model_name, weights, export_dir, jit_compile=False):
+def export_published(model_name, weights, export_dir, jit_compile=False,
+                     overwrite=False):
   """Exports published weights (`--weights=TAG`) with their recipe's
   preprocessing and (1k) the ImageNet class names; returns the path."""
   model, options, names = load_published(model_name, weights)
   return export_saved_model(model, export_dir, **options,
-                            class_names=names or (), jit_compile=jit_compile)
+                            class_names=names or (), jit_compile=jit_compile,
+                            overwrite=overwrite)
 
 
 def _define_flags():
@@ -288,6 +411,8 @@ def _define_flags():
                       "Also write a feature-vector SavedModel here.")
   flags.DEFINE_bool("jit_compile", False,
                     "XLA-compile the model part of the serving signatures.")
+  flags.DEFINE_bool("overwrite", False, "Replace a non-empty --export_dir "
+                    "(and --feature_vector_dir) whole.")
   flags.mark_flags_as_required(["export_dir"])
 
 
@@ -299,15 +424,21 @@ def main(argv):
   if not (values.model_dir or values.checkpoint or values.weights):
     raise app.UsageError("Give --model_dir (or --checkpoint, or --weights).")
   with errors.reported("export"):
-    run_dir.check_writable(values.export_dir, "--export_dir")
+    outputs = [("--export_dir", values.export_dir)]
+    if values.feature_vector_dir and not values.weights:
+      outputs.append(("--feature_vector_dir", values.feature_vector_dir))
+    for flag, path in outputs:
+      run_dir.check_writable(path, flag)
+      check_export_dir(path, values.overwrite, flag)
     if values.weights:
       written = [export_published(values.model, values.weights,
-                                  values.export_dir, values.jit_compile)]
+                                  values.export_dir, values.jit_compile,
+                                  values.overwrite)]
     else:
       written = export_run(values.model_dir, values.export_dir,
                            values.checkpoint, values.tflite,
                            values.tflite_quantize, values.feature_vector_dir,
-                           values.jit_compile, values.model)
+                           values.jit_compile, values.model, values.overwrite)
   for path in written:
     print(f"Wrote {path}", flush=True)
 

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -252,6 +253,19 @@ def test_export_cli_names_a_missing_run(tmp_path):
   assert f"--export_dir {tmp_path}/a_file is a file" in result.stderr
   assert "Traceback" not in result.stderr
   assert (tmp_path / "a_file").read_text() == "kept"
+  # Another model's export: refused before the run is read.
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "saved_model.pb").write_text("kept")
+  result = subprocess.run(
+      [sys.executable, "-m", "effnetv2_tf.export",
+       f"--model_dir={tmp_path}/none", f"--export_dir={tmp_path}/other"],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert result.returncode == 1
+  assert result.stderr == (
+      f"export: error: --export_dir {tmp_path}/other already holds a "
+      "SavedModel; pass --overwrite to replace the directory (any non-empty "
+      "one needs it), or give a new or empty one.\n")
+  assert (tmp_path / "other" / "saved_model.pb").read_text() == "kept"
 
 
 @pytest.mark.slow
@@ -283,4 +297,142 @@ def test_export_cli_of_a_run_is_quiet_and_keeps_its_model(tmp_path):
   assert lines[-1] == f"Wrote {tmp_path}/out"
   # absl's INFO lines (ours, TensorFlow's saver) only with --verbosity.
   assert not [l for l in result.stderr.splitlines() if l.startswith("I")]
+  (tmp_path / "out" / "stale.txt").write_text("an older export's")
+  again = export_cli()
+  assert again.returncode == 1
+  assert again.stderr.endswith(" pass --overwrite to replace the directory "
+                               "(any non-empty one needs it), or give a new "
+                               "or empty one.\n")
+  assert len(again.stderr.splitlines()) == 1
+  replaced = export_cli("--overwrite")
+  assert replaced.returncode == 0, replaced.stderr[-2000:]
+  assert (tmp_path / "out" / "saved_model.pb").exists()
+  assert not (tmp_path / "out" / "stale.txt").exists()
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]
 
+
+
+def _tree(path):
+  """{relative path: bytes} of every file under `path`."""
+  return {str(p.relative_to(path)): p.read_bytes()
+          for p in pathlib.Path(path).rglob("*") if p.is_file()}
+
+
+def test_an_export_dir_that_holds_anything_needs_overwrite(tmp_path):
+  export.check_export_dir(str(tmp_path / "new"), False, "--export_dir")
+  (tmp_path / "empty").mkdir()
+  export.check_export_dir(str(tmp_path / "empty"), False, "--export_dir")
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+    (notes / name).write_text(name)
+  with pytest.raises(export.ExportDirError) as err:
+    export.check_export_dir(str(notes), False, "--export_dir")
+  assert str(err.value) == (
+      f"--export_dir {notes} already holds a.txt, b.txt, c.txt and 1 more; "
+      "pass --overwrite to replace the directory (any non-empty one needs "
+      "it), or give a new or empty one.")
+  export.check_export_dir(str(notes), True, "--export_dir")
+  (notes / "saved_model.pb").write_bytes(b"")
+  with pytest.raises(export.ExportDirError,
+                     match=r"--feature_vector_dir .* holds a SavedModel; "
+                     "pass --overwrite_export "):
+    export.check_export_dir(str(notes), False, "--feature_vector_dir",
+                            "--overwrite_export")
+  with pytest.raises(export.ExportDirError, match="a.txt is a file"):
+    export.check_export_dir(str(notes / "a.txt"), True, "--export_dir")
+  for root in ("/", "gs://bucket/"):
+    with pytest.raises(export.ExportDirError, match="is the root of a"):
+      export.check_export_dir(root, True, "--export_dir")
+
+
+def test_a_staged_export_appears_whole_in_a_new_or_empty_dir(tmp_path):
+  for name in ("new", "empty"):
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    with export.staged_dir(str(tmp_path / name)) as staging:
+      assert os.path.basename(staging) == f".{name}.tmp-{os.getpid()}"
+      assert os.path.dirname(staging) == str(tmp_path)
+      (pathlib.Path(staging) / "saved_model.pb").write_bytes(b"new")
+      assert not (tmp_path / name / "saved_model.pb").exists()  # not yet
+    assert _tree(tmp_path / name) == {"saved_model.pb": b"new"}
+  assert sorted(os.listdir(tmp_path)) == ["empty", "new"]  # no temp left
+  # Through a link: the export replaces the directory it points at.
+  (tmp_path / "link").symlink_to(tmp_path / "new")
+  with export.staged_dir(str(tmp_path / "link"), overwrite=True) as staging:
+    (pathlib.Path(staging) / "saved_model.pb").write_bytes(b"newer")
+  assert (tmp_path / "link").is_symlink()
+  assert _tree(tmp_path / "new") == {"saved_model.pb": b"newer"}
+  assert sorted(os.listdir(tmp_path)) == ["empty", "link", "new"]
+
+
+def test_an_interrupted_replace_puts_the_old_export_back(tmp_path,
+                                                         monkeypatch):
+  out = tmp_path / "out"
+  (out / "variables").mkdir(parents=True)
+  (out / "saved_model.pb").write_bytes(b"old")
+  (out / "variables" / "v").write_bytes(b"old weights")
+  before = _tree(out)
+  real_rename, calls = tf.io.gfile.rename, []
+
+  def rename(src, dst, overwrite=False):
+    calls.append(os.path.basename(dst))
+    if len(calls) == 2:  # the new export into place, after the old aside
+      raise KeyboardInterrupt
+    real_rename(src, dst, overwrite)
+
+  monkeypatch.setattr(tf.io.gfile, "rename", rename)
+  with pytest.raises(KeyboardInterrupt):
+    with export.staged_dir(str(out), overwrite=True) as staging:
+      (pathlib.Path(staging) / "saved_model.pb").write_bytes(b"new")
+  assert calls == [f".out.old-{os.getpid()}", "out", "out"]
+  assert _tree(out) == before
+  assert os.listdir(tmp_path) == ["out"]
+
+
+def test_an_export_interrupted_midway_leaves_the_old_one(exported, tmp_path,
+                                                         monkeypatch):
+  model, path = exported
+  out = tmp_path / "export"
+  shutil.copytree(path, out)
+  before = _tree(out)
+
+  def save_half(obj, export_dir, *args, **kwargs):
+    del obj, args, kwargs  # a save killed after its first file
+    tf.io.gfile.makedirs(export_dir)
+    (pathlib.Path(export_dir) / "saved_model.pb").write_bytes(b"half")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(tf.saved_model, "save", save_half)
+  with pytest.raises(KeyboardInterrupt):
+    export.export_saved_model(model, str(out), SIZE, PREP, overwrite=True)
+  assert _tree(out) == before
+  assert os.listdir(tmp_path) == ["export"]  # no temp directory behind
+
+
+def test_an_export_replaces_another_whole_only_with_overwrite(exported,
+                                                              tmp_path):
+  _, path = exported
+  out = tmp_path / "export"
+  shutil.copytree(path, out)
+  (out / export.TFLITE_FILENAME).write_bytes(b"the old model's")
+  before = _tree(out)
+  keras.utils.set_random_seed(8)
+  other = tiny_model(num_classes=3)
+  with pytest.raises(export.ExportDirError) as err:
+    export.export_saved_model(other, str(out), SIZE, PREP,
+                              class_names=["a", "b", "c"])
+  assert str(err.value) == (
+      f"export_dir {out} already holds a SavedModel; pass overwrite=True to "
+      "replace the directory (any non-empty one needs it), or give a new or "
+      "empty one.")
+  assert _tree(out) == before
+  export.export_saved_model(other, str(out), SIZE, PREP,
+                            class_names=["a", "b", "c"], overwrite=True)
+  assert not (out / export.TFLITE_FILENAME).exists()  # none of the old left
+  assert (out / "labels.txt").read_text() == "a\ta\nb\tb\nc\tc\n"
+  images = np.random.default_rng(5).normal(size=(2, SIZE, SIZE, 3)).astype(
+      np.float32)
+  got = tf.saved_model.load(str(out)).signatures["preprocessed"](
+      images=tf.constant(images))["probabilities"].numpy()
+  np.testing.assert_allclose(got, _softmax(other, images), atol=1e-5)
+  assert os.listdir(tmp_path) == ["export"]

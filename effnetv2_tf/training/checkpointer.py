@@ -5,9 +5,13 @@ optimizer, EMA, noise state; main.py's input iterator with
 --deterministic) and its `CheckpointManager`. Only the chief saves into the
 run directory; under tf.distribute every worker must save, so the others
 write into scratch directories that `remove_scratch` deletes at the end.
+`due` says when the loops save besides stage ends: every
+`train.checkpoint_every` steps and `train.checkpoint_minutes` of wall time
+after the last save, so a kill loses at most that.
 """
 
 import os
+import time
 
 from absl import logging
 import tensorflow as tf
@@ -28,13 +32,19 @@ class Checkpointer:
   """Saves, keeps and restores the checkpoints of `objects` in `model_dir`.
 
   `keep`: how many checkpoints stay; `every`: save every that many steps
-  (`due`; 0: only where the loop saves anyway); `task_id`: a worker other
-  than the chief (saves into `model_dir/worker_tmp_<task_id>`).
+  and `minutes`: that much wall time after the last save (`due`; 0: only
+  where the loop saves anyway); `task_id`: a worker other than the chief
+  (saves into `model_dir/worker_tmp_<task_id>`); `clock`: seconds, for
+  tests.
   """
 
-  def __init__(self, model_dir, objects, keep, every=0, task_id=None):
+  def __init__(self, model_dir, objects, keep, every=0, minutes=0.0,
+               task_id=None, clock=time.monotonic):
     self.model_dir = model_dir
     self.every = every
+    self.minutes = minutes
+    self._clock = clock
+    self._last_save = clock()  # or the start: the time rule's origin
     self.directory = model_dir if task_id is None else os.path.join(
         model_dir, f"worker_tmp_{task_id}")
     self.restored_path = None  # the checkpoint `restore` read, if any
@@ -58,8 +68,16 @@ class Checkpointer:
       setattr(self._checkpoint, name, value)
 
   def due(self, start_step, step):
-    """Whether steps start_step+1..step crossed a multiple of `every`."""
-    return bool(self.every) and step // self.every > start_step // self.every
+    """Whether steps start_step+1..step crossed a multiple of `every`, or
+    `minutes` passed since the last save (or since this was made)."""
+    by_steps = bool(self.every) and (
+        step // self.every > start_step // self.every)
+    return by_steps or bool(self.minutes) and (
+        self._clock() - self._last_save >= 60 * self.minutes)
+
+  def path(self, step):
+    """The run's checkpoint of `step` (the chief's, whichever worker)."""
+    return os.path.join(self.model_dir, f"ckpt-{step}")
 
   def restore(self, path=None):
     """Restores `path` or the latest checkpoint; returns the path or None.
@@ -83,12 +101,14 @@ class Checkpointer:
     """
     latest = self.latest
     if latest and latest.endswith(f"-{step}"):
+      self._last_save = self._clock()
       return
     try:
       with faults.checkpoint_save(step) as options:
         self._manager.save(checkpoint_number=step, options=options)
         if then is not None:
           then()
+      self._last_save = self._clock()
     except (OSError, tf.errors.OpError) as err:
       self._remove_partial_save(f"{self.directory}/ckpt-{step}")
       reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]

@@ -4,9 +4,10 @@ Each stage gets its own input pipeline; a `train_loop` runs
 `runtime.steps_per_loop` steps of the shared step (`step.make_train_step`)
 per device call, traced anew per stage only where XLA needs static shapes
 (`Trainer.retrace_per_stage`); checkpoints, summary.json and
-evaluation are `trainer.Trainer`'s. With --deterministic the input
-iterator is saved in checkpoints, so a resumed run continues the data
-stream where it stopped.
+evaluation are `trainer.Trainer`'s. After each call `checkpoint_point`
+saves when due and stops the run, saved, on SIGTERM/SIGINT. With
+--deterministic the input iterator is saved in checkpoints, so a resumed
+run continues the data stream where it stopped.
 """
 
 from absl import logging
@@ -99,7 +100,6 @@ class CustomLoopTrainer(trainer_lib.Trainer):
       rate = clock.stop(steps)
       self.check_finite(loss, start_step, stage)
       self.record_progress(stage, loss, rate, int(skipped))
-      if self.checkpointer.due(start_step, self.step):
-        self.save()
+      self.checkpoint_point(start_step)
     self.save()
     return clock.stage_record(stage)

@@ -181,7 +181,12 @@ def is_chief(strategy):
   if resolver is None or not isinstance(
       strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return True
-  task_type, task_id = resolver.task_type, resolver.task_id
+  return is_chief_task(resolver.task_type, resolver.task_id)
+
+
+def is_chief_task(task_type, task_id):
+  """Whether the cluster task (TF_CONFIG's type and index) is the one that
+  writes: the chief, else worker 0, else a process outside a cluster."""
   return task_type is None or task_type == "chief" or (
       task_type == "worker" and task_id == 0)
 

@@ -12,8 +12,9 @@ targets, EMA update). The stage's dropout is set on the model's rate
 variable; the train function is rebuilt per stage only where XLA needs
 static shapes (`Trainer.retrace_per_stage`). Progress,
 TensorBoard scalars and stage timings go through the same `run_log`
-helpers as the custom loop's, periodic saves through the same
-`checkpointer.Checkpointer`; the progress lines (loss, learning rate,
+helpers as the custom loop's, periodic saves and stops on SIGTERM/SIGINT
+through the same `Trainer.checkpoint_point` after each execution; the
+progress lines (loss, learning rate,
 images/s, ETA, elapsed time; main.py's) go to the trainer's reporter in
 place of fit's own bar, which knows neither the stages nor the run's end.
 
@@ -142,17 +143,18 @@ class StageCheckpoint(_ExecutionCallback):
   Unlike keras.callbacks.BackupAndRestore, which deletes its backup when a
   `fit` ends and restores only the epoch, this keeps the run's
   CheckpointManager checkpoints across fit calls; the step in them tells a
-  rerun its stage and epoch. The checkpointer's `every` adds mid-epoch
-  saves.
+  rerun its stage and epoch. After each execution `checkpoint_point` adds
+  the checkpointer's mid-epoch saves (steps, wall time) and, on a signal,
+  saves and raises `preemption.Interrupted` out of `fit` (as NanGuard
+  raises its error).
   """
 
   def on_train_batch_end(self, batch, logs=None):
-    trainer = self._trainer
-    if trainer.checkpointer.due(self._start_step, trainer.step):
-      trainer.save()
+    self._trainer.checkpoint_point(self._start_step)
 
   def on_epoch_end(self, epoch, logs=None):
     self._trainer.save()
+    self._trainer.checkpoint_point()
 
 
 class StageRecorder(_ExecutionCallback):

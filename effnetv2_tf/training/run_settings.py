@@ -13,6 +13,10 @@ TRAIN_SETTINGS = (
     Setting("checkpoint_every", None, int, "steps between checkpoints",
             fills="once per stage",
             **settings.at_least(1, ", or null (once per stage)")),
+    Setting("checkpoint_minutes", 10.0, float, "minutes of wall time "
+            "between checkpoints (saved at the first device call's end past "
+            "them), besides stage ends and checkpoint_every; 0: off",
+            **settings.at_least(0)),
     Setting("log_every", 100, int, "steps between progress lines",
             **settings.at_least(1)),
 )

@@ -8,7 +8,9 @@ jit_compile: exactly one trace per stage), else one step traced with an
 unknown image size for all stages (`xla.resolve_retrace`); the dropout rate
 reaches either through a variable; `evaluate` runs the padded eval pipeline
 with the EMA weights. Status lines go to the caller's reporter
-(`reporter`). A subclass runs one stage (`_run_stage`):
+(`reporter`). Between device calls the loops ask `checkpoint_point`,
+which saves on the checkpointer's cadence and stops the run, saved, when a
+signal asked for it (`preemption`). A subclass runs one stage (`_run_stage`):
 `custom_loop.CustomLoopTrainer` (main.py) and `fit_loop.FitTrainer`
 (main_tf2.py).
 """
@@ -16,9 +18,11 @@ with the EMA weights. Status lines go to the caller's reporter
 import concurrent.futures
 import contextlib
 import math
+import signal
 import time
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from effnetv2_tf import errors
@@ -29,7 +33,9 @@ from effnetv2_tf.runs import checkpoints
 from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import distribute
+from effnetv2_tf.training import faults
 from effnetv2_tf.training import optim
+from effnetv2_tf.training import preemption
 from effnetv2_tf.training import progressive
 from effnetv2_tf.training import reporter as reporter_lib
 from effnetv2_tf.training import run_log
@@ -69,6 +75,7 @@ class Trainer:
     self.strategy = strategy
     self.reporter = reporter or reporter_lib.Printer()
     self.chief = distribute.is_chief(strategy)
+    self.workers = distribute.num_workers(strategy)
     self.replicas = strategy.num_replicas_in_sync
     self._check_input_checkpoints()
     (self.jit_compile, self.retrace_per_stage, self.bn_group_size,
@@ -93,6 +100,8 @@ class Trainer:
     self._traces_before_stage = 0
     self._inputs_ahead = {}  # stage index -> Future of its training input
     self.step_function = None  # the current stage's (compiled) step
+    self._sum_over_workers = None  # `_agreed`'s all-reduce, made at need
+    self._training_stage = None  # the stage `train` runs, else None
     self.log = run_log.RunLog(model_dir, self.chief, {
         "model": config.model.name, "dataset": config.data.dataset,
         "preset": ("random_resize" if config.progressive.random_resize
@@ -186,6 +195,7 @@ class Trainer:
              rng=rng),
         keep=self.config.train.keep_checkpoints,
         every=self.config.train.checkpoint_every,
+        minutes=self.config.train.checkpoint_minutes,
         task_id=(None if self.chief else
                  self.strategy.cluster_resolver.task_id))
 
@@ -262,6 +272,57 @@ class Trainer:
     # The loss history so far survives a kill.
     self.checkpointer.save(self.step, then=self.log.write)
 
+  def checkpoint_point(self, start_step=None):
+    """After a device call (steps start_step+1..step; None: between
+    stages): saves when the checkpointer says it is due or a signal asked
+    the run to stop, then raises `preemption.Interrupted` for the latter.
+
+    Every worker takes the same decision (`_agreed`), so all of them reach
+    the save, whose variable reads may be collectives, and stop at the
+    same step.
+    """
+    due = start_step is not None and self.checkpointer.due(start_step,
+                                                           self.step)
+    signum, elsewhere, due = self._agreed(due)
+    if signum is None and due:
+      self.save()
+      signum, elsewhere, _ = self._agreed(False)  # one during the save
+    if signum is None:
+      return
+    step, total = self.step, self.total_steps
+    if step == 0:  # nothing trained yet (a fresh run or a finetune)
+      saved = "nothing to save"
+    else:
+      self.save()
+      saved = f"saved {self.checkpointer.path(step)}"
+    raise preemption.Interrupted(signum, (
+        f"Interrupted ({self._signal_text(signum, elsewhere)}) at step "
+        f"{step} of {total}: {saved}; rerun the same command to resume."))
+
+  def _agreed(self, due):
+    """(signal number or None, whether it came from another worker, `due`)
+    as all workers see them: with several, any worker's signal or due save
+    is every worker's (one small all-reduce per device call)."""
+    signum = preemption.requested()
+    if self.workers == 1:
+      return signum, False, due
+    if self._sum_over_workers is None:
+      @tf.function
+      def sum_over_workers(values):
+        return self.strategy.reduce(
+            SUM, self.strategy.run(tf.identity, args=(values,)), axis=None)
+      self._sum_over_workers = sum_over_workers
+    term, inter, any_due = self._sum_over_workers(tf.constant(
+        [signum == signal.SIGTERM, signum == signal.SIGINT, due],
+        tf.int32)).numpy()
+    agreed = (signal.SIGTERM if term else signal.SIGINT if inter else None)
+    return agreed, signum is None and agreed is not None, bool(any_due)
+
+  @staticmethod
+  def _signal_text(signum, elsewhere):
+    name = preemption.signal_name(signum)
+    return f"{name} on another worker" if elsewhere else name
+
   # ----------------------------------------------------------------- input
   def train_dataset(self, stage):
     """The stage's (distributed) training input: built ahead by `train`'s
@@ -330,15 +391,20 @@ class Trainer:
     self._train_started = time.time()
     todo = [stage for stage in self.stages if stage.end_step > self.step]
     builder = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-      for stage in todo:  # one worker: in stage order, the first at once
-        self._inputs_ahead[stage.index] = builder.submit(
-            self._build_train_dataset, stage)
-      for stage in todo:
-        self.train_stage(stage, evaluate=eval_every_stage)
-    finally:  # a failed stage does not wait for the later inputs
-      builder.shutdown(cancel_futures=True)
-      self._inputs_ahead.clear()
+    # A signal stops the run at the next device call's end (saved there),
+    # at a stage's start or in an evaluation (`checkpoint_point`).
+    with preemption.deferred():
+      try:
+        for stage in todo:  # one worker: in stage order, the first at once
+          self._inputs_ahead[stage.index] = builder.submit(
+              self._build_train_dataset, stage)
+        for stage in todo:
+          self.checkpoint_point()
+          self.train_stage(stage, evaluate=eval_every_stage)
+        self.checkpoint_point()
+      finally:  # a failed stage does not wait for the later inputs
+        builder.shutdown(cancel_futures=True)
+        self._inputs_ahead.clear()
     return self.summary
 
   def train_stage(self, stage, evaluate=False):
@@ -351,7 +417,16 @@ class Trainer:
     self._traces_before_stage = self.traces
     record = self._run_stage(stage)
     if evaluate:
-      record.update(self.evaluate())
+      self._training_stage = stage
+      try:
+        record.update(self.evaluate())
+      except preemption.Interrupted:
+        # Trained and saved: a rerun goes on with the next stage, and a
+        # final eval runs anew (this record has none).
+        self.log.record_stage(record)
+        raise
+      finally:
+        self._training_stage = None
     self.log.record_stage(record)
     return record
 
@@ -428,9 +503,13 @@ class Trainer:
     return xla.compiled(step_lib.make_eval_step(self.model), self.jit_compile)
 
   def evaluate(self, image_size=None, use_ema=True):
-    """Top-1/top-5 on the eval split with the EMA weights."""
+    """Top-1/top-5 on the eval split with the EMA weights.
+
+    A signal stops it at the next device call's end (`_stop_eval`).
+    """
     size = image_size or self.config.model.eval_size
-    counts, seconds = self._eval_counts(size, use_ema)
+    with preemption.deferred():
+      counts, seconds = self._eval_counts(size, use_ema)
     examples = counts[3]
     result = {"top1": float(counts[0] / examples),
               "top5": float(counts[1] / examples),
@@ -454,7 +533,11 @@ class Trainer:
 
   def _eval_counts(self, size, use_ema):
     """`step.topk_hits`' four counts summed over the eval split at `size`
-    px, and the seconds the eval loop took."""
+    px, and the seconds the eval loop took.
+
+    The loop runs runtime.steps_per_loop batches per device call, so a
+    signal stops it within one call (`_stop_eval`).
+    """
     split = self.config.data.eval_split
     eval_batch = self.config.eval.batch_size
     steps = pipeline.eval_steps(self.source.num_examples(split), eval_batch)
@@ -470,19 +553,47 @@ class Trainer:
     eval_step = self.make_eval_step()
 
     @tf.function
-    def eval_loop(iterator):
+    def eval_loop(iterator, batches):
       counts = tf.zeros([4])
-      for _ in tf.range(steps):
+      for _ in tf.range(batches):
         counts += self.strategy.reduce(
             SUM, self.strategy.run(eval_step, args=(next(iterator),)),
             axis=None)
       return counts
 
     started = time.time()
+    # float32 as on the device: whole counts, exact below 2**24.
+    counts, done = np.zeros(4, np.float32), 0
+    per_call = self.config.runtime.steps_per_loop
+    faults.pause("delay_eval", self.step)
     with self.xla_errors("the eval step"), (
         self.ema.swapped() if use_ema else contextlib.nullcontext()):
-      counts = eval_loop(iter(dataset)).numpy()
+      iterator = iter(dataset)
+      while done < steps:
+        self._stop_eval()
+        batches = min(per_call, steps - done)
+        counts += eval_loop(iterator, tf.constant(batches)).numpy()
+        done += batches
+    self._stop_eval()
     return counts, time.time() - started
+
+  def _stop_eval(self):
+    """Raises `preemption.Interrupted` when a signal (on any worker) asked
+    the run to stop; nothing to save: an evaluation changes no weights."""
+    signum, elsewhere, _ = self._agreed(False)
+    if signum is None:
+      return
+    text = self._signal_text(signum, elsewhere)
+    stage = self._training_stage
+    if stage is not None:  # a stage's end: its checkpoint is saved
+      raise preemption.Interrupted(signum, (
+          f"Interrupted ({text}) during the evaluation of stage "
+          f"{stage.index + 1} at step {self.step} of {self.total_steps}: "
+          f"its checkpoint {self.checkpointer.path(self.step)} is saved; "
+          "rerun the same command to resume."))
+    raise preemption.Interrupted(signum, (
+        f"Interrupted ({text}) during the evaluation at step {self.step}: "
+        "no result was written; rerun the same command to evaluate."))
 
   def final_eval(self):
     """The last stage's evaluation when it had one, else a new one."""
