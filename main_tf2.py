@@ -20,6 +20,7 @@ from effnetv2_tf import startup
 # Run as a program, start up before the imports below load TensorFlow
 # (see startup); imported as a module, this changes nothing.
 if __name__ == "__main__":
+  startup.exit_on_signals("main_tf2.py")
   startup.start()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -8,6 +8,8 @@ inside `start()`.
 
 import importlib
 import os
+import signal
+import sys
 
 from effnetv2_tf import quiet_start
 from effnetv2_tf import tpu_env
@@ -21,3 +23,18 @@ def start():
   tpu_env.configure()
   with quiet_start.filtered_import():
     importlib.import_module("tensorflow")
+
+
+def exit_on_signals(prog):
+  """Until the driver installs its own handlers (training/preemption.py),
+  SIGTERM and SIGINT end the process at once with one line and status
+  128 + signal, not a traceback from inside TensorFlow's import: nothing
+  has been written yet. Call it first, as the drivers do."""
+
+  def stop(signum, frame):  # pylint: disable=unused-argument
+    print(f"Interrupted ({signal.Signals(signum).name}) while {prog} "
+          "started; nothing was written.", file=sys.stderr, flush=True)
+    os._exit(128 + signum)  # pylint: disable=protected-access
+
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, stop)

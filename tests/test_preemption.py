@@ -300,6 +300,28 @@ def test_signals_during_evaluations_and_before_training(tmp_path):
 
 
 @pytest.mark.slow
+def _catches(pid, signum):
+  """Whether process `pid` has a handler for `signum` (/proc SigCgt)."""
+  status = pathlib.Path(f"/proc/{pid}/status").read_text()
+  caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
+  return bool(caught >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(),
+                    reason="reads the signal mask from /proc")
+def test_a_signal_while_tensorflow_imports_is_one_line(tmp_path):
+  run = Driver(tmp_path, "main.py", tmp_path / "run")
+  deadline = time.time() + 60
+  while not _catches(run.process.pid, signal.SIGTERM):  # startup's handler
+    assert time.time() < deadline and run.process.poll() is None
+    time.sleep(0.01)
+  run.send(signal.SIGTERM)  # TensorFlow's import takes seconds
+  code, _, err = run.finish()
+  assert _stopped(code, err, 143) == (
+      "Interrupted (SIGTERM) while main.py started; nothing was written.")
+  assert not (tmp_path / "run").exists()
+
+
 def test_two_workers_stop_and_save_at_the_same_step(tmp_path):
   """MultiWorkerMirroredStrategy: the one signalled worker stops both."""
   ports = _free_ports(2)
