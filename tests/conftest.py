@@ -18,8 +18,9 @@ import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from effnetv2_tf.models.layers import ScheduledDropout  # pylint: disable=g-import-not-at-top
+from effnetv2_tf.training import faults  # pylint: disable=g-import-not-at-top
 
-
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ../shared beside the checkout: the real data and reference tables.
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 SAMPLES = SHARED / "data" / "imagenet-samples"  # one JPEG per class
@@ -93,3 +94,23 @@ def observe_dropout(monkeypatch, trainer):
 
   trainer.log.record_stage = record_stage
   return rates
+
+
+def driver_env(fault=None, **extra):
+  """A driver subprocess's environment: this checkout importable, quiet
+  TensorFlow, EFFNETV2_FAULT only when `fault` is given, then `extra`."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop(faults.ENV, None)
+  if fault:
+    env[faults.ENV] = fault
+  env.update(extra)
+  return env
+
+
+def checkpoint_variables(prefix):
+  """A checkpoint's values, without its save counter and input position."""
+  reader = tf.train.load_checkpoint(prefix)
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if not name.startswith(("save_counter", "train_iterator",
+                                  "_CHECKPOINTABLE_OBJECT_GRAPH"))}

@@ -5,7 +5,6 @@ they hit the exact moment under test on every run.
 """
 
 import json
-import os
 import pathlib
 import re
 import signal
@@ -18,6 +17,8 @@ import pytest
 import tensorflow as tf
 
 from effnetv2_tf.training import faults
+from conftest import checkpoint_variables
+from conftest import driver_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # On the smoke config (configs/datasets.py): 2 stages, batch 16.
@@ -40,27 +41,10 @@ def _command(driver, model_dir, hparams=HPARAMS, extra=()):
           f"--hparam_str={hparams}", *extra]
 
 
-def _env(fault=None):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop(faults.ENV, None)
-  if fault:
-    env[faults.ENV] = fault
-  return env
-
-
 def _run(driver, model_dir, fault=None, **kwargs):
   return subprocess.run(_command(driver, model_dir, **kwargs),
-                        env=_env(fault), capture_output=True, text=True,
+                        env=driver_env(fault), capture_output=True, text=True,
                         timeout=600, check=False)
-
-
-def _variables(prefix):
-  """A checkpoint's values, without its save counter and input position."""
-  reader = tf.train.load_checkpoint(prefix)
-  return {name: reader.get_tensor(name)
-          for name in reader.get_variable_to_shape_map()
-          if not name.startswith(("save_counter", "train_iterator",
-                                  "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
 def _latest_step(model_dir):
@@ -87,7 +71,7 @@ def test_fault_spec_errors_name_the_variable(monkeypatch):
 @pytest.mark.parametrize("driver", ["main.py", "main_tf2.py"])
 def test_sigkill_then_rerun_finishes_the_planned_steps(tmp_path, driver):
   model_dir = tmp_path / "run"
-  process = subprocess.Popen(_command(driver, model_dir), env=_env(),
+  process = subprocess.Popen(_command(driver, model_dir), env=driver_env(),
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -125,12 +109,12 @@ def test_deterministic_resume_after_kill_in_save_equals_uninterrupted(
   # file still names step 4, which reads back whole.
   assert (killed_dir / "ckpt-5.index").exists()
   assert _latest_step(killed_dir) == 4
-  assert _variables(str(killed_dir / "ckpt-4"))
+  assert checkpoint_variables(str(killed_dir / "ckpt-4"))
   rerun = _run("main.py", killed_dir, extra=extra)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "Restored the stage 1 input iterator" in rerun.stdout
-  expected = _variables(str(tmp_path / "whole" / "ckpt-12"))
-  resumed = _variables(str(killed_dir / "ckpt-12"))
+  expected = checkpoint_variables(str(tmp_path / "whole" / "ckpt-12"))
+  resumed = checkpoint_variables(str(killed_dir / "ckpt-12"))
   assert expected.keys() == resumed.keys() and len(expected) > 100
   differ = [k for k in expected if not np.array_equal(expected[k],
                                                       resumed[k])]
@@ -175,5 +159,5 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path):
                             "of step 4"), result.stderr[-2000:]
   assert "ckpt-3) is kept" in message
   assert _latest_step(model_dir) == 3
-  assert _variables(str(model_dir / "ckpt-3"))
+  assert checkpoint_variables(str(model_dir / "ckpt-3"))
   assert not list(model_dir.glob("ckpt-4*"))  # the partial save is removed

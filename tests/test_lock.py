@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from effnetv2_tf import errors
 from effnetv2_tf.runs import lock
-from effnetv2_tf.training import faults
+from conftest import driver_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -208,22 +208,14 @@ def _command(model_dir, *extra):
           f"--hparam_str={HPARAMS}", *extra]
 
 
-def _env(fault=None):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop(faults.ENV, None)
-  if fault:
-    env[faults.ENV] = fault
-  return env
-
-
 def _run(command, fault=None):
-  return subprocess.run(command, env=_env(fault), capture_output=True,
+  return subprocess.run(command, env=driver_env(fault), capture_output=True,
                         text=True, timeout=600, check=False)
 
 
 def test_a_second_main_py_is_refused_while_eval_reads(tmp_path):
   model_dir = tmp_path / "run"
-  first = subprocess.Popen(_command(model_dir, "--mode=train"), env=_env(),
+  first = subprocess.Popen(_command(model_dir, "--mode=train"), env=driver_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
   try:

@@ -23,8 +23,9 @@ import pytest
 import tensorflow as tf
 
 from effnetv2_tf.training import checkpointer as checkpointer_lib
-from effnetv2_tf.training import faults
 from effnetv2_tf.training import preemption
+from conftest import checkpoint_variables
+from conftest import driver_env
 
 from test_multi_worker import _free_ports
 
@@ -51,11 +52,7 @@ class Driver:
                extra=(), fault=None, mode="train", env=None):
     name = f"{pathlib.Path(model_dir).name}-{next(_RUNS)}"
     self.out, self.err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2",
-               **(env or {}))
-    env.pop(faults.ENV, None)
-    if fault:
-      env[faults.ENV] = fault
+    env = driver_env(fault, **(env or {}))
     with open(self.out, "w") as out, open(self.err, "w") as err:
       self.process = subprocess.Popen(
           [sys.executable, str(ROOT / driver), "--model=efficientnetv2-b0",
@@ -100,15 +97,6 @@ def _stopped(code, err, status):
 
 def _latest_step(model_dir):
   return int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
-
-
-def _variables(prefix):
-  """A checkpoint's values, without its save counter and input position."""
-  reader = tf.train.load_checkpoint(prefix)
-  return {name: reader.get_tensor(name)
-          for name in reader.get_variable_to_shape_map()
-          if not name.startswith(("save_counter", "train_iterator",
-                                  "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
 def _finished(driver, steps):
@@ -218,8 +206,8 @@ def test_main_sigterm_then_sigint_mid_save_then_rerun_equals_whole(
   assert code == 0, err[-3000:]
   saved = len(list((tmp_path / "whole").glob("ckpt-*.index")))
   assert saved > 7, saved  # steps 8, 16, 20, 24, 32, 40 without the time
-  expected = _variables(str(tmp_path / "whole" / "ckpt-40"))
-  resumed = _variables(str(model_dir / "ckpt-40"))
+  expected = checkpoint_variables(str(tmp_path / "whole" / "ckpt-40"))
+  resumed = checkpoint_variables(str(model_dir / "ckpt-40"))
   assert expected.keys() == resumed.keys() and len(expected) > 100
   differ = [k for k in expected
             if not np.array_equal(expected[k], resumed[k])]
