@@ -7,8 +7,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 if [[ $# -eq 0 ]]; then
+  # A rerun resumes (or, finished, evaluates again) and replaces its export.
   "$VENV/bin/python" main.py --model=efficientnetv2-b0 --dataset_cfg=digits \
-    --model_dir=runs/digits --export_dir=runs/digits/export
+    --model_dir=runs/digits --export_dir=runs/digits/export --overwrite_export
   # schedule.png and learning_curve.png from runs/digits/summary.json
   exec "$VENV/bin/python" -m effnetv2_tf.plot --model_dir=runs/digits
 fi
