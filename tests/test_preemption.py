@@ -78,6 +78,13 @@ class Driver:
   def send(self, signum):
     self.process.send_signal(signum)
 
+  def stop_at(self, pattern, signum):
+    """Sends `signum` once stdout has a line matching `pattern`; returns
+    `finish()`."""
+    self.wait_for(pattern)
+    self.send(signum)
+    return self.finish()
+
   def finish(self, timeout=300):
     """(exit status, stdout, stderr) once the process ends."""
     code = self.process.wait(timeout=timeout)
@@ -173,9 +180,7 @@ def test_main_sigterm_then_sigint_mid_save_then_rerun_equals_whole(
                  "train.keep_checkpoints=100")
   model_dir = tmp_path / "run"
   first = Driver(tmp_path, "main.py", model_dir, extra=extra)
-  first.wait_for(r"^step \d+/40 ")
-  first.send(signal.SIGTERM)
-  code, out, err = first.finish()
+  code, out, err = first.stop_at(r"^step \d+/40 ", signal.SIGTERM)
   line = _stopped(code, err, 143)
   match = re.fullmatch(r"Interrupted \(SIGTERM\) at step (\d+) of 40: saved "
                        rf"(\S+)/ckpt-(\d+){re.escape(RESUME)}", line)
@@ -218,9 +223,7 @@ def test_main_sigterm_then_sigint_mid_save_then_rerun_equals_whole(
 def test_fit_sigint_mid_training_saves_and_the_rerun_finishes(tmp_path):
   model_dir = tmp_path / "run"
   first = Driver(tmp_path, "main_tf2.py", model_dir)
-  first.wait_for(r"^step \d+/40 ")
-  first.send(signal.SIGINT)
-  code, _, err = first.finish()
+  code, _, err = first.stop_at(r"^step \d+/40 ", signal.SIGINT)
   line = _stopped(code, err, 130)
   match = re.fullmatch(r"Interrupted \(SIGINT\) at step (\d+) of 40: saved "
                        rf"{re.escape(str(model_dir))}/ckpt-(\d+)"
@@ -243,9 +246,8 @@ def test_signals_during_evaluations_and_before_training(tmp_path):
   # which waits 3 s before its first batch.
   first = Driver(tmp_path, "main.py", model_dir, hparams=hparams,
                  mode="train_and_eval", fault="delay_eval@6")
-  first.wait_for(r"^EFFNETV2_FAULT: delay_eval at step 6")
-  first.send(signal.SIGTERM)
-  code, out, err = first.finish()
+  code, out, err = first.stop_at(r"^EFFNETV2_FAULT: delay_eval at step 6",
+                                 signal.SIGTERM)
   assert _stopped(code, err, 143) == (
       "Interrupted (SIGTERM) during the evaluation of stage 1 at step 6 of "
       f"12: its checkpoint {model_dir}/ckpt-6 is saved" + RESUME)
@@ -265,9 +267,8 @@ def test_signals_during_evaluations_and_before_training(tmp_path):
   written = (model_dir / "summary.json").read_text()
   evaluation = Driver(tmp_path, "main_tf2.py", model_dir, hparams="",
                       mode="eval", fault="delay_eval@12")
-  evaluation.wait_for(r"^EFFNETV2_FAULT: delay_eval at step 12")
-  evaluation.send(signal.SIGINT)
-  code, out, err = evaluation.finish()
+  code, out, err = evaluation.stop_at(
+      r"^EFFNETV2_FAULT: delay_eval at step 12", signal.SIGINT)
   assert _stopped(code, err, 130) == (
       "Interrupted (SIGINT) during the evaluation at step 12: no result was "
       "written; rerun the same command to evaluate.")
@@ -277,9 +278,8 @@ def test_signals_during_evaluations_and_before_training(tmp_path):
   fresh = tmp_path / "fresh"
   early = Driver(tmp_path, "main_tf2.py", fresh, hparams=hparams,
                  fault="delay_start@0")
-  early.wait_for(r"^EFFNETV2_FAULT: delay_start at step 0")
-  early.send(signal.SIGTERM)
-  code, out, err = early.finish()
+  code, out, err = early.stop_at(
+      r"^EFFNETV2_FAULT: delay_start at step 0", signal.SIGTERM)
   assert "Steps:" not in out  # printed once the model is built
   assert _stopped(code, err, 143) == (
       "Interrupted (SIGTERM) before training started; rerun the same "
