@@ -114,6 +114,10 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tmp_path):
   assert config.model.blocks == best.split('"')[1]
   model = run_dir.model_from_config(config.model, 10)
   assert model.name == "efficientnetv2-b0"
+  assert model.count_params() == int(best.split(",")[3])  # the trial's
+  assert again.stdout.splitlines()[-1].endswith(
+      f"train the winner: python main.py --config_file={out_dir}/best.json "
+      "--dataset_cfg=digits")
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
   python -m effnetv2_tf.nas --storage=postgresql://user@db/nas ...
 
 Writes `<out_dir>/results.csv` (every finished trial and the backbone),
-`results.json`, `results.png` and `best.json`, the winner as a config file:
+`results.json`, `results.png` and `best.json`, the winner's network as a
+config file (its blocks, width and depth; the class count is the data's):
 `python main.py --config_file=<out_dir>/best.json --dataset_cfg=digits`
 trains it with progressive learning. Rerunning the command resumes.
 """
@@ -90,7 +91,10 @@ def main(argv):
   best = next(row for row in rows if row["best"])
   print(f"best: trial {best['trial']}, reward {best['reward']:.4f} "
         f"(backbone {rows[0]['reward']:.4f}); {len(rows) - 1} trials in "
-        f"{out_dir}/results.csv; winner: --config_file={out_dir}/best.json",
+        f"{out_dir}/results.csv; train the winner: python main.py "
+        f"--config_file={out_dir}/best.json "
+        f"--dataset_cfg={config.proxy.dataset_cfg}"
+        + (f" --data_dir={FLAGS.data_dir}" if FLAGS.data_dir else ""),
         flush=True)
 
 

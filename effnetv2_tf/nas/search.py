@@ -16,6 +16,7 @@ every reward (`reward.reward`).
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import warnings
@@ -23,9 +24,11 @@ import warnings
 import optuna
 
 from effnetv2_tf import fileio
+from effnetv2_tf.models import registry
 from effnetv2_tf.nas import reward as reward_lib
 from effnetv2_tf.nas import space as space_lib
 from effnetv2_tf.nas import trial as trial_lib
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import trainer as trainer_lib
 
 STUDY_NAME = "effnetv2-nas"
@@ -33,6 +36,12 @@ METRICS = ("accuracy", "step_time", "params", "seconds")  # trial.Measured
 # At most this many sampled candidates per requested trial (duplicates in a
 # small space are pruned); the search stops early past it.
 MAX_ATTEMPTS_PER_TRIAL = 20
+# The `config.model` keys that replace a registered variant's architecture
+# (`ModelSpec` fields that `run_dir.model_from_config` passes on): with the
+# backbone's name, they are the network a trial trains (best.json).
+ARCHITECTURE_KEYS = tuple(
+    key for key in run_dir.CONFIG_OVERRIDES
+    if key in {f.name for f in dataclasses.fields(registry.ModelSpec)})
 
 
 def storage_url(out_dir, storage=None):
@@ -185,10 +194,26 @@ def write_outputs(rows, config, out_dir):
   fileio.write_atomic(os.path.join(out_dir, "results.json"),
                     json.dumps(rows, indent=1) + "\n")
   best = next(row for row in rows if row["best"])
-  fileio.write_atomic(os.path.join(out_dir, "best.json"), json.dumps({
-      "model": {"name": config.space.backbone,
-                "blocks": " ".join(best["blocks"])}}, indent=1) + "\n")
+  fileio.write_atomic(os.path.join(out_dir, "best.json"), json.dumps(
+      winner_config(config, best["blocks"]), indent=1) + "\n")
   plot(rows, os.path.join(out_dir, "results.png"))
+
+
+def winner_config(config, blocks):
+  """best.json: the network a trial of `blocks` trained, as config keys.
+
+  The trial config's `model.name` and its `ARCHITECTURE_KEYS` (the blocks,
+  the space's width and depth coefficients; the registry's where the trial
+  kept them), so `main.py --config_file=best.json` trains the searched
+  candidate. Left out: the class count (the data's: `--dataset_cfg`), the
+  proxy's image size and stages, and the recipe's regularization (the
+  winner trains with its own).
+  """
+  model = trial_lib.proxy_config(config, blocks).model
+  spec = registry.get_model_spec(model.name)
+  return {"model": {"name": model.name, **{
+      key: getattr(spec, key) if model[key] is None else model[key]
+      for key in ARCHITECTURE_KEYS}}}
 
 
 def plot(rows, path):
