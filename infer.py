@@ -1,6 +1,8 @@
-"""Top-5 classes of an image from an exported SavedModel or a checkpoint.
+"""Top-5 classes of images from an exported SavedModel or a checkpoint.
 
   python infer.py --saved_model=runs/digits/export --image=photo.jpg
+  python infer.py --saved_model=runs/digits/export --image=photos/ \
+      --image=other.png   # a directory: every image in it
   python infer.py --checkpoint=runs/digits --image=photo.jpg   # run dir
   python infer.py --checkpoint=efficientnetv2-b0.weights.h5 \
       --model=efficientnetv2-b0 --image=photo.jpg --labels=labels.txt
@@ -18,6 +20,15 @@ SavedModel would.
 Published weights (`--weights=TAG`, downloaded once) use the preprocessing
 and eval size of the recipe they were trained with, and the ImageNet class
 names that ship with the package (21k weights: class indices).
+
+`--image` (repeatable) takes local or gs:// files, and directories: every
+image in one (`sources.IMAGE_EXTENSIONS`, any case; not hidden files, not
+subdirectories), sorted. An http(s) URL, or a directory without images, is
+refused in one line before the model loads. The model loads once; an
+image that cannot be classified (missing, not decodable, a directory) is
+reported on stderr in one line and skipped, and the rest are classified.
+Exit status: 0 when every image was classified, 1 when any failed (with
+several images, a last line says how many) or on an error in the flags.
 """
 
 from effnetv2_tf import startup
@@ -29,6 +40,7 @@ if __name__ == "__main__":
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -38,6 +50,7 @@ from effnetv2_tf import export
 from effnetv2_tf import quiet_start
 import tensorflow as tf
 from effnetv2_tf.data import preprocessing
+from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import registry
@@ -56,11 +69,14 @@ flags.DEFINE_string("model", None, "Model name for --weights or a .h5 "
                     "weights file; for a run checkpoint it must match the "
                     "run's model.")
 flags.DEFINE_integer("num_classes", 1000, "Class count of a .h5 file.")
-flags.DEFINE_multi_string("image", None, "Image file(s) to classify.")
+flags.DEFINE_multi_string("image", None, "Image file(s) to classify (local "
+                          "or gs://), or directories of them.")
 flags.DEFINE_string("labels", None, "labels.txt with the class names.")
 flags.DEFINE_integer("top_k", 5, "How many classes to print.")
 flags.mark_flags_as_required(["image"])
 FLAGS = flags.FLAGS
+# URL schemes that tf.io.gfile cannot read (gs:// it can).
+URL_SCHEMES = ("http://", "https://")
 
 
 class InferError(errors.UserError, ValueError):
@@ -75,16 +91,90 @@ def model_spec(name):
     raise InferError(f"--model: {err}") from None
 
 
+def image_paths(values):
+  """The image files that the --image `values` name, in order: a file as
+  given, a directory's images (`sources.IMAGE_EXTENSIONS`, any case; not
+  hidden names, not its subdirectories' contents) sorted, after a line
+  saying how many. InferError for a URL or a directory without images."""
+  paths = []
+  for value in values:
+    if value.lower().startswith(URL_SCHEMES):
+      raise InferError(f"--image {value}: infer.py reads local files (or "
+                       f"gs://); download it first (e.g. curl -O {value}).")
+    if not _isdir(value):
+      paths.append(value)  # a file, or a missing one: classify says which
+      continue
+    found = _directory_images(value)
+    if not found:
+      raise InferError(
+          f"--image {value} holds no images (*"
+          f"{', *'.join(sources.IMAGE_EXTENSIONS)}, any case).")
+    print(f"--image {value}: {len(found)} image"
+          f"{'' if len(found) == 1 else 's'}", flush=True)
+    paths += found
+  return paths
+
+
+def _isdir(path):
+  try:
+    return tf.io.gfile.isdir(path)
+  except tf.errors.OpError:  # a scheme without a file system: not a dir
+    return False
+
+
+def _directory_images(path):
+  try:
+    names = tf.io.gfile.listdir(path)
+  except tf.errors.OpError as err:
+    raise InferError(f"--image {path} cannot be listed "
+                     f"({_reason(err)}).") from None
+  names = sorted(n.rstrip("/") for n in names)  # gs:// folders end in /
+  return [os.path.join(path, n) for n in names
+          if n.lower().endswith(sources.IMAGE_EXTENSIONS)
+          and not n.startswith(".")]
+
+
+def _reason(err):
+  """The first line of a TensorFlow error's message."""
+  return err.message.strip().splitlines()[0] if err.message else type(
+      err).__name__
+
+
 def classify(predict, path):
   """`predict`'s outputs for the image file `path` (its encoded bytes, a
-  batch of one), or InferError naming the file."""
-  if not tf.io.gfile.exists(path):
-    raise InferError(f"--image {path} does not exist.")
+  batch of one), or InferError naming the file and why not."""
   try:
-    return predict(tf.io.read_file(path)[tf.newaxis])
+    if not tf.io.gfile.exists(path):
+      raise InferError(f"{path} does not exist.")
+    if tf.io.gfile.isdir(path):
+      raise InferError(f"{path} is a directory, not an image.")
+    encoded = tf.io.read_file(path)
+  except tf.errors.OpError as err:  # unreadable, an unknown scheme
+    raise InferError(f"{path} cannot be read ({_reason(err)}).") from None
+  try:
+    return predict(encoded[tf.newaxis])
   except tf.errors.InvalidArgumentError:
-    raise InferError(f"--image {path} is not a readable JPEG, PNG, GIF or "
-                     "BMP image.") from None
+    raise InferError(f"{path} is not a readable JPEG, PNG, GIF or BMP "
+                     "image.") from None
+
+
+def classify_all(predict, paths, class_names, k):
+  """Prints the top `k` classes of each image; one line on stderr for each
+  that fails, and the rest go on. Returns how many failed."""
+  failed = 0
+  for path in paths:
+    try:
+      outputs = classify(predict, path)
+    except InferError as err:
+      failed += 1
+      errors.report("infer.py", err)
+      continue
+    lines = [f"{path}:"] + [
+        f"  {rank}. {name} (class {class_id}): {p:.4f}"
+        for rank, (class_id, name, p) in enumerate(
+            top_classes(outputs, class_names, k), 1)]
+    print("\n".join(lines), flush=True)
+  return failed
 
 
 def read_class_names(path):
@@ -165,17 +255,19 @@ def main(argv):
     raise app.UsageError(
         "Give one of --saved_model, --checkpoint and --weights.")
   with errors.reported("infer.py"):
+    paths = image_paths(FLAGS.image)
+    labels = read_class_names(FLAGS.labels) if FLAGS.labels else None
     predict, class_names = load_predictor(
         FLAGS.saved_model, FLAGS.checkpoint, FLAGS.model, FLAGS.num_classes,
         FLAGS.weights)
-    if FLAGS.labels:
-      class_names = read_class_names(FLAGS.labels)
-    for path in FLAGS.image:
-      outputs = classify(predict, path)
-      print(f"{path}:")
-      for rank, (class_id, name, p) in enumerate(
-          top_classes(outputs, class_names, FLAGS.top_k), 1):
-        print(f"  {rank}. {name} (class {class_id}): {p:.4f}")
+  failed = classify_all(predict, paths,
+                        class_names if labels is None else labels,
+                        FLAGS.top_k)
+  if failed:
+    if len(paths) > 1:
+      print(f"infer.py: {failed} of {len(paths)} images failed.",
+            file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,15 @@ class ConfigError(UserError, ValueError):
   """A bad config key or value; the message names the key."""
 
 
+def report(prog, message):
+  """Prints `prog: error: message` on stderr (an error the run goes on
+  after, e.g. one bad image of several)."""
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
 def fail(prog, message):
   """Prints `prog: error: message` on stderr and exits 1."""
-  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  report(prog, message)
   sys.exit(1)
 
 

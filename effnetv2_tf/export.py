@@ -34,7 +34,11 @@ hidden sibling (`.<name>.tmp-<pid>`) and renamed into place when complete
 `--tflite` converts the `preprocessed` signature of the written SavedModel
 (converting concrete functions of a Keras 3 model drops its weights) to
 `model.tflite` in the export directory; `--tflite_quantize` adds a
-dynamic-range quantised `model_quant.tflite`.
+dynamic-range quantised `model_quant.tflite`. Their input and output
+tensors carry the signature's names (`images`; `probabilities`,
+`top5_classes`, `top5_probabilities`), as `get_input_details()` and
+`get_output_details()` list them, not the converter's
+`StatefulPartitionedCall:N`.
 
 The feature-vector SavedModel follows TF-Hub's image feature-vector
 convention: `module(images)` (or the `serve` endpoint, e.g.
@@ -59,6 +63,7 @@ from absl import app
 from absl import flags
 import keras
 import tensorflow as tf
+from tensorflow.lite.tools import flatbuffer_utils
 
 from effnetv2_tf import errors
 from effnetv2_tf import fileio
@@ -334,12 +339,27 @@ def convert_tflite(saved_model_dir, quantize=False):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   path = os.path.join(saved_model_dir,
                       TFLITE_QUANT_FILENAME if quantize else TFLITE_FILENAME)
-  flatbuffer = converter.convert()
+  model = flatbuffer_utils.read_model_from_bytearray(
+      bytearray(converter.convert()))
+  _name_tensors_by_signature(model)
   tmp = fileio.temp_path(path)
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(flatbuffer)
+  flatbuffer_utils.write_model(model, tmp)
   tf.io.gfile.rename(tmp, path, overwrite=True)
   return path
+
+
+def _name_tensors_by_signature(model):
+  """Names each signature input and output tensor of a TFLite model object
+  (flatbuffer_utils) by its key in the signature.
+
+  The converter names them after the SavedModel's graph
+  (`preprocessed_images:0`, `StatefulPartitionedCall:0`, ...); the
+  signature runner finds them by index, so renaming changes no lookup.
+  """
+  for signature in model.signatureDefs:
+    tensors = model.subgraphs[signature.subgraphIndex].tensors
+    for key in signature.inputs + signature.outputs:
+      tensors[key.tensorIndex].name = key.name
 
 
 def export_run(model_dir, export_dir, checkpoint=None, tflite=False,

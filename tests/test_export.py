@@ -114,6 +114,11 @@ def test_tflite_matches_keras(exported):
   for quantize in (False, True):
     tflite = export.convert_tflite(path, quantize=quantize)
     interpreter = tf.lite.Interpreter(model_path=tflite)
+    # Named as the SavedModel signature's keys (README), not the
+    # converter's StatefulPartitionedCall:0, :1, :2.
+    assert [d["name"] for d in interpreter.get_input_details()] == ["images"]
+    assert sorted(d["name"] for d in interpreter.get_output_details()) == [
+        "probabilities", "top5_classes", "top5_probabilities"]
     runner = interpreter.get_signature_runner("preprocessed")
     got = runner(images=images)["probabilities"]
     np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-5)
