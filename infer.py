@@ -107,8 +107,7 @@ def image_paths(values):
     found = _directory_images(value)
     if not found:
       raise InferError(
-          f"--image {value} holds no images (*"
-          f"{', *'.join(sources.IMAGE_EXTENSIONS)}, any case).")
+          f"--image {value} holds no images ({sources.IMAGE_PATTERNS}).")
     print(f"--image {value}: {len(found)} image"
           f"{'' if len(found) == 1 else 's'}", flush=True)
     paths += found
@@ -154,7 +153,7 @@ def classify(predict, path):
   try:
     return predict(encoded[tf.newaxis])
   except tf.errors.InvalidArgumentError:
-    raise InferError(f"{path} is not a readable JPEG, PNG, GIF or BMP "
+    raise InferError(f"{path} is not a readable {sources.IMAGE_FORMATS} "
                      "image.") from None
 
 

@@ -27,6 +27,14 @@ class ConfigError(UserError, ValueError):
   """A bad config key or value; the message names the key."""
 
 
+def first_few(names, shown=3):
+  """`names` for a one-line message: all of them up to `shown`, else the
+  first `shown` and how many more ("a, b, c and 4 more")."""
+  names = list(names)
+  more = len(names) - shown
+  return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def report(prog, message):
   """Prints `prog: error: message` on stderr (an error the run goes on
   after, e.g. one bad image of several)."""

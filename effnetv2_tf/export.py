@@ -7,7 +7,7 @@
       --export_dir=exports/efficientnetv2-s-imagenet
 
 Classifier SavedModel signatures:
-  serving_bytes:   encoded images (JPEG, PNG, GIF, BMP; tf.string [B], each
+  serving_bytes:   encoded images (JPEG, PNG, GIF, BMP, WebP; tf.string [B], each
                    of any size), decoded as the run's preprocessing row
                    says (`decode`);
   serving_default: float32 images 0..255 [B, H, W, 3] of any size;
@@ -103,8 +103,7 @@ def check_export_dir(path, overwrite, flag, overwrite_flag="--overwrite"):
   entries = sorted(tf.io.gfile.listdir(path))
   if entries and not overwrite:
     what = ("a SavedModel" if "saved_model.pb" in entries else
-            ", ".join(entries[:3]) + (f" and {len(entries) - 3} more"
-                                      if len(entries) > 3 else ""))
+            errors.first_few(entries))
     raise ExportDirError(
         f"{flag} {path} already holds {what}; pass {overwrite_flag} to "
         "replace the directory (any non-empty one needs it), or give a new "

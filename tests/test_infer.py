@@ -21,7 +21,7 @@ from effnetv2_tf.data import preprocessing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 24
-NOT_AN_IMAGE = "is not a readable JPEG, PNG, GIF or BMP image."
+NOT_AN_IMAGE = "is not a readable JPEG, PNG, GIF, BMP or WebP image."
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,13 @@ Usage:
   python -m effnetv2_tf.data.make_tfrecords --image_dir=DIR \
       --output_dir=OUT --num_shards=N [--split=train] [--layout=folders|flat]
 
---layout=folders: DIR/<class>/*.{jpg,jpeg,png} (any case), classes sorted by
-folder name, which is also the readable name. --layout=flat: files named
+--layout=folders: DIR/<class>/*.{jpg,jpeg,png,gif,bmp,webp} (any case;
+images in sub-folders of a class folder are of that class), classes sorted
+by folder name, which is also the readable name. --layout=flat: files named
 DIR/<class>_<readable name>.<ext> (n01440764_great_white_shark.JPEG: class
-n01440764, "great white shark"), classes sorted.
+n01440764, "great white shark"), classes sorted. Other files are counted and
+named by extension. A DIR of split folders (train/, val/, ...) is converted
+one split at a time: --image_dir=DIR/train --split=train, and so on.
 
 Writes OUT/<split>-00000-of-0000N, labels.txt and dataset_info.json (format:
 effnetv2_tf.data.tfrecord_format), shuffling with --seed first so every shard
@@ -39,8 +42,8 @@ import tensorflow as tf
 from effnetv2_tf import errors
 from effnetv2_tf import fileio
 from effnetv2_tf import quiet_start
+from effnetv2_tf.data import sources
 from effnetv2_tf.data import tfrecord_format
-from effnetv2_tf.data.sources import IMAGE_EXTENSIONS
 
 LAYOUTS = ("folders", "flat")
 SOURCE_SPLITS = ("train", "validation")  # what tfrecord_source globs for
@@ -74,32 +77,28 @@ ImageFile = collections.namedtuple("ImageFile", ["path", "class_name"])
 
 
 # ------------------------------------------------------------------ listing
-def _image_names(folder):
-  return sorted(
-      f for f in tf.io.gfile.listdir(folder)
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-      and not tf.io.gfile.isdir(os.path.join(folder, f)))
-
-
-def _subfolders(root):
-  names = [d.rstrip("/") for d in tf.io.gfile.listdir(root)]
-  return sorted(d for d in names if not d.startswith(".")
-                and tf.io.gfile.isdir(os.path.join(root, d)))
-
-
 def list_folders(root):
-  """Returns ([ImageFile], [(class, readable name)] sorted) of root/<class>/.
-  """
-  classes = _subfolders(root)
-  if not classes:
+  """Returns ([ImageFile], [(class, readable name)] sorted, [note lines])
+  of root/<class>/, images in sub-folders of a class folder included."""
+  splits = sources.split_folders(root)
+  if splits:
+    split_args = ", ".join(
+        f"--image_dir={os.path.join(root, folder)} --split={split}"
+        for split, folder in splits.items())
+    raise ConversionError(
+        f"{root} holds split folders ({', '.join(splits.values())}); "
+        f"convert each on its own into the same --output_dir: {split_args}.")
+  listing = sources.list_classes(root)
+  if not listing.classes:
     raise ConversionError(
         f"{root} has no class subfolders (--layout=folders expects "
         f"{root}/<class>/*.jpg); for one folder of <class>_<name>.jpg files "
         "use --layout=flat.")
-  files = [ImageFile(os.path.join(root, name, f), name)
-           for name in classes
-           for f in _image_names(os.path.join(root, name))]
-  return files, [(name, name) for name in classes]
+  sources.check_not_one_folder_too_high(listing, "--image_dir")
+  files = [ImageFile(path, listing.classes[label])
+           for path, label in zip(listing.files, listing.labels)]
+  return (files, [(name, name) for name in listing.classes],
+          listing.notes(root))
 
 
 def _readable_names(pairs):
@@ -116,7 +115,8 @@ def _readable_names(pairs):
 def list_flat(root):
   """Lists `root/<class>_<readable name>.<ext>`; same returns as list_folders.
   """
-  names = _image_names(root)
+  paths, others = sources.list_images(root, recursive=False)
+  names = [os.path.basename(p) for p in paths]
   parts = [os.path.splitext(n)[0].partition("_") for n in names]
   bad = [n for n, (c, sep, _) in zip(names, parts) if not (c and sep)]
   if bad:
@@ -126,7 +126,13 @@ def list_flat(root):
   pairs = [(c, rest) for c, _, rest in parts]
   files = [ImageFile(os.path.join(root, n), c)
            for n, (c, _) in zip(names, pairs)]
-  return files, _readable_names(pairs)
+  notes = sources.FolderListing(root, [], others=others).notes(root)
+  folders = sources.class_folders(root)
+  if folders:
+    notes.append(f"--layout=flat reads the files in {root} alone, not its "
+                 f"sub-folders ({', '.join(f + '/' for f in folders[:5])}"
+                 f"{', ...' if len(folders) > 5 else ''})")
+  return files, _readable_names(pairs), notes
 
 
 def _list_images(image_dir, layout):
@@ -134,15 +140,15 @@ def _list_images(image_dir, layout):
     raise ConversionError(f"--image_dir {image_dir!r} is not a directory.")
   if layout not in LAYOUTS:
     raise ConversionError(f"--layout must be one of {LAYOUTS}, not {layout!r}.")
-  files, classes = (list_folders if layout == "folders" else list_flat)(
-      image_dir)
+  files, classes, notes = (list_folders if layout == "folders" else
+                           list_flat)(image_dir)
   if not files:
     where = (f"{image_dir}/<class>/" if layout == "folders"
              else f"{image_dir}/")
     raise ConversionError(
-        f"No images ({', '.join('*' + e for e in IMAGE_EXTENSIONS)}, any "
-        f"letter case) found in {where} (--layout={layout}).")
-  return files, classes
+        f"No images ({sources.IMAGE_PATTERNS}) found in {where} "
+        f"(--layout={layout}){'; ' if notes else ''}{'; '.join(notes)}.")
+  return files, classes, notes
 
 
 def _label_classes(output_dir, classes):
@@ -163,10 +169,16 @@ def _label_classes(output_dir, classes):
 
 
 # ----------------------------------------------------------------- encoding
+CUT_IN_HEADER = "a JPEG cut off in its header (no image data)"
+
+
 def load_image(path):
   """Returns (RGB JPEG bytes, height, width) of an image file; raises
   tf.errors.OpError or OSError when it is unreadable or corrupt."""
-  return tfrecord_format.to_rgb_jpeg(tf.io.read_file(path))
+  data = tf.io.read_file(path)
+  if sources.jpeg_cut_in_header(data):  # libjpeg would not name the file
+    raise tf.errors.InvalidArgumentError(None, None, CUT_IN_HEADER)
+  return tfrecord_format.to_rgb_jpeg(data)
 
 
 def _try_load(path):
@@ -294,14 +306,15 @@ def convert(image_dir, output_dir, num_shards, split="train",
 
   Returns:
     A summary dict: split, num_examples, num_skipped, skipped ([(path,
-    reason)]), num_classes, shards ({basename: records}), seconds,
-    images_per_second.
+    reason)]), num_classes, shards ({basename: records}), notes (the lines
+    printed about files that are not images and images in sub-folders),
+    seconds, images_per_second.
   """
   _check_args(num_shards, split)
   if split not in SOURCE_SPLITS:
     logging.warning("Split %r: effnetv2_tf.data.sources reads only %s.",
                     split, " and ".join(f"{s}-*" for s in SOURCE_SPLITS))
-  files, classes = _list_images(image_dir, layout)
+  files, classes, notes = _list_images(image_dir, layout)
   _check_args(num_shards, split, len(files))
   _check_output_dir(image_dir, layout, output_dir)
   classes = _label_classes(output_dir, classes)
@@ -311,6 +324,8 @@ def convert(image_dir, output_dir, num_shards, split="train",
   tf.io.gfile.makedirs(output_dir)
   print(f"{split}: {len(files)} images of {len(classes)} classes from "
         f"{image_dir} -> {num_shards} shards in {output_dir}", flush=True)
+  for note in notes:
+    print(note, flush=True)
   progress = _Progress(split, len(files), log_every)
   shards, skipped = _write_shards(files, labels, output_dir, split,
                                   num_shards, num_threads, progress)
@@ -321,7 +336,7 @@ def convert(image_dir, output_dir, num_shards, split="train",
       len(skipped)))
   return {"split": split, "num_examples": sum(shards.values()),
           "num_skipped": len(skipped), "skipped": skipped,
-          "num_classes": len(classes), "shards": shards,
+          "num_classes": len(classes), "shards": shards, "notes": notes,
           "seconds": time.time() - progress.start,
           "images_per_second": progress.rate()}
 

@@ -8,6 +8,7 @@ counting). `from_config` builds the source a run config names, from the
 `FROM_CONFIG` table.
 """
 
+import collections
 import dataclasses
 import os
 from typing import Dict, Optional
@@ -20,7 +21,22 @@ from effnetv2_tf import settings
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.settings import Setting
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What tf.io.decode_image, the pipeline's decoder, reads (TF 2.21: JPEG, PNG,
+# GIF, BMP, WebP); other files in a folder are counted and named by extension.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+IMAGE_PATTERNS = ", ".join(f"*{e}" for e in IMAGE_EXTENSIONS) + " (any case)"
+# A folder root of split folders: train/ (required), validation/ or val/
+# (the 'validation' split), test/ (the 'test' split), each of class folders.
+TRAIN_FOLDER = "train"
+VALIDATION_FOLDERS = ("validation", "val")
+TEST_FOLDER = "test"
+SPLIT_FOLDERS = (TRAIN_FOLDER,) + VALIDATION_FOLDERS + (TEST_FOLDER,)
+# Folder names that look like splits but are not read as such: a root with
+# one is an error naming SPLIT_FOLDERS (as classes they would train a
+# "training" vs "valid" classifier).
+SPLIT_LOOKALIKES = ("training", "valid", "validate", "testing", "eval",
+                    "evaluation")
 # Folders up to this many images are decoded once before training, so an
 # unreadable file is named (and left out) up front.
 MAX_CHECKED_FILES = 50_000
@@ -45,6 +61,7 @@ class Source:
   multi_label: bool = False
   class_names: tuple = ()  # readable names in label order, when known
   split_rule: str = ""  # how the splits were made, when the source chose
+  notes: tuple = ()  # lines to print after describe(): what was left out
 
   def describe(self):
     """One line: classes and split sizes (printed before training)."""
@@ -307,34 +324,169 @@ def tfds_source(tfds_name, data_dir=None, split_sizes=None,
 
 
 # ------------------------------------------------------------ image folders
-def _list_folder(root):
-  classes = sorted(  # hidden folders (.ipynb_checkpoints) are not classes
-      d for d in tf.io.gfile.listdir(root)
-      if tf.io.gfile.isdir(os.path.join(root, d)) and not d.startswith("."))
-  classes = [c.rstrip("/") for c in classes]
-  files, labels, empty = [], [], []
-  for label, name in enumerate(classes):
-    images = [f for f in sorted(tf.io.gfile.listdir(os.path.join(root, name)))
-              if f.lower().endswith(IMAGE_EXTENSIONS)]
-    files += [os.path.join(root, name, f) for f in images]
-    labels += [label] * len(images)
+def _by_extension(counts):
+  """'.tiff 2, .txt 1': a Counter of extensions, most common first."""
+  return ", ".join(f"{ext} {n}" for ext, n in sorted(
+      counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def list_images(folder, recursive=True, _seen=None):
+  """The images under `folder`, its sub-folders included, and the rest.
+
+  Hidden files and folders (.DS_Store, .ipynb_checkpoints) are neither;
+  with `recursive` False, sub-folders are not read.
+
+  Returns:
+    (image paths, each folder's files and sub-folders in name order;
+    collections.Counter of the other files' extensions, lower case).
+  """
+  seen = set() if _seen is None else _seen
+  seen.add(os.path.realpath(folder))  # a folder linked to twice: once
+  images, others = [], collections.Counter()
+  for entry in sorted(tf.io.gfile.listdir(folder)):
+    name = entry.rstrip("/")  # GCS marks folders with a trailing /
+    path = os.path.join(folder, name)
+    if name.startswith("."):
+      continue
+    if name.lower().endswith(IMAGE_EXTENSIONS) and not entry.endswith("/"):
+      images.append(path)
+    elif entry.endswith("/") or tf.io.gfile.isdir(path):
+      if recursive and os.path.realpath(path) not in seen:
+        more, more_others = list_images(path, True, seen)
+        images += more
+        others.update(more_others)
+    else:
+      others[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
+  return images, others
+
+
+def class_folders(root):
+  """The sub-folder names of `root`, sorted; hidden ones are not classes."""
+  names = [d.rstrip("/") for d in tf.io.gfile.listdir(root)]
+  return sorted(d for d in names if not d.startswith(".")
+                and tf.io.gfile.isdir(os.path.join(root, d)))
+
+
+@dataclasses.dataclass
+class FolderListing:
+  """The images of root/<class>/: classes sorted, labels their indices."""
+  root: str
+  classes: list
+  files: list = dataclasses.field(default_factory=list)
+  labels: list = dataclasses.field(default_factory=list)
+  nested: list = dataclasses.field(default_factory=list)  # in sub-folders
+  empty: list = dataclasses.field(default_factory=list)  # class folders
+  others: collections.Counter = dataclasses.field(
+      default_factory=collections.Counter)  # non-image files' extensions
+
+  def notes(self, where):
+    """Lines naming what the listing left out or read from sub-folders."""
+    notes = []
+    count = sum(self.others.values())
+    if count:
+      notes.append(
+          f"Skipped {count} file{'s' if count > 1 else ''} under {where} "
+          f"that {'are' if count > 1 else 'is'} not {IMAGE_PATTERNS}: "
+          f"{_by_extension(self.others)}")
+    if self.nested:
+      notes.append(
+          f"Read {len(self.nested)} image{'s' if len(self.nested) > 1 else ''}"
+          f" in sub-folders of class folders (e.g. "
+          f"{os.path.dirname(self.nested[0])}/) as the class of the class "
+          "folder above them")
+    return notes
+
+
+def list_classes(root):
+  """Lists root/<class>/; an image in a sub-folder of a class folder is of
+  that class (as keras' image_dataset_from_directory reads folders)."""
+  listing = FolderListing(root, class_folders(root))
+  for label, name in enumerate(listing.classes):
+    class_dir = os.path.join(root, name)
+    images, others = list_images(class_dir)
+    listing.files += images
+    listing.labels += [label] * len(images)
+    listing.nested += [f for f in images if os.path.dirname(f) != class_dir]
+    listing.others.update(others)
     if not images:
-      empty.append(os.path.join(root, name))
-  if files and empty:  # (no image at all: the callers' error)
+      listing.empty.append(class_dir)
+  return listing
+
+
+def split_folders(root):
+  """The split folders `root` holds, e.g. {'train': 'train', 'validation':
+  'val', 'test': 'test'}; {} when it holds class folders.
+
+  Raises DataError when folders named like splits (training/, valid/, a
+  train/ beside class folders) form neither layout.
+  """
+  names = class_folders(root)
+  if not any(n.lower() in SPLIT_FOLDERS + SPLIT_LOOKALIKES for n in names):
+    return {}
+  validation = [n for n in VALIDATION_FOLDERS if n in names]
+  if (TRAIN_FOLDER in names and set(names) <= set(SPLIT_FOLDERS)
+      and len(validation) <= 1):
+    splits = {"train": TRAIN_FOLDER,
+              "validation": validation[0] if validation else None,
+              "test": TEST_FOLDER if TEST_FOLDER in names else None}
+    return {k: v for k, v in splits.items() if v}
+  either = " or ".join(f"{n}/" for n in VALIDATION_FOLDERS)
+  raise DataError(
+      f"{root} holds {errors.first_few([n + '/' for n in names], 8)}: a "
+      "folder of images holds either class folders alone, or the split folders "
+      f"{TRAIN_FOLDER}/, then {either} and {TEST_FOLDER}/ if wanted, each "
+      "of the same class folders; rename or move the folders to fit one.")
+
+
+def _check_no_empty(listing):
+  if listing.files and listing.empty:  # (no image at all: the callers')
+    many = len(listing.empty) > 1
     raise DataError(
-        f"Class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
-        f"hold{'' if len(empty) > 1 else 's'} no image (*"
-        f"{', *'.join(IMAGE_EXTENSIONS)}, any case): add images or remove "
-        "the folder.")
-  return classes, files, labels
+        f"Class folder{'s' if many else ''} "
+        f"{errors.first_few(listing.empty, 5)} "
+        f"hold{'' if many else 's'} no image ({IMAGE_PATTERNS}): add "
+        "images or remove the folder.")
+
+
+def _unlike(listing, train):
+  """How the split folder `listing` differs from the training classes
+  `train`, or '' when its classes are theirs."""
+  missing = [c for c in train.classes if c not in listing.classes]
+  extra = [c for c in listing.classes if c not in train.classes]
+  if missing:
+    return (f"lacks the class folder(s) {errors.first_few(missing, 5)} of "
+            f"{train.root}")
+  if extra:
+    return (f"has class folder(s) {errors.first_few(extra, 5)} that "
+            f"{train.root} lacks")
+  if not listing.files:
+    return "holds no images"
+  if listing.empty:
+    return ("has class folder(s) without images: "
+            f"{errors.first_few(listing.empty, 5)}")
+  return ""
+
+
+def jpeg_cut_in_header(encoded):
+  """Whether image bytes start as a JPEG but end before its image data (no
+  start-of-scan marker FF DA): a file cut off in its header.
+
+  libjpeg answers such a file with "Improper call to JPEG library in state
+  201" on stderr, naming no file; checked first, it is named instead.
+  """
+  data = tf.io.decode_raw(encoded, tf.uint8)
+  has_scan = tf.reduce_any((data[:-1] == 0xFF) & (data[1:] == 0xDA))
+  return tf.logical_and(tf.io.is_jpeg(encoded), tf.logical_not(has_scan))
 
 
 @dataclasses.dataclass
 class FolderSource(Source):
-  """`root/<class>/*.{jpg,jpeg,png}`; classes sorted by name.
+  """`root/<class>/` images (IMAGE_EXTENSIONS, sub-folders included);
+  classes sorted by name.
 
-  With `root/train/` and `root/validation/` (or `val/`) those are the
-  splits; otherwise every 10th image of each class is held out for
+  With split folders (`root/train/`, `validation/` or `val/`, `test/`)
+  those are the 'train', 'validation' and 'test' splits; without a
+  validation folder every 10th image of each class is held out for
   validation.
   """
   root: str = ""
@@ -353,21 +505,30 @@ class FolderSource(Source):
 
   def drop_unreadable(self, max_files=MAX_CHECKED_FILES):
     """Decodes every image once (up to `max_files`), drops and returns the
-    ones that fail, so the split sizes are the readable images'."""
+    ones that fail, so the split sizes are the readable images'.
+
+    A JPEG cut off in its header fails before it reaches libjpeg (see
+    `jpeg_cut_in_header`).
+    """
     files = [f for split_files, _ in self.examples.values()
              for f in split_files]
     if len(files) > max_files:
       return ()
 
     def decodes(index, path):
-      image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                 expand_animations=False)
-      return index, tf.shape(image)
+      encoded = tf.io.read_file(path)
+      # Decoded only when not cut: a failed decode is an error, which
+      # ignore_errors drops with its index.
+      decoded = tf.cond(jpeg_cut_in_header(encoded), lambda: False,
+                        lambda: tf.size(tf.io.decode_image(
+                            encoded, channels=3,
+                            expand_animations=False)) > 0)
+      return index, decoded
 
     checked = tf.data.Dataset.from_tensor_slices(files).enumerate().map(
         decodes, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False).ignore_errors()
-    readable = {int(i) for i, _ in checked.as_numpy_iterator()}
+    readable = {int(i) for i, ok in checked.as_numpy_iterator() if ok}
     bad = {f for i, f in enumerate(files) if i not in readable}
     for split, (split_files, labels) in self.examples.items():
       kept = [(f, y) for f, y in zip(split_files, labels) if f not in bad]
@@ -387,51 +548,85 @@ def _hold_out(files, labels, eval_every):
   return train, held
 
 
+def _no_images(listing):
+  found = (f"; it holds only {_by_extension(listing.others)}"
+           if listing.others else "")
+  return DataNotFoundError(f"No images ({IMAGE_PATTERNS}) found under "
+                           f"{listing.root}/<class>/{found}.")
+
+
+def check_not_one_folder_too_high(listing, flag="--data_dir"):
+  """Raises DataError for one class folder whose images all lie in its
+  sub-folders: the classes are likely those (`flag` one folder too high)."""
+  if (len(listing.classes) == 1 and listing.files
+      and len(listing.nested) == len(listing.files)):
+    only = os.path.join(listing.root, listing.classes[0])
+    subs = errors.first_few([f"{n}/" for n in class_folders(only)], 5)
+    raise DataError(
+        f"{listing.root} holds one class folder, {listing.classes[0]}/, "
+        f"whose images all lie in its sub-folders ({subs}); if those are "
+        f"the classes, give {flag}={only}.")
+
+
 def folder_source(root, eval_every=10):
   """Builds a FolderSource, failing clearly on a missing or empty root.
 
-  `root/train/` (alone, or with `validation/` or `val/`) holds the
-  training classes; without a validation folder, or with no split folders
-  at all (`root/<class>/`), every `eval_every`th image is held out.
+  `root/train/` (alone, or with `validation/` or `val/`, and `test/`)
+  holds the training classes; without a validation folder, or with no
+  split folders at all (`root/<class>/`), every `eval_every`th image is
+  held out. A `test/` of the training classes is the 'test' split.
   """
   if not root or not tf.io.gfile.isdir(root):
     raise DataNotFoundError(f"Image folder {root!r} does not exist.")
-  subdirs = {d.rstrip("/") for d in tf.io.gfile.listdir(root)
-             if tf.io.gfile.isdir(os.path.join(root, d))}
-  val_dir = next((d for d in ("validation", "val") if d in subdirs), None)
-  split_layout = "train" in subdirs and subdirs <= {"train", "validation",
-                                                    "val"}
-  image_root = os.path.join(root, "train") if split_layout else root
-  classes, files, labels = _list_folder(image_root)
-  if not files:
-    raise DataNotFoundError(
-        f"No images (*{', *'.join(IMAGE_EXTENSIONS)}, any case) found under "
-        f"{image_root}/<class>/.")
-  hold_out = (f"every {eval_every}th image held out for validation; give "
-              "train/ and validation/ folders to choose")
-  if split_layout and val_dir:
-    val_classes, val_f, val_y = _list_folder(os.path.join(root, val_dir))
-    missing = [c for c in classes if c not in val_classes]
-    extra = [c for c in val_classes if c not in classes]
-    if missing or extra or not val_f:
-      what = (f"lacks the class folder(s) {', '.join(missing)} of "
-              f"{image_root}" if missing else
-              f"has class folder(s) {', '.join(extra)} that {image_root} "
-              "lacks" if extra else "holds no images")
+  splits = split_folders(root)
+  image_root = os.path.join(root, TRAIN_FOLDER) if splits else root
+  train = list_classes(image_root)
+  if not train.files:
+    raise _no_images(train)
+  _check_no_empty(train)
+  if not splits:
+    check_not_one_folder_too_high(train)
+  listings = [train]
+  if "validation" in splits:
+    val_dir = os.path.join(root, splits["validation"])
+    val = list_classes(val_dir)
+    _check_no_empty(val)
+    unlike = _unlike(val, train)
+    if unlike:
       raise DataError(
-          f"{root}/{val_dir} {what}; make its class folders those of "
-          f"{image_root}, or remove {root}/{val_dir} to hold out every "
+          f"{val_dir} {unlike}; make its class folders those of "
+          f"{image_root}, or remove {val_dir} to hold out every "
           f"{eval_every}th training image.")
-    (train_f, train_y), (val_f, val_y) = (files, labels), (val_f, val_y)
-    split_rule = f"{image_root} and {root}/{val_dir}"
+    listings.append(val)
+    examples = {"train": (train.files, train.labels),
+                "validation": (val.files, val.labels)}
+    split_rule = f"{image_root} and {val_dir}"
   else:
-    (train_f, train_y), (val_f, val_y) = _hold_out(files, labels, eval_every)
-    split_rule = (f"{image_root}, " if split_layout else "") + hold_out
-  examples = {"train": (train_f, train_y), "validation": (val_f, val_y)}
+    held_in, held_out = _hold_out(train.files, train.labels, eval_every)
+    examples = {"train": held_in, "validation": held_out}
+    split_rule = ((f"{image_root}, " if splits else "") +
+                  f"every {eval_every}th image held out for validation; give "
+                  "train/ and validation/ folders to choose")
+  if "test" in splits:
+    test_dir = os.path.join(root, splits["test"])
+    test = list_classes(test_dir)
+    unlike = _unlike(test, train)
+    if unlike:
+      split_rule += f"; {test_dir} not used: it {unlike}"
+    else:
+      listings.append(test)
+      examples["test"] = (test.files, test.labels)
+      split_rule += (f"; {test_dir} is split 'test', evaluated with "
+                     "data.eval_split=test")
+  merged = FolderListing(root, train.classes, nested=[
+      f for listing in listings for f in listing.nested])
+  for listing in listings:
+    merged.others.update(listing.others)
   return FolderSource(
-      name="folder", num_classes=len(classes),
+      name="folder", num_classes=len(train.classes),
       split_sizes={k: len(v[0]) for k, v in examples.items()}, root=root,
-      class_names=tuple(classes), examples=examples, split_rule=split_rule)
+      class_names=tuple(train.classes), examples=examples,
+      split_rule=split_rule, notes=tuple(merged.notes(root)))
 
 
 # ------------------------------------------------------------------- digits
@@ -560,7 +755,8 @@ def check(source, splits):
              "data.train_examples")
       make = (
           "Add images (a folder holds out every 10th one, or give "
-          "validation/)" if isinstance(source, FolderSource) else
+          f"{TRAIN_FOLDER}/ beside validation/ and {TEST_FOLDER}/ folders)"
+          if isinstance(source, FolderSource) else
           f"Write {split}-* files (python -m effnetv2_tf.data.make_tfrecords"
           f" --split={split})" if isinstance(source, TFRecordSource) else
           "Make the split")
