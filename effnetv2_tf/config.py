@@ -19,6 +19,7 @@ import yaml
 from configs import base
 from configs import datasets
 from effnetv2_tf import errors
+from effnetv2_tf import settings
 from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import registry
 from effnetv2_tf.runs import run_dir
@@ -51,12 +52,45 @@ def set_value(config, key, value):
     raise ConfigError(f"Unknown config key {key!r}. Valid keys here: {valid}")
   if isinstance(node[leaf], ml_collections.ConfigDict):
     raise ConfigError(f"Config key {key!r} is a section, not a value.")
-  try:
-    setattr(node, leaf, value)
-  except TypeError as err:
-    raise ConfigError(
-        f"Wrong type for config key {key!r}: {value!r} "
-        f"({type(value).__name__}); {err}") from None
+  expected = node.get_type(leaf)
+  # ml_collections takes True for an int (a bool is one) and None for any
+  # key; only a placeholder (default None) may be null.
+  wrong = (value is None and not _nullable(key) or
+           isinstance(value, bool) and expected is not bool)
+  if not wrong:
+    try:
+      setattr(node, leaf, value)
+    except TypeError:  # its message is ml_collections' own: ours instead
+      wrong = True
+  if wrong:
+    raise ConfigError(_wrong_type(key, value, expected))
+
+
+# How a type reads in an error, in the words of --hparam_str's YAML.
+_IS_WORDS = {int: "an integer", float: "a decimal number", str: "a string",
+             bool: "a boolean", list: "a list", dict: "a mapping"}
+_GIVE_WORDS = {**_IS_WORDS, float: "a number", bool: "true or false"}
+
+
+def _wrong_type(key, value, expected):
+  """The one line of a value of the wrong type: "Wrong type for config key
+  'train.batch_size': 'abc' is a string; give an integer."."""
+  if value is None:
+    given = "null"
+  else:
+    shown = json.dumps(value) if isinstance(value, bool) else repr(value)
+    kind = type(value)
+    given = f"{shown} is {_IS_WORDS.get(kind, 'a ' + kind.__name__)}"
+  return (f"Wrong type for config key {key!r}: {given}; give "
+          f"{_GIVE_WORDS.get(expected, expected.__name__)}.")
+
+
+def _nullable(key):
+  """Whether dotted `key` may be null: a placeholder (default None),
+  filled later or left unset."""
+  section, _, name = key.partition(".")
+  setting = settings.by_name(base.SECTIONS.get(section, ())).get(name)
+  return setting is None or setting.default is None
 
 
 def apply_overrides(config, overrides):
@@ -314,6 +348,9 @@ def draft_config(model_name=None, dataset_cfg="imagenet", hparam_str="",
                       dataset_given=dataset_cfg is not None)
   _apply_given(config, model_name, data_dir, config_file,
                {**parse_hparam_str(hparam_str), **(overrides or {})})
+  # The values as given first: a bad one is named, not a value filled
+  # from it (model.eval_size=0 makes train_size 0 by train_size_ratio).
+  validate(config)
   try:
     _fill_defaults(config)
   except ValueError as err:

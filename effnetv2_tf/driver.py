@@ -25,8 +25,10 @@ from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.runs import checkpoints
 from effnetv2_tf.runs import lock as run_lock
 from effnetv2_tf.runs import run_dir
+from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import distribute
 from effnetv2_tf.training import faults
+from effnetv2_tf.training import plan
 from effnetv2_tf.training import preemption
 from effnetv2_tf.training import reporter as reporter_lib
 from effnetv2_tf.training import step as step_lib
@@ -51,6 +53,8 @@ def _run(values, trainer_cls, report, model_dir, reads_only):
   source = _checked_source(values, draft.config, report)
   config = draft.lock(values, source)  # the data's class count
   report.line(source.describe())
+  if values.mode != "eval":  # a batch the split and the memory hold
+    plan.check_fits(config, source, strategy)
   faults.pause("delay_start")
   trainer = trainer_cls(config, model_dir, strategy, source=source,
                         reporter=report)
@@ -58,11 +62,13 @@ def _run(values, trainer_cls, report, model_dir, reads_only):
     trainer.leave_model_dir_as_is()
   report.line(f"Steps: {trainer.steps_choice}")
   _check_free_space(values, trainer)
+  _restore_or_init(values, trainer, report)
+  # Written once the model is initialised: a failed --init_checkpoint
+  # leaves a new --model_dir as it was, so the fixed command starts afresh.
   if trainer.chief and values.mode != "eval":  # eval leaves the run as is
     config_lib.save_config(config, model_dir)
     if trainer.class_names:  # for export from a checkpoint
       tfrecord_format.write_class_names(model_dir, trainer.class_names)
-  _restore_or_init(values, trainer, report)
   # Training and evaluation stop a signal themselves (`Trainer.train`).
   preemption.set_where(
       "during the evaluation; rerun the same command to evaluate."
@@ -94,6 +100,12 @@ def _check_directories(values, model_dir, report):
   # directory, which may then be read-only; a new one gets the result.
   reads_only = (values.mode == "eval" and
                 run_dir.read_config(model_dir) is not None)
+  if (values.mode == "eval" and not reads_only and not values.init_checkpoint
+      and tf.train.latest_checkpoint(model_dir) is None):
+    raise errors.MissingInputError(
+        f"--mode=eval: no run in {model_dir} (no config.json, no "
+        "checkpoint); check --model_dir, or give --init_checkpoint to "
+        "evaluate other weights.")
   if not reads_only:
     run_dir.check_writable(model_dir, "--model_dir")
   if values.export_dir:
@@ -105,7 +117,19 @@ def _check_directories(values, model_dir, report):
   writes = not reads_only and _chief_task(values)
   with (run_lock.hold(model_dir, "--model_dir", report.line) if writes
         else contextlib.nullcontext()):
+    if writes:
+      _remove_stale_temp(model_dir, report)
     yield reads_only
+
+
+def _remove_stale_temp(model_dir, report):
+  """Deletes what saves of a killed run left half-written in `model_dir`
+  (the lock is held: no other run saves there); one line when any."""
+  removed = checkpointer_lib.remove_stale_temp(model_dir)
+  if removed:
+    report.line(f"Removed {len(removed)} unfinished checkpoint save(s) of an "
+                f"earlier run from {model_dir}: "
+                f"{errors.first_few(removed)}")
 
 
 def _chief_task(values):
@@ -135,11 +159,11 @@ def _checked_source(values, config, report):
   hold the splits the mode reads."""
   source = sources.from_config(config)
   unreadable = source.drop_unreadable()
+  for note in source.notes:  # files left out, images read from sub-folders
+    report.line(note)
   if unreadable:
     report.line(f"Unreadable images left out ({len(unreadable)}): "
-                f"{', '.join(unreadable[:5])}"
-                + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5
-                   else ""))
+                f"{errors.first_few(unreadable, 5)}")
   # --mode=eval needs no training data (e.g. ImageNet's validation files).
   sources.check(source, (["train"] if values.mode != "eval" else []) + (
       [config.data.eval_split] if values.mode != "train" else []))

@@ -21,7 +21,9 @@ class Setting:
   registry entry, its preprocessing row or the progressive preset, or left
   None; `fills` says which, for --help. `check(value, section)` (with
   `valid`, the range as users read it; a ValueError it raises says more)
-  or `choices` say what is valid; None always is.
+  or `choices` say what is valid; None always is, and so is a value
+  whose check needs another key of `section` that is still None (checked
+  again once it is filled).
   """
   name: str
   default: Any
@@ -43,6 +45,8 @@ class Setting:
         return self.valid
     except ValueError as err:
       return str(err)
+    except TypeError:  # compares with a placeholder not yet filled (None)
+      return None
     return None
 
   def describe(self):

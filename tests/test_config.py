@@ -92,6 +92,53 @@ def test_bad_overrides_name_the_key(hparams, message):
     config_lib.build_config("efficientnetv2-b0", "digits", hparams)
 
 
+@pytest.mark.parametrize("hparams, message", [
+    ("train.batch_size=abc", "'train.batch_size': 'abc' is a string; give "
+     "an integer."),
+    ("train.batch_size=1.5", "'train.batch_size': 1.5 is a decimal number; "
+     "give an integer."),
+    # YAML's true is a bool, which ml_collections takes for an int.
+    ("train.batch_size=true", "'train.batch_size': true is a boolean; give "
+     "an integer."),
+    # A key with a default has no null (a placeholder has: the default).
+    ("train.batch_size=null", "'train.batch_size': null; give an integer."),
+    ("train.epochs=[1, 2]", "'train.epochs': [1, 2] is a list; give a "
+     "number."),
+    ("runtime.deterministic=1", "'runtime.deterministic': 1 is an integer; "
+     "give true or false."),
+    ("model.train_size=abc", "'model.train_size': 'abc' is a string; give "
+     "an integer."),  # a placeholder
+    ("data.augname=5", "'data.augname': 5 is an integer; give a string."),
+])
+def test_a_wrong_type_is_our_one_line(hparams, message):
+  # Issue 37 item 7: the key, the value and the type to give, in our words.
+  with pytest.raises(config_lib.ConfigError) as raised:
+    config_lib.build_config("efficientnetv2-b0", "digits", hparams)
+  assert str(raised.value) == f"Wrong type for config key {message}"
+  for ml_collections_words in ("Could not override", "original type",
+                               "casted", "<class"):
+    assert ml_collections_words not in str(raised.value)
+
+
+def test_placeholders_may_be_null_and_ints_are_numbers():
+  config = config_lib.build_config(
+      "efficientnetv2-b0", "digits",
+      "train.steps=null,data.augname=null,train.epochs=5")
+  assert config.train.steps is None and config.train.epochs == 5.0
+  # null: the placeholder's fill, B0's AutoAugment (not digits' "").
+  assert config.data.augname == "autoaug"
+
+
+@pytest.mark.parametrize("dataset_cfg", ["imagenet", "folderft"])
+def test_a_bad_size_is_named_as_given(dataset_cfg):
+  # Issue 37 item 7: folderft derives train_size from eval_size
+  # (train_size_ratio 1.0); the error names the key the user gave.
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^Bad value for model.eval_size: 0; valid: >= 8"):
+    config_lib.build_config("efficientnetv2-b0", dataset_cfg,
+                            "model.eval_size=0")
+
+
 def test_unknown_names():
   with pytest.raises(config_lib.ConfigError, match="valid: carsft"):
     config_lib.build_config("efficientnetv2-b0", "mnist")

@@ -4,7 +4,9 @@ Faults inside a save come from `effnetv2_tf.training.faults` (EFFNETV2_FAULT), s
 they hit the exact moment under test on every run.
 """
 
+import errno
 import json
+import os
 import pathlib
 import re
 import signal
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import faults
 from conftest import checkpoint_variables
 from conftest import driver_env
@@ -161,3 +164,56 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path):
   assert _latest_step(model_dir) == 3
   assert checkpoint_variables(str(model_dir / "ckpt-3"))
   assert not list(model_dir.glob("ckpt-4*"))  # the partial save is removed
+
+
+def _saved_once(model_dir):
+  """A Checkpointer of one variable in `model_dir` that saved step 1."""
+  saver = checkpointer_lib.Checkpointer(
+      str(model_dir), {"v": tf.Variable([1.0, 2.0])}, keep=2)
+  saver.save(1)
+  return saver
+
+
+def test_a_full_disk_says_free_disk_space(tmp_path, monkeypatch):
+  saver = _saved_once(tmp_path)
+  monkeypatch.setenv(faults.ENV, "disk_full@2")  # EFBIG inside TensorFlow
+  with pytest.raises(checkpointer_lib.CheckpointError) as raised:
+    saver.save(2)
+  assert str(raised.value).endswith(
+      f"The latest checkpoint ({tmp_path}/ckpt-1) is kept; free disk space "
+      "and rerun the same command to resume from it.")
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_run_dir_says_not_writable(tmp_path):
+  saver = _saved_once(tmp_path)
+  tmp_path.chmod(0o555)
+  try:
+    with pytest.raises(checkpointer_lib.CheckpointError) as raised:
+      saver.save(2)
+  finally:
+    tmp_path.chmod(0o755)
+  assert f"make {tmp_path} writable and rerun" in str(raised.value)
+  assert "disk space" not in str(raised.value)
+
+
+@pytest.mark.parametrize("error", [
+    # What TensorFlow's file system raises for EACCES, and Python's own.
+    tf.errors.PermissionDeniedError(None, None, "ckpt-2_temp; Permission "
+                                    "denied"),
+    OSError(errno.EROFS, os.strerror(errno.EROFS)),
+])
+def test_a_denied_write_says_not_writable(tmp_path, monkeypatch, error):
+  saver = _saved_once(tmp_path)
+
+  def denied(**_):
+    raise error
+
+  monkeypatch.setattr(saver._manager, "save", denied)  # pylint: disable=protected-access
+  with pytest.raises(checkpointer_lib.CheckpointError) as raised:
+    saver.save(2)
+  assert str(raised.value).endswith(
+      f"is kept; make {tmp_path} writable and rerun the same command to "
+      "resume from it.")

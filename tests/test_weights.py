@@ -174,8 +174,10 @@ def test_b3_loads_keras_applications_file(b3_files):
 
 
 def test_not_a_weights_file(tmp_path):
-  with pytest.raises(FileNotFoundError, match="neither an h5"):
+  with pytest.raises(FileNotFoundError, match=r"'.*missing.h5' not found"):
     tiny_model(weights=str(tmp_path / "missing.h5"))
+  with pytest.raises(FileNotFoundError, match="missing/ckpt-5' not found"):
+    tiny_model(weights=str(tmp_path / "missing" / "ckpt-5"))
   (tmp_path / "notes.txt").write_text("hello")
   with pytest.raises(FileNotFoundError, match="notes.txt"):
     tiny_model(weights=str(tmp_path / "notes.txt"))

@@ -60,7 +60,8 @@ def load_weights(model, weights):
     The model.
 
   Raises:
-    FileNotFoundError: `weights` is neither an h5 file nor a checkpoint.
+    FileNotFoundError: `weights` is not there, or is neither an h5 file
+      nor a checkpoint.
     WeightsMismatchError: the file does not fit the model; the message
       names the first layer or variable that does not fit.
   """
@@ -68,8 +69,10 @@ def load_weights(model, weights):
   return model
 
 
-def load_weights_counted(model, weights):
-  """`load_weights`; returns (weights loaded, layers left as initialised)."""
+def load_weights_counted(model, weights, warn=True):
+  """`load_weights`; returns (weights loaded, layers left as initialised).
+  `warn=False`: no warning for a head left as initialised (the caller
+  reports the skipped layers itself)."""
   path = os.fspath(weights)
   if os.path.isfile(path) and h5py.is_hdf5(path):
     pairs = _match_layers(model, read_h5_weights(path), path)
@@ -80,7 +83,7 @@ def load_weights_counted(model, weights):
     variable.assign(value)
   loaded = {id(variable) for variable, _ in pairs}
   head = [w for w in _head_weights(model) if id(w) not in loaded]
-  if head:
+  if head and warn:
     logging.warning(
         "%s: its classifier has another class count than this model's %d; "
         "loaded everything else, the head (%s) is newly initialised.", path,
@@ -279,7 +282,8 @@ def find_checkpoint(path):
     The checkpoint prefix.
 
   Raises:
-    FileNotFoundError: no h5 file and no checkpoint is there.
+    FileNotFoundError: nothing is at `path` ("not found"), or no h5 file
+      and no checkpoint is there.
   """
   if os.path.isdir(path):
     prefix = tf.train.latest_checkpoint(path)
@@ -288,6 +292,10 @@ def find_checkpoint(path):
       prefix = indexes[0][:-len(".index")]
   else:
     prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+  if not os.path.exists(path) and not os.path.isfile(prefix + ".index"):
+    raise errors.MissingInputError(
+        f"Weights {path!r} not found: no file, folder or checkpoint of that "
+        "name.")
   if prefix is None or not os.path.isfile(prefix + ".index"):
     raise errors.MissingInputError(
         f"Weights {path!r} are neither an h5 weights file nor a TensorFlow "

@@ -114,8 +114,11 @@ def init_from(model, path):
   if entry:
     print(f"init_checkpoint: {entry.name} ({entry.source}) from {path}",
           flush=True)
+  else:
+    run_dir.check_exists(path)
   if path.endswith(".h5"):
-    source = _keras_app_model(model, path)
+    source, first = None, None
+    loaded, skipped = _load_keras_app(model, path)
   elif path.endswith(".keras"):
     source = keras.saving.load_model(path, compile=False)
   else:
@@ -123,7 +126,8 @@ def init_from(model, path):
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     if weights_lib.reference_layout(names):
       source, first = None, None  # a reference driver's checkpoint
-      loaded, skipped = weights_lib.load_weights_counted(model, prefix)
+      loaded, skipped = weights_lib.load_weights_counted(model, prefix,
+                                                         warn=False)
     else:
       source, _, _ = load_run_model(prefix)
   if source is not None:
@@ -132,13 +136,19 @@ def init_from(model, path):
   logging.info("Loaded %d of %d weights from %s; skipped layers: %s", loaded,
                total, path, ", ".join(skipped) or "none")
   print(f"init_checkpoint: loaded {loaded}/{total} weights from {named}"
-        + (f" (skipped {', '.join(skipped)})" if skipped else ""), flush=True)
+        + (f" (skipped {_layers(skipped)})" if skipped else ""), flush=True)
   if loaded < MIN_LOADED_FRACTION * total:
     raise CheckpointMismatchError(
         f"--init_checkpoint {path}: only {loaded} of {total} weights match "
         f"this model by name and shape (first mismatch: {first}); is it the "
         "same architecture?")
   return loaded
+
+
+def _layers(names):
+  """Skipped layers in a line: one or a few by name, more as a count."""
+  return (errors.first_few(names) if len(names) <= 3 else
+          f"{len(names)} layers: {errors.first_few(names)}")
 
 
 def scaling_note(run_config, value):
@@ -158,8 +168,17 @@ def scaling_note(run_config, value):
           "the weights to it.")
 
 
-def _keras_app_model(model, path):
-  """A headless copy of `model` holding a keras.applications file's weights."""
-  backbone = keras.Model(model.inputs, model.get_layer("top_activation").output)
-  weights_lib.load_weights(backbone, path)
-  return backbone
+def _load_keras_app(model, path):
+  """Loads a keras.applications file into `model`, its classifier too
+  where the file's fits (as a run checkpoint's is copied); a file without
+  one (include_top=False) fills the rest. (weights loaded, skipped
+  layers)."""
+  try:
+    return weights_lib.load_weights_counted(model, path, warn=False)
+  except weights_lib.WeightsMismatchError:  # no head in the file
+    backbone = keras.Model(model.inputs,
+                           model.get_layer("top_activation").output)
+    loaded, _ = weights_lib.load_weights_counted(backbone, path)
+    inside = {id(layer) for layer in backbone.layers}
+    return loaded, [layer.name for layer in model.layers
+                    if layer.weights and id(layer) not in inside]

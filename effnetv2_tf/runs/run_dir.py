@@ -215,7 +215,16 @@ def checkpoint_prefix(path, what="--init_checkpoint"):
     return prefix
   if tf.io.gfile.exists(path + ".index"):
     return path
-  raise errors.MissingInputError(f"{what} {path} does not exist.")
+  check_exists(path, what)
+  raise errors.MissingInputError(f"{what} {path}: no checkpoint of that "
+                                 "name (no .index file).")
+
+
+def check_exists(path, what="--init_checkpoint"):
+  """MissingInputError "WHAT PATH does not exist." unless `path` is a file,
+  a directory or a checkpoint prefix."""
+  if not (tf.io.gfile.exists(path) or tf.io.gfile.exists(path + ".index")):
+    raise errors.MissingInputError(f"{what} {path} does not exist.")
 
 
 def read_summary(model_dir):

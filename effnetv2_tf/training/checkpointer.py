@@ -10,6 +10,7 @@ write into scratch directories that `remove_scratch` deletes at the end.
 after the last save, so a kill loses at most that.
 """
 
+import errno
 import os
 import time
 
@@ -26,6 +27,66 @@ class TrainingError(errors.UserError, RuntimeError):
 
 class CheckpointError(TrainingError):
   """A checkpoint could not be written (e.g. the disk is full)."""
+
+
+# The file name of the run's checkpoints: ckpt-<step> (`Checkpointer.path`).
+CHECKPOINT_NAME = "ckpt"
+# TensorFlow writes a checkpoint's shards into `<prefix>_temp/` (a
+# `_temp_<id>` suffix elsewhere) and merges them into the prefix; a process
+# killed meanwhile leaves that folder behind.
+_TEMP_PATTERN = f"{CHECKPOINT_NAME}-*_temp*"
+# Why a write failed, by errno: no permission, or no room left (EFBIG: the
+# file-size limit, the fault tests' stand-in for a full disk).
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def remove_stale_temp(model_dir):
+  """Deletes the `ckpt-*_temp*` leftovers of saves that a killed run left
+  in `model_dir`; returns their names, sorted.
+
+  Only the holder of the run directory's lock (runs/lock.py) may call it:
+  no other process saves there meanwhile, so none of them is in progress.
+  """
+  return [os.path.basename(path) for path in sorted(tf.io.gfile.glob(
+      os.path.join(model_dir, _TEMP_PATTERN))) if _remove(path)]
+
+
+def _remove(path):
+  """Deletes file or folder `path`; whether it could (else a warning)."""
+  try:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
+  except (OSError, tf.errors.OpError) as err:
+    logging.warning("Could not remove %s: %s", path, err)
+    return False
+  return True
+
+
+def _errno_of(err):
+  """The errno behind a failed write (OSError or tf.errors.OpError, whose
+  message carries the system's text for it), or None."""
+  if isinstance(err, OSError) and err.errno:
+    return err.errno
+  if isinstance(err, tf.errors.PermissionDeniedError):
+    return errno.EACCES
+  text = getattr(err, "message", "")
+  for code in _NOT_WRITABLE + _NO_SPACE:
+    if os.strerror(code) in text:
+      return code
+  return None
+
+
+def _remedy(err, directory):
+  """What to do about the failed write `err` into `directory`."""
+  code = _errno_of(err)
+  if code in _NOT_WRITABLE:
+    return f"make {directory} writable"
+  if code in _NO_SPACE:
+    return "free disk space"
+  return "fix the cause"
 
 
 class Checkpointer:
@@ -50,7 +111,8 @@ class Checkpointer:
     self.restored_path = None  # the checkpoint `restore` read, if any
     self._checkpoint = tf.train.Checkpoint(**objects)
     self._manager = tf.train.CheckpointManager(
-        self._checkpoint, self.directory, max_to_keep=keep)
+        self._checkpoint, self.directory, max_to_keep=keep,
+        checkpoint_name=CHECKPOINT_NAME)
 
   @property
   def latest(self):
@@ -77,7 +139,7 @@ class Checkpointer:
 
   def path(self, step):
     """The run's checkpoint of `step` (the chief's, whichever worker)."""
-    return os.path.join(self.model_dir, f"ckpt-{step}")
+    return os.path.join(self.model_dir, f"{CHECKPOINT_NAME}-{step}")
 
   def restore(self, path=None):
     """Restores `path` or the latest checkpoint; returns the path or None.
@@ -110,29 +172,25 @@ class Checkpointer:
           then()
       self._last_save = self._clock()
     except (OSError, tf.errors.OpError) as err:
-      self._remove_partial_save(f"{self.directory}/ckpt-{step}")
+      self._remove_partial_save(
+          f"{self.directory}/{CHECKPOINT_NAME}-{step}")
       reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
       # The latest checkpoint is the previous one, or this step's when
       # only `then` failed.
       raise CheckpointError(
           f"Could not write the checkpoint of step {step} to "
           f"{self.directory}: {reason.split(' [Op:')[0]}. The latest "
-          f"checkpoint ({self.latest or 'none'}) is kept; free disk space "
-          "and rerun the same command to resume from it.") from None
+          f"checkpoint ({self.latest or 'none'}) is kept; "
+          f"{_remedy(err, self.directory)} and rerun the same command to "
+          "resume from it.") from None
 
   def _remove_partial_save(self, prefix):
     """Deletes what a failed save of `prefix` left (never a kept one)."""
     if prefix in self._manager.checkpoints:
       return
     for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(
-        prefix + "_temp"):
-      try:
-        if tf.io.gfile.isdir(path):
-          tf.io.gfile.rmtree(path)
-        else:
-          tf.io.gfile.remove(path)
-      except (OSError, tf.errors.OpError):
-        logging.warning("Could not remove %s of the failed save.", path)
+        prefix + "_temp*"):
+      _remove(path)
 
   def remove_scratch(self):
     """Deletes a worker's scratch directory (never the chief's run)."""
