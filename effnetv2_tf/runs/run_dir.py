@@ -196,13 +196,20 @@ def model_from_config(model_config, num_classes, dropout_rate=0.0,
   `dropout_rate` is the head's (progressive learning sets it per stage);
   `bn_group_size` the run's (`distribute.bn_group_size`).
   """
+  return model_lib.create_model(
+      model_config["name"], num_classes=num_classes,
+      dropout_rate=dropout_rate, bn_group_size=bn_group_size,
+      **model_overrides(model_config))
+
+
+def model_overrides(model_config):
+  """The create_model overrides a run's `config.model` section sets (its
+  `CONFIG_OVERRIDES` that are not None), block strings as a tuple."""
   overrides = {key: model_config[key] for key in CONFIG_OVERRIDES
                if model_config.get(key) is not None}
   if "blocks" in overrides:  # space-separated block strings
     overrides["blocks"] = tuple(overrides["blocks"].split()) or None
-  return model_lib.create_model(
-      model_config["name"], num_classes=num_classes,
-      dropout_rate=dropout_rate, bn_group_size=bn_group_size, **overrides)
+  return overrides
 
 
 def checkpoint_prefix(path, what="--init_checkpoint"):

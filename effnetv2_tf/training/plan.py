@@ -44,6 +44,7 @@ from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.models import options as options_lib
 from effnetv2_tf.models import registry
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import distribute
 from effnetv2_tf.training import progressive
 
@@ -130,12 +131,8 @@ def activations_per_pixel(model_config):
   name and the width, depth and block overrides it sets.
   """
   spec = registry.get_model_spec(model_config["name"])
-  blocks_text = model_config.get("blocks")
   options = options_lib.ModelOptions(
-      dropout_rate=0.0,
-      width_coefficient=model_config.get("width_coefficient"),
-      depth_coefficient=model_config.get("depth_coefficient"),
-      blocks=tuple(blocks_text.split()) if blocks_text else None)
+      dropout_rate=0.0, **run_dir.model_overrides(model_config))
   blocks = model_lib.scaled_block_args(spec, options)
   area = 1 / 4  # the stem's stride 2
   total = blocks[0][2].input_filters * area
