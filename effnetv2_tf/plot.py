@@ -5,8 +5,8 @@
 writes `schedule.png` (image size and regularization per progressive stage,
 over the training steps) and `learning_curve.png` (training loss per step,
 stages shaded and labelled with their image size, eval top-1 at stage ends
-when the run evaluated there; the learning rate below) into --out_dir
-(default: --model_dir).
+when the run evaluated there; the learning rate below, at every step of
+the run's schedule) into --out_dir (default: --model_dir).
 """
 
 from effnetv2_tf import startup
@@ -22,12 +22,14 @@ import os
 from absl import app
 from absl import flags
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from effnetv2_tf import errors  # pylint: disable=g-import-not-at-top
 from effnetv2_tf.runs import run_dir  # pylint: disable=g-import-not-at-top
+from effnetv2_tf.training import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
 
 REGULARIZATION = (("randaug_magnitude", "RandAugment magnitude", "tab:red"),
                   ("mixup_alpha", "mixup alpha", "tab:green"),
@@ -53,13 +55,44 @@ def _steps(summary, key):
   return xs, ys
 
 
+def num_stages(summary):
+  """The run's planned stages (runs before issue 37: those recorded)."""
+  return summary.get("num_stages") or len(summary["stages"])
+
+
+def stages_text(summary):
+  """"1 stage", "4 stages, paper preset", "12 random-resize stages"."""
+  count = num_stages(summary)
+  if summary["preset"] == "random_resize":
+    return f"{count} random-resize stage{'s' if count != 1 else ''}"
+  if count == 1:  # one stage at the max values: no preset in it
+    return "1 stage"
+  return f"{count} stages, {summary['preset']} preset"
+
+
+def learning_rates(summary):
+  """(steps, learning rates): the schedule at every step 0..total_steps
+  (as the history logs it: the rate after that many steps), else, for
+  runs before issue 37, the logged history."""
+  config = summary.get("learning_rate_schedule")
+  if not config:
+    history = summary["history"]
+    return ([h["step"] for h in history],
+            [h["learning_rate"] for h in history])
+  steps = np.arange(config["total_steps"] + 1)
+  return list(steps), list(np.asarray(
+      schedule_lib.WarmupDecaySchedule(**config)(steps), np.float64))
+
+
 def plot_schedule(summary):
   """Figure: image size (top) and regularization (bottom) per stage."""
   fig, (size_ax, reg_ax) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
   size_ax.plot(*_steps(summary, "image_size"), color="tab:blue")
   size_ax.set_ylabel("image size (px)")
-  size_ax.set_title(f"Progressive learning: {summary['model']} on "
-                    f"{summary['dataset']} ({summary['preset']} preset)")
+  title = ("Progressive learning" if num_stages(summary) > 1 else
+           "Training schedule")
+  size_ax.set_title(f"{title}: {summary['model']} on {summary['dataset']} "
+                    f"({stages_text(summary)})")
   # RandAugment magnitude (0-30) gets its own axis, only when it is used.
   magnitude_ax = (reg_ax.twinx() if any(
       stage["randaug_magnitude"] for stage in summary["stages"]) else None)
@@ -91,7 +124,7 @@ def plot_learning_curve(summary):
   loss_ax.plot(steps, [h["loss"] for h in history], color="tab:blue",
                label="training loss")
   loss_ax.set_ylabel("loss")
-  lr_ax.plot(steps, [h["learning_rate"] for h in history], color="tab:gray",
+  lr_ax.plot(*learning_rates(summary), color="tab:gray",
              label="learning rate")
   lr_ax.set_ylabel("learning rate")
   lr_ax.set_xlabel("training step")
@@ -115,7 +148,7 @@ def plot_learning_curve(summary):
   handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
   loss_ax.legend(handles=handles, loc="center right", fontsize=8)
   loss_ax.set_title(f"{summary['model']} on {summary['dataset']}: "
-                    f"{len(summary['stages'])} stages")
+                    f"{stages_text(summary)}")
   fig.tight_layout()
   return fig
 

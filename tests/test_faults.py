@@ -95,7 +95,7 @@ def test_sigkill_then_rerun_finishes_the_planned_steps(tmp_path, driver):
   assert killed_after <= int(resumed.group(1)) < 12
   summary = json.loads((model_dir / "summary.json").read_text())
   assert summary["final_step"] == 12  # the planned count, none twice
-  assert [s["stage"] for s in summary["stages"]] == [0, 1]
+  assert [s["stage"] for s in summary["stages"]] == [1, 2]
   assert tf.train.latest_checkpoint(str(model_dir)).endswith("-12")
 
 

@@ -42,13 +42,15 @@ def test_plan_rounds_stages_to_whole_epochs():
 
 def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
                                                    capsys):
-  trainer = _fit_trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
+  # 20 steps: a progress line every 2 (a tenth of the run), so fit runs
+  # 2-step executions (steps_per_loop).
+  trainer = _fit_trainer(tmp_path, "train.steps=20,runtime.steps_per_loop=2,"
                          "progressive.min_dropout=0.1,"
                          "progressive.max_dropout=0.6")
-  assert trainer.epoch_steps == 4  # a stage of a tiny run is one epoch
+  assert trainer.epoch_steps == 10  # a stage of a tiny run is one epoch
   rates = observe_dropout(monkeypatch, trainer)
   summary = trainer.train()
-  assert trainer.step == 8
+  assert trainer.step == 20
   assert trainer.traces == 1  # one trace serves both stage sizes
   assert trainer.fit_model.history.epoch == [1]  # stage 2 ran epoch 1
   # Each stage's rate in its last step (16 x 320 features; 5 std. dev.).
@@ -56,16 +58,16 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
   # main.py's progress lines: each stage's first call, then ETA and time.
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("step ")]
-  assert lines[0].startswith("step 2/8 stage 1/2 loss ")
+  assert lines[0].startswith("step 2/20 stage 1/2 loss ")
   assert "(first call: includes tracing), elapsed" in lines[0]
   assert sum("first call" in l for l in lines) == 2
-  assert re.search(r"step 8/8 stage 2/2 loss \S+ lr \S+ [\d.]+ images/s, "
+  assert re.search(r"step 20/20 stage 2/2 loss \S+ lr \S+ [\d.]+ images/s, "
                    r"ETA 0:00, elapsed \d+:\d\d$", lines[-1])
   assert [s["image_size"] for s in summary["stages"]] == [16, 24]
   on_disk = json.loads((tmp_path / "summary.json").read_text())
-  assert on_disk["history"][-1]["step"] == 8
+  assert on_disk["history"][-1]["step"] == 20
   assert all(math.isfinite(h["loss"]) for h in on_disk["history"])
-  assert trainer.checkpointer.latest.endswith("-8")
+  assert trainer.checkpointer.latest.endswith("-20")
   # One TensorBoard writer, the custom loop's: model_dir/train, a point per
   # 2-step execution, no rate for a stage's first (tracing) one.
   trainer.log.writer.flush()
@@ -75,8 +77,8 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
   for event in tf.compat.v1.train.summary_iterator(str(event_files[0])):
     for value in event.summary.value:
       steps.setdefault(value.tag, []).append(event.step)
-  assert steps["loss"] == [2, 4, 6, 8]
-  assert steps["images_per_sec"] == [4, 8]
+  assert steps["loss"] == list(range(2, 21, 2))
+  assert steps["images_per_sec"] == [4, 6, 8, 10, 14, 16, 18, 20]
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path, driver):
     assert "(24 px, 360 images" in stdout
   summary = json.loads((model_dir / "summary.json").read_text())
   assert summary["final_step"] == 6
-  assert [s["stage"] for s in summary["stages"]] == [0, 1]
+  assert [s["stage"] for s in summary["stages"]] == [1, 2]
   # Both workers report the same all-reduced eval.
   evals = [line.split("): ")[1] for stdout in outputs
            for line in stdout.splitlines() if line.startswith("eval at step 6")]

@@ -8,6 +8,7 @@ import tensorflow as tf
 from effnetv2_tf import config as config_lib
 from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.training import optim
+from effnetv2_tf.training import schedule as schedule_lib
 from tests.conftest import tiny_model
 
 
@@ -52,7 +53,7 @@ def test_cosine_at_40_percent_and_constant():
 
 def test_schedule_serialises():
   lr = _schedule("cosine")
-  clone = optim.WarmupDecaySchedule.from_config(lr.get_config())
+  clone = schedule_lib.WarmupDecaySchedule.from_config(lr.get_config())
   assert float(clone(1234)) == float(lr(1234))
 
 

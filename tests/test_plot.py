@@ -18,9 +18,9 @@ def _summary():
   return {
       "model": "efficientnetv2-b0", "dataset": "digits", "preset": "paper",
       "stages": [
-          dict(stage, stage=0, image_size=16, steps=10, randaug_magnitude=0.0,
+          dict(stage, stage=1, image_size=16, steps=10, randaug_magnitude=0.0,
                mixup_alpha=0.0, dropout=0.1, top1=0.5),
-          dict(stage, stage=1, image_size=24, steps=20, randaug_magnitude=5.0,
+          dict(stage, stage=2, image_size=24, steps=20, randaug_magnitude=5.0,
                mixup_alpha=0.2, dropout=0.3, top1=0.75)],
       "history": [{"step": s, "loss": 3.0 - 0.05 * s,
                    "learning_rate": 0.001 * s} for s in range(1, 31)],
@@ -70,6 +70,50 @@ def test_learning_curve_has_the_loss_history_and_stage_end_evals():
   labels = [t.get_text() for t in fig.axes[0].texts]
   assert labels == ["16 px", "24 px"]
   plt.close(fig)
+
+
+def _finetune(warmup_steps):
+  """A one-stage, 30-step run logged at steps 1 and 30 (log_every 100)."""
+  stage = dict(stage=1, image_size=24, steps=30, randaug_magnitude=0.0,
+               mixup_alpha=0.0, cutmix_alpha=0.0, dropout=0.2,
+               images_per_sec=1.0, retrace_seconds=0.0)
+  return {
+      "model": "efficientnetv2-b0", "dataset": "digits", "preset": "paper",
+      "num_stages": 1, "total_steps": 30, "stages": [stage],
+      "history": [{"step": 1, "loss": 2.0, "learning_rate": 0.001},
+                  {"step": 30, "loss": 1.0, "learning_rate": 0.004}],
+      "learning_rate_schedule": dict(
+          base_lr=0.004, total_steps=30, warmup_steps=warmup_steps,
+          schedule="constant", decay_steps=1, decay_factor=0.97)}
+
+
+def test_the_learning_rate_is_drawn_at_every_step_of_its_schedule():
+  # 4 warmup steps of a 30-step run logged at steps 1 and 30 only: the rate
+  # rises 0.001 a step from 0 and first reaches its peak at step 4.
+  fig = plot.plot_learning_curve(_finetune(4))
+  steps, rates = zip(*_lines(fig)["learning rate"])
+  assert list(steps) == list(range(31))
+  assert rates[:5] == pytest.approx([0.0, 0.001, 0.002, 0.003, 0.004])
+  assert steps[rates.index(max(rates))] == 4
+  assert rates[-1] == pytest.approx(0.004)
+  plt.close(fig)
+
+
+def test_a_one_stage_run_is_titled_one_stage_without_a_preset():
+  fig = plot.plot_schedule(_finetune(4))
+  assert fig.axes[0].get_title() == (
+      "Training schedule: efficientnetv2-b0 on digits (1 stage)")
+  plt.close(fig)
+  fig = plot.plot_learning_curve(_finetune(4))
+  assert fig.axes[0].get_title() == "efficientnetv2-b0 on digits: 1 stage"
+  plt.close(fig)
+  fig = plot.plot_schedule(_summary())
+  assert fig.axes[0].get_title() == (
+      "Progressive learning: efficientnetv2-b0 on digits (2 stages, paper "
+      "preset)")
+  plt.close(fig)
+  assert plot.stages_text(dict(_summary(), preset="random_resize",
+                               num_stages=7)) == "7 random-resize stages"
 
 
 def test_write_plots_writes_two_pngs(tmp_path):

@@ -92,7 +92,8 @@ def test_resume_mid_stage_continues_at_the_right_step(tmp_path, monkeypatch):
   resumed.train()
   assert resumed.step == 8
   assert resumed.traces == 1  # the rest of stage 1, then stage 2
-  assert [s["stage"] for s in resumed.summary["stages"]] == [0, 1]
+  # Numbered from 1, as the log's "stage 1/2".
+  assert [s["stage"] for s in resumed.summary["stages"]] == [1, 2]
 
 
 @pytest.mark.slow
@@ -112,22 +113,28 @@ def test_eval_uses_ema_weights_and_restores_raw(tmp_path):
                                   shadows[0])
 
 
-def test_checkpoints_at_the_configured_steps_and_progress_lines(tmp_path,
-                                                                capsys):
-  # Saves every 3 steps with 2-step device calls: calls are cut at 3 and 6,
-  # so the saves fall on those steps (and on the stage ends, 4 and 8).
-  trainer = _trainer(tmp_path, "train.steps=8,runtime.steps_per_loop=2,"
-                     "train.checkpoint_every=3,train.log_every=2")
+def test_checkpoints_at_the_configured_steps_and_progress_lines(
+    tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(run_log, "PROGRESS_SECONDS", 1e9)  # steps only
+  # Saves every 3 steps with 2-step device calls: calls are cut at 3, 9, 15,
+  # so the saves fall on multiples of 3 (and on the stage ends, 10 and 20).
+  trainer = _trainer(tmp_path, "train.steps=20,runtime.steps_per_loop=2,"
+                     "train.checkpoint_every=3,train.log_every=5,"
+                     "train.keep_checkpoints=10")
   trainer.train()
-  assert [int(p.rsplit("-", 1)[1])
-          for p in trainer.checkpointer.checkpoints] == [3, 4, 6, 8]
+  assert [int(p.rsplit("-", 1)[1]) for p in
+          trainer.checkpointer.checkpoints] == [3, 6, 9, 10, 12, 15, 18, 20]
   assert trainer.traces == 1  # calls of 1 and 2 steps, 2 sizes: one trace
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("step ")]
-  # Each stage's first call is printed, then elapsed time and an ETA.
+  # Lines every 2 steps (a tenth of 20, fewer than log_every's 5), each
+  # stage's 1-step first call (1, 11) and its end (10, 20); not the
+  # checkpoint-cut calls' ends 3, 9, 15.
+  assert [int(l.split()[1].split("/")[0]) for l in lines] == [
+      1, 2, 4, 6, 8, 10, 11, 12, 14, 16, 18, 20]
   assert sum("first call" in l for l in lines) == 2
   assert sum("includes tracing" in l for l in lines) == 1  # stage 1's
-  assert lines[0].startswith("step 1/8 stage 1/2")  # a 1-step first call
+  assert lines[0].startswith("step 1/20 stage 1/2")  # a 1-step first call
   assert re.search(r"images/s, ETA \d+:\d\d, elapsed \d+:\d\d$", lines[-1])
 
 
@@ -271,8 +278,10 @@ def bfloat16_policy():
 
 
 @pytest.mark.slow
-def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy):
+def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy,
+                                                  monkeypatch):
   del bfloat16_policy
+  monkeypatch.setattr(run_log, "PROGRESS_SECONDS", 1e9)  # calls cut by steps
   # The digits learning rate (0.004 at batch 64, scaled to batch 16) barely
   # moves the loss in a few dozen steps (CI saw 3.634 -> 3.640 over 24);
   # 10x that lowers it by about 0.8 in 48 steps (three runs: 0.74-0.87).
@@ -285,10 +294,14 @@ def test_bfloat16_training_on_cpu_lowers_the_loss(tmp_path, bfloat16_policy):
   assert model.get_layer("stem_bn").moving_mean.dtype == "float32"
   assert model.outputs[0].dtype == "float32"  # logits
   trainer.train()
-  losses = [h["loss"] for h in trainer.summary["history"]]
-  # One entry per device call: the 1-step first call, 11 steps to step 12,
-  # then three calls of 12.
-  assert len(losses) == 5 and all(np.isfinite(losses))
+  history = trainer.summary["history"]
+  losses = [h["loss"] for h in history]
+  # One entry per device call: the 1-step first call, then calls cut at
+  # the multiples of 12 (steps_per_loop) and of 5 (progress lines every
+  # tenth of the run).
+  assert [h["step"] for h in history] == [
+      1, 5, 10, 12, 15, 20, 24, 25, 30, 35, 36, 40, 45, 48]
+  assert all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 0.3
 
 

@@ -81,25 +81,32 @@ class CustomLoopTrainer(trainer_lib.Trainer):
     train_loop = self._make_train_loop()
     steps_per_loop = self.config.runtime.steps_per_loop
     every = self.checkpointer.every
+    progress = self.progress_every
     clock = run_log.StageClock(self.global_batch)
     while self.step < stage.end_step:
       start_step = self.step
-      # A call ends at the stage end, at a multiple of steps_per_loop and
-      # at every checkpoint step, so train.checkpoint_every is exact
-      # whatever steps_per_loop is (the steps are a tensor: no retrace). A
-      # stage's first call, which may trace, is one step: a first line (and
-      # a clean retrace time) early.
+      # A call ends at the stage end, at a multiple of steps_per_loop, at
+      # every checkpoint step (train.checkpoint_every is exact whatever
+      # steps_per_loop is; the steps are a tensor: no retrace) and at every
+      # progress step (`run_log.progress_due`); with one worker it lasts
+      # about PROGRESS_SECONDS at most, so slow steps still print that
+      # often (several workers' calls must end on the same steps, which
+      # their clocks would not agree on). A stage's first call, which may
+      # trace, is one step: a first line (and a clean retrace time) early.
+      within = (clock.steps_within(run_log.PROGRESS_SECONDS)
+                if self.workers == 1 else None)
       steps = 1 if clock.first_call is None else min(
           steps_per_loop - start_step % steps_per_loop,
           stage.end_step - start_step,
-          every - start_step % every if every else steps_per_loop)
+          every - start_step % every if every else steps_per_loop,
+          progress - start_step % progress, within or steps_per_loop)
       clock.start()
       with self.xla_errors("the train step"):
         loss, skipped = train_loop(iterator, tf.constant(steps))
         loss = float(loss)  # waits for the device
       rate = clock.stop(steps)
       self.check_finite(loss, start_step, stage)
-      self.record_progress(stage, loss, rate, int(skipped))
+      self.record_progress(stage, loss, rate, int(skipped), start_step)
       self.checkpoint_point(start_step)
     self.save()
     return clock.stage_record(stage)

@@ -15,7 +15,8 @@ TensorBoard scalars and stage timings go through the same `run_log`
 helpers as the custom loop's, periodic saves and stops on SIGTERM/SIGINT
 through the same `Trainer.checkpoint_point` after each execution; the
 progress lines (loss, learning rate,
-images/s, ETA, elapsed time; main.py's) go to the trainer's reporter in
+images/s, ETA, elapsed time; main.py's, at its steps: executions end on
+the steps `run_log.progress_due` reports) go to the trainer's reporter in
 place of fit's own bar, which knows neither the stages nor the run's end.
 
 Stages are whole fit epochs (`progressive.fit_epoch_steps`); only the
@@ -173,7 +174,8 @@ class StageRecorder(_ExecutionCallback):
     trainer = self._trainer
     rate = self.clock.stop(trainer.step - self._start_step)
     trainer.record_progress(self._stage, float(logs["loss"]), rate,
-                            int(self.model.skipped.result()))
+                            int(self.model.skipped.result()),
+                            self._start_step)
 
 
 class FitTrainer(trainer_lib.Trainer):
@@ -232,11 +234,13 @@ class FitTrainer(trainer_lib.Trainer):
 
   def _execution_steps(self, stage):
     """fit's steps_per_execution in `stage`: the greatest common divisor
-    of runtime.steps_per_loop, the epoch and the stage's remaining steps
-    (executions end exactly on epoch and stage ends); 1 with mirrored
+    of runtime.steps_per_loop, the epoch, the stage's remaining steps and
+    `progress_every` (executions end exactly on epoch and stage ends, and
+    on the steps whose progress lines main.py prints); 1 with mirrored
     replicas."""
     execution = math.gcd(self.config.runtime.steps_per_loop,
-                         self.epoch_steps, stage.end_step - self.step)
+                         self.epoch_steps, stage.end_step - self.step,
+                         self.progress_every)
     if execution > 1 and self.replicas > 1 and not isinstance(
         self.strategy, tf.distribute.TPUStrategy):
       # Keras 3's multi-step loop puts apply_gradients' merge_call inside a

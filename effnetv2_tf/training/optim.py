@@ -1,10 +1,7 @@
 """Learning-rate schedule, optimizer and weight decay (paper section 5.1).
 
 Both drivers use these definitions:
-- learning rate lr_base * global_batch / 256, linear warmup from 0 that
-  overrides the decay while it lasts (reference rule), then exponential
-  (0.97 every 2.4 epochs, staircase), cosine or constant, all computed over
-  the whole run so stages share one continuous schedule;
+- the learning-rate schedule (`schedule.py`) built from the config;
 - RMSProp (rho 0.9, momentum 0.9, epsilon 1e-3). Keras' RMSprop adds
   epsilon inside the square root like TF1's; it starts the mean square at 0
   where TF1 started it at 1 (irrelevant after warmup from lr 0); by default
@@ -14,8 +11,6 @@ Both drivers use these definitions:
 The weights' moving average is `ema.py`.
 """
 
-import math
-
 import keras
 import tensorflow as tf
 
@@ -23,9 +18,9 @@ from effnetv2_tf import errors
 from effnetv2_tf import settings
 from effnetv2_tf.settings import Setting
 from effnetv2_tf.training import fused_optim
+from effnetv2_tf.training import schedule as schedule_lib
 
 KERNEL_SUFFIXES = ("kernel",)  # conv, depthwise, dense; not gamma/beta/bias
-SCHEDULES = ("exponential", "cosine", "constant")
 OPTIMIZERS = ("rmsprop", "momentum", "sgd", "adam")  # build_optimizer
 
 # The config's optimizer and schedule keys (`train` section).
@@ -40,7 +35,7 @@ SETTINGS = (
     Setting("lr_base", 0.016, float, "learning rate per 256 images, scaled "
             "with the batch", **settings.at_least(0)),
     Setting("lr_schedule", "exponential", str, "the decay after warmup",
-            choices=SCHEDULES),
+            choices=schedule_lib.SCHEDULES),
     Setting("lr_decay_factor", 0.97, float, "exponential: the factor per "
             "lr_decay_epochs"),
     Setting("lr_decay_epochs", 2.4, float, "exponential: epochs per decay"),
@@ -55,48 +50,10 @@ class OptimizerError(errors.UserError, ValueError):
   """An unknown `train.optimizer`; the message lists the valid ones."""
 
 
-@keras.saving.register_keras_serializable(package="effnetv2_tf")
-class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warmup from 0, then exponential, cosine or constant."""
-
-  def __init__(self, base_lr, total_steps, warmup_steps=0,
-               schedule="exponential", decay_steps=1, decay_factor=0.97):
-    super().__init__()
-    if schedule not in SCHEDULES:
-      raise ValueError(f"Unknown learning-rate schedule {schedule!r}; "
-                       f"valid: {', '.join(SCHEDULES)}.")
-    self.base_lr = float(base_lr)
-    self.total_steps = int(total_steps)
-    self.warmup_steps = int(warmup_steps)
-    self.schedule = schedule
-    self.decay_steps = max(1, int(decay_steps))
-    self.decay_factor = float(decay_factor)
-
-  def __call__(self, step):
-    step = tf.cast(step, tf.float32)
-    if self.schedule == "exponential":
-      lr = self.base_lr * self.decay_factor ** tf.floor(
-          step / self.decay_steps)
-    elif self.schedule == "cosine":
-      progress = tf.minimum(step / max(1, self.total_steps), 1.0)
-      lr = 0.5 * self.base_lr * (1.0 + tf.cos(math.pi * progress))
-    else:
-      lr = tf.constant(self.base_lr)
-    if self.warmup_steps:
-      warmup = self.base_lr * step / self.warmup_steps
-      lr = tf.where(step < self.warmup_steps, warmup, lr)
-    return lr
-
-  def get_config(self):
-    return dict(base_lr=self.base_lr, total_steps=self.total_steps,
-                warmup_steps=self.warmup_steps, schedule=self.schedule,
-                decay_steps=self.decay_steps, decay_factor=self.decay_factor)
-
-
 def build_schedule(train_config, global_batch_size, steps_per_epoch,
                    total_steps):
   """The schedule of a `config.train` section."""
-  return WarmupDecaySchedule(
+  return schedule_lib.WarmupDecaySchedule(
       base_lr=train_config.lr_base * global_batch_size / 256.0,
       total_steps=total_steps,
       warmup_steps=int(train_config.warmup_epochs * steps_per_epoch),

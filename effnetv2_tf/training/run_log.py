@@ -1,12 +1,15 @@
 """What both loops record while they train: summary.json, TensorBoard, timing.
 
-`RunLog` holds summary.json's contents (stages, loss history, eval) and the
-run's one TensorBoard writer (`model_dir/train`); `StageClock` times a
-stage's device calls; `clock` formats the progress lines' times. The
-custom loop and the fit callbacks call these, so the two drivers write the
-same files.
+`RunLog` holds summary.json's contents (stages, numbered from 1 as the
+log numbers them, loss history, eval) and the run's one TensorBoard writer
+(`model_dir/train`); `StageClock` times a stage's device calls;
+`progress_due` decides which device calls print a progress line; `clock`
+formats the progress lines' times. The custom loop and the fit callbacks
+call these, so the two drivers write the same files and print the same
+lines.
 """
 
+import math
 import os
 import time
 
@@ -17,6 +20,34 @@ from effnetv2_tf.runs import run_dir
 # What an evaluation scores (Trainer.evaluate; precision@1 on multi-label
 # data only), as summary.json's stage records and "eval" hold them.
 EVAL_SCORES = ("top1", "top5", "precision@1")
+
+
+# A progress line at least every PROGRESS_SECONDS of wall time and every
+# PROGRESS_FRACTION of the run's steps, besides train.log_every steps.
+PROGRESS_SECONDS = 30.0
+PROGRESS_FRACTION = 0.1
+
+
+def progress_every(log_every, total_steps):
+  """Steps between progress lines: train.log_every, or a tenth of the run
+  when that is fewer (a 30-step finetune: 3)."""
+  return max(1, min(log_every,
+                    math.ceil(total_steps * PROGRESS_FRACTION)))
+
+
+def progress_due(start_step, step, every, stage_end, first_call,
+                 seconds_since_line):
+  """Whether the device call of steps start_step+1..step prints a line.
+
+  It does at a stage's first call (a sign of life; it may trace), at the
+  stage's end, when it reached a multiple of `every` (`progress_every`) and
+  when PROGRESS_SECONDS passed since the last line. Both loops end their
+  calls on the multiples of `every` (custom loop: `steps` cut there;
+  Model.fit: steps_per_execution divides it), so both print those steps.
+  """
+  return (first_call or step == stage_end or
+          step // every > start_step // every or
+          seconds_since_line >= PROGRESS_SECONDS)
 
 
 def clock(seconds):
@@ -49,13 +80,20 @@ class StageClock:
     self.timed_steps += steps
     return steps * self.global_batch / seconds
 
+  def steps_within(self, seconds):
+    """The steps the stage's timed calls ran in `seconds`, at least 1;
+    None before a timed call."""
+    if not self.timed_seconds:
+      return None
+    return max(1, int(seconds * self.timed_steps / self.timed_seconds))
+
   def stage_record(self, stage):
     """summary.json's entry of `stage` (a `progressive.Stage`)."""
     first_seconds, first_steps = self.first_call
     per_step = (self.timed_seconds / self.timed_steps if self.timed_steps
                 else first_seconds / first_steps)
     return dict(
-        stage=stage.index, image_size=stage.image_size,
+        stage=stage.index + 1, image_size=stage.image_size,
         randaug_magnitude=stage.randaug_magnitude,
         mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
         dropout=stage.dropout, steps=stage.steps,
@@ -71,12 +109,24 @@ class RunLog:
   """
 
   def __init__(self, model_dir, chief, header):
-    """`header`: model, dataset, preset and total_steps of a new summary."""
+    """`header`: model, dataset, preset, num_stages, total_steps and
+    learning_rate_schedule (the schedule's `get_config()`) of a new
+    summary."""
     self.model_dir = model_dir
     self.writes = chief  # False: nothing goes into model_dir (an eval)
     self._writer = None
     self.summary = run_dir.read_summary(model_dir) or dict(
         header, stages=[], history=[], eval=None)
+    # Stages written 0-based (before issue 37) are renumbered from 1.
+    stages = self.summary["stages"]
+    if any(s["stage"] == 0 for s in stages):
+      for s in stages:
+        s["stage"] += 1
+    # What this run plans from now on (a resumed run may be longer); runs
+    # before issue 37 had no schedule here (plot.py draws their history).
+    for key in ("num_stages", "total_steps", "learning_rate_schedule"):
+      if key in header:
+        self.summary[key] = header[key]
 
   def resume_at(self, step):
     """Drops history past `step`: summary.json is written after each

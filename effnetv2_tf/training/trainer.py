@@ -102,11 +102,15 @@ class Trainer:
     self.step_function = None  # the current stage's (compiled) step
     self._sum_over_workers = None  # `_agreed`'s all-reduce, made at need
     self._training_stage = None  # the stage `train` runs, else None
+    self.progress_every = run_log.progress_every(config.train.log_every,
+                                                 self.total_steps)
+    self._last_line = time.time()  # of the last progress line
     self.log = run_log.RunLog(model_dir, self.chief, {
         "model": config.model.name, "dataset": config.data.dataset,
         "preset": ("random_resize" if config.progressive.random_resize
                    else config.progressive.preset),
-        "total_steps": self.total_steps})
+        "num_stages": len(self.stages), "total_steps": self.total_steps,
+        "learning_rate_schedule": self.schedule.get_config()})
 
   # -------------------------------------------------------------- building
   def _check_input_checkpoints(self):
@@ -388,7 +392,7 @@ class Trainer:
     the step runs outside the GIL), so later stages start without waiting
     for theirs.
     """
-    self._train_started = time.time()
+    self._train_started = self._last_line = time.time()
     todo = [stage for stage in self.stages if stage.end_step > self.step]
     builder = concurrent.futures.ThreadPoolExecutor(1)
     # A signal stops the run at the next device call's end (saved there),
@@ -455,9 +459,11 @@ class Trainer:
           f"(stage {stage.index + 1}); stopping. The latest checkpoint "
           f"({self.checkpointer.latest}) is the last good one.")
 
-  def record_progress(self, stage, loss, images_per_sec, skipped):
-    """History, TensorBoard scalars and the progress line (every
-    train.log_every steps, at a stage's first call and at its end).
+  def record_progress(self, stage, loss, images_per_sec, skipped,
+                      start_step=None):
+    """History and TensorBoard scalars of the device call of steps
+    start_step+1..step (default: one step), and its progress line when
+    `run_log.progress_due` says so.
 
     `images_per_sec` is None for a stage's first call (which traces, when
     the stage needs a trace).
@@ -465,10 +471,12 @@ class Trainer:
     step = self.step
     lr = float(self.schedule(step))
     self.log.progress(step, loss, lr, images_per_sec)
-    every = self.config.train.log_every
-    # A stage's first call is reported too: a first sign of life per stage.
-    if (images_per_sec is None or step == stage.end_step or
-        step % every < self.config.runtime.steps_per_loop):
+    now = time.time()
+    if run_log.progress_due(
+        step - 1 if start_step is None else start_step, step,
+        self.progress_every, stage.end_step, images_per_sec is None,
+        now - self._last_line):
+      self._last_line = now
       self.reporter.line(self._progress_line(stage, loss, lr,
                                              images_per_sec, skipped))
     if skipped and not self._skip_hint_shown:
