@@ -62,3 +62,22 @@ def test_by_hand_on_one_depthwise_channel():
                                         model.get_layer("a_bn"))
   np.testing.assert_allclose(kernel.reshape(-1), [2.0, 1.5])
   np.testing.assert_allclose(bias, [0.5, -2.0])
+
+
+def test_training_a_folded_model_is_refused():
+  folded = fold_bn.fold_batch_norms(tiny_model("efficientnetv2-b0"))
+  images = np.zeros((4, 48, 48, 3), np.float32)
+  assert folded(images, training=False).shape[0] == 4  # inference: fine
+  folded.compile(optimizer="sgd", loss="categorical_crossentropy")
+  with pytest.raises(fold_bn.FoldedModelError,
+                     match="folded into its convolutions for inference"):
+    folded.fit(images, np.eye(folded.output_shape[-1])[:4], verbose=0)
+
+
+def test_a_folded_keras_file_is_refused_as_init_checkpoint(tmp_path):
+  from effnetv2_tf.runs import checkpoints  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "folded.keras")
+  fold_bn.fold_batch_norms(tiny_model("efficientnetv2-b0")).save(path)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match="batch norms are folded"):
+    checkpoints.init_from(tiny_model("efficientnetv2-b0"), path)

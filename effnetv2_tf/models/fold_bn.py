@@ -17,14 +17,26 @@ graph: the batch norm must take exactly that convolution's output.
 import keras
 import numpy as np
 
+from effnetv2_tf import errors
+
+
+class FoldedModelError(errors.UserError, ValueError):
+  """A folded model called in training mode; the message says what to do."""
+
 
 @keras.saving.register_keras_serializable(package="effnetv2_tf")
 class FoldedBatchNorm(keras.layers.Layer):
-  """Where a batch norm was before its folding: the identity. (Keras'
-  `Identity` refuses the `mask` argument a batch norm's node is called
-  with.)"""
+  """Where a batch norm was before its folding: the identity, at inference
+  only (training raises FoldedModelError: no batch norm is left to
+  update). (Keras' `Identity` refuses the `mask` argument a batch norm's
+  node is called with.)"""
 
   def call(self, inputs, training=None, mask=None):  # pylint: disable=unused-argument
+    if training is True:
+      raise FoldedModelError(
+          f"{self.name}: this model's batch norms are folded into its "
+          "convolutions for inference (fold_batch_norms), so training "
+          "would update no batch norm; train the model before folding it.")
     return inputs
 
   def compute_output_shape(self, input_shape):

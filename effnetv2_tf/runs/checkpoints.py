@@ -19,6 +19,7 @@ import tensorflow as tf
 from effnetv2_tf import errors
 from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import ema as ema_lib
+from effnetv2_tf.models import fold_bn
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.models import weights as weights_lib
 from effnetv2_tf.runs import run_dir
@@ -121,6 +122,12 @@ def init_from(model, path):
     loaded, skipped = _load_keras_app(model, path)
   elif path.endswith(".keras"):
     source = keras.saving.load_model(path, compile=False)
+    if any(isinstance(layer, fold_bn.FoldedBatchNorm)
+           for layer in source.layers):
+      raise CheckpointMismatchError(
+          f"--init_checkpoint {path}: its batch norms are folded into the "
+          "convolutions (an inference model, fold_batch_norms); initialise "
+          "from the unfolded model or its run's checkpoint.")
   else:
     prefix = run_dir.checkpoint_prefix(path)
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
