@@ -27,15 +27,18 @@ def test_progress_every_is_log_every_or_a_tenth_of_the_run():
 
 def test_a_line_every_30_seconds_between_step_marks():
   # One-step calls of 12 s each, a mark every 10 steps, a 25-step stage: a
-  # line after the first call, whenever 30 s passed since the last line
-  # (36 s: three calls), at the marks 10 and 20 and at the end.
+  # line after the first call, whenever the next call would end more than
+  # 30 s after the last line (24 s since it, + 12), at the marks 10 and 20
+  # and at the end: no gap over 30 s.
   printed, last = [], 0.0
   for step in range(1, 26):
     now = 12.0 * step
-    if run_log.progress_due(step - 1, step, 10, 25, step == 1, now - last):
+    if run_log.progress_due(step - 1, step, 10, 25, step == 1, now - last,
+                            12.0):
       printed.append(step)
       last = now
-  assert printed == [1, 4, 7, 10, 13, 16, 19, 20, 23, 25]
+  assert printed == [1, 3, 5, 7, 9, 10, 12, 14, 16, 18, 20, 22, 24, 25]
+  assert max(b - a for a, b in zip(printed, printed[1:])) * 12.0 <= 30.0
 
 
 def test_a_call_that_reaches_a_mark_prints():
@@ -47,7 +50,9 @@ def test_a_call_that_reaches_a_mark_prints():
 
 def test_a_call_lasts_about_30_seconds_at_most():
   clock = run_log.StageClock(global_batch=16)
-  assert clock.steps_within(30.0) is None  # nothing timed yet
+  assert clock.steps_within(30.0) is None  # no call yet
+  clock.first_call = (20.0, 1)  # a first call that traced: 20 s
+  assert clock.steps_within(30.0) == 1
   clock.timed_seconds, clock.timed_steps = 10.0, 4  # 2.5 s a step
   assert clock.steps_within(30.0) == 12
   assert clock.steps_within(1.0) == 1  # a step slower than that: one

@@ -36,18 +36,20 @@ def progress_every(log_every, total_steps):
 
 
 def progress_due(start_step, step, every, stage_end, first_call,
-                 seconds_since_line):
+                 seconds_since_line, call_seconds=0.0):
   """Whether the device call of steps start_step+1..step prints a line.
 
   It does at a stage's first call (a sign of life; it may trace), at the
   stage's end, when it reached a multiple of `every` (`progress_every`) and
-  when PROGRESS_SECONDS passed since the last line. Both loops end their
-  calls on the multiples of `every` (custom loop: `steps` cut there;
-  Model.fit: steps_per_execution divides it), so both print those steps.
+  when waiting for the next call (as long as this one, `call_seconds`)
+  would leave more than PROGRESS_SECONDS since the last line. Both loops
+  end their calls on the multiples of `every` (custom loop: `steps` cut
+  there; Model.fit: steps_per_execution divides it), so both print those
+  steps.
   """
   return (first_call or step == stage_end or
           step // every > start_step // every or
-          seconds_since_line >= PROGRESS_SECONDS)
+          seconds_since_line + call_seconds > PROGRESS_SECONDS)
 
 
 def clock(seconds):
@@ -82,10 +84,15 @@ class StageClock:
 
   def steps_within(self, seconds):
     """The steps the stage's timed calls ran in `seconds`, at least 1;
-    None before a timed call."""
-    if not self.timed_seconds:
+    before a timed call, at the first call's pace (slower: it may trace);
+    None before any call."""
+    if self.timed_seconds:
+      spent, steps = self.timed_seconds, self.timed_steps
+    elif self.first_call:
+      spent, steps = self.first_call
+    else:
       return None
-    return max(1, int(seconds * self.timed_steps / self.timed_seconds))
+    return max(1, int(seconds * steps / max(spent, 1e-9)))
 
   def stage_record(self, stage):
     """summary.json's entry of `stage` (a `progressive.Stage`)."""

@@ -472,10 +472,12 @@ class Trainer:
     lr = float(self.schedule(step))
     self.log.progress(step, loss, lr, images_per_sec)
     now = time.time()
+    start_step = step - 1 if start_step is None else start_step
+    call_seconds = ((step - start_step) * self.global_batch / images_per_sec
+                    if images_per_sec else 0.0)
     if run_log.progress_due(
-        step - 1 if start_step is None else start_step, step,
-        self.progress_every, stage.end_step, images_per_sec is None,
-        now - self._last_line):
+        start_step, step, self.progress_every, stage.end_step,
+        images_per_sec is None, now - self._last_line, call_seconds):
       self._last_line = now
       self.reporter.line(self._progress_line(stage, loss, lr,
                                              images_per_sec, skipped))
