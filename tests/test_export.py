@@ -203,8 +203,8 @@ def test_infer_prints_five_classes_of_a_photograph(exported, tmp_path):
   (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
   bad = _infer(f"--saved_model={path}", f"--image={tmp_path}/bad.jpg")
   assert bad.returncode == 1 and "Traceback" not in bad.stderr
-  assert bad.stderr.endswith("bad.jpg is not a readable JPEG, PNG, GIF or "
-                             "BMP image.\n")
+  assert bad.stderr.endswith("bad.jpg is not a readable JPEG, PNG, GIF, "
+                             "BMP or WebP image.\n")
 
 
 @pytest.mark.slow

@@ -130,8 +130,8 @@ def list_flat(root):
   folders = sources.class_folders(root)
   if folders:
     notes.append(f"--layout=flat reads the files in {root} alone, not its "
-                 f"sub-folders ({', '.join(f + '/' for f in folders[:5])}"
-                 f"{', ...' if len(folders) > 5 else ''})")
+                 "sub-folders "
+                 f"({errors.first_few([f + '/' for f in folders], 5)})")
   return files, _readable_names(pairs), notes
 
 
