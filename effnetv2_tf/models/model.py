@@ -4,7 +4,8 @@ One builder turns a registry entry into a functional `keras.Model` of MBConv
 and Fused-MBConv blocks with squeeze-excitation and stochastic depth. Layer
 names follow keras.applications (`stem_conv`, `block2a_expand_conv`,
 `block4c_se_reduce`, `top_conv`, `predictions`) so that weight files map by
-name and `model.get_layer` is predictable.
+name and `model.get_layer` is predictable. `create_model(features_only=True)`
+returns the multi-scale feature maps instead (`features`).
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from keras import layers
 
 from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import block_strings
+from effnetv2_tf.models import features
 from effnetv2_tf.models import options as options_lib
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.layers import ScheduledDropout
@@ -187,7 +189,9 @@ class _Builder:
     return self.residual(x, inputs, args, survival_prob, prefix)
 
   def blocks(self, x, blocks):
-    """Every block of `scaled_block_args`, stochastic depth ramped."""
+    """Every block of `scaled_block_args`, stochastic depth ramped; each
+    block's output tensor goes to `self.block_outputs`."""
+    self.block_outputs = []
     ramp = survival_probabilities(len(blocks), self.opt.survival_prob)
     for (stage, j, args), survival in zip(blocks, ramp):
       prefix = f"block{stage + 1}{_block_suffix(j)}_"
@@ -195,6 +199,7 @@ class _Builder:
                   if args.conv_type == block_strings.FUSED_MBCONV
                   else self.mbconv)
       x = block_fn(x, args, survival, prefix)
+      self.block_outputs.append(x)
     return x
 
   def head(self, x, num_classes, classifier_activation):
@@ -230,6 +235,24 @@ def scaled_block_args(spec, options: ModelOptions):
   return result
 
 
+STEM_STRIDE = 2
+
+
+def reduction_points(blocks):
+  """Indices into `blocks` (`scaled_block_args`) of the reference's
+  multi-scale endpoints, each with the stride of its output.
+
+  A block is one when it is the last or the next block has a stride above
+  1 (reference effnetv2_model.py L616-631, `reduction_1..5`).
+  """
+  points, stride = [], STEM_STRIDE
+  for i, (_, _, args) in enumerate(blocks):
+    stride *= args.strides
+    if i == len(blocks) - 1 or blocks[i + 1][2].strides > 1:
+      points.append((i, stride))
+  return points
+
+
 def _input_scaling(input_scaling, x):
   """The `preprocessing.SCALINGS` affine map as one layer, with no weights."""
   scale, offset = preprocessing.scaling(input_scaling)
@@ -260,6 +283,15 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   Returns:
     A `keras.Model` named after the variant.
   """
+  return _build(spec, options, num_classes, include_top, input_shape,
+                include_preprocessing, classifier_activation,
+                input_scaling)[0]
+
+
+def _build(spec, options, num_classes, include_top, input_shape,
+           include_preprocessing, classifier_activation, input_scaling):
+  """`build_model`: (the model, [(tensor, stride)] of its reduction points
+  (`reduction_points`), tensors of the model's graph)."""
   options_lib.check("survival_prob", options.survival_prob)
   if not 0.0 <= options.dropout_rate < 1.0:
     raise ValueError(
@@ -276,7 +308,8 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
                        inputs)
   else:
     x = inputs
-  x = builder.conv(x, blocks[0][2].input_filters, 3, 2, "stem_conv")
+  x = builder.conv(x, blocks[0][2].input_filters, 3, STEM_STRIDE,
+                   "stem_conv")
   x = builder.bn_act(x, "stem_bn", "stem_activation")
 
   x = builder.blocks(x, blocks)
@@ -289,13 +322,16 @@ def build_model(spec: registry.ModelSpec, options: ModelOptions,
   # Keras walks the functional graph recursively; XL is deeper than
   # Python's default limit of 1000 frames allows.
   sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-  return keras.Model(inputs, x, name=spec.name)
+  model = keras.Model(inputs, x, name=spec.name)
+  # [(tensor, stride)] of each reduction point, for `features.feature_model`.
+  return model, [(builder.block_outputs[i], stride)
+                 for i, stride in reduction_points(blocks)]
 
 
 def create_model(name, num_classes=None, include_top=True, weights=None,
                  input_shape=None, include_preprocessing=False,
                  classifier_activation=None, input_scaling=None,
-                 **overrides):
+                 features_only=False, out_indices=None, **overrides):
   """Creates a registered variant, optionally loading weights.
 
   Args:
@@ -312,10 +348,27 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
       (`.weights.h5` or legacy `.h5`); or a reference TF1 checkpoint.
     input_scaling: a `preprocessing.SCALINGS` name for `include_preprocessing`;
       None: that of the tag's training recipe, else of the model's row.
+    features_only: return the backbone's multi-scale feature maps instead
+      (timm's name; keras-hub's `pyramid_outputs` P1..P5): a
+      `features.FeatureModel` whose outputs are a list of maps
+      [B, ceil(H / s), ceil(W / s), C] at strides s = 2, 4, 8, 16, 32, the
+      reference's `reduction_1..5` endpoints ('same' padding: an input
+      size that is not a multiple of 32 rounds up at each level, e.g. 100 px
+      gives 50, 25, 13, 7, 4), and `model.feature_info` their channels,
+      strides (`reduction()`), layer names and indices. The weights load as
+      into `include_top=False` and only the layers up to the last chosen
+      map are kept (no `top_conv`, no head). `num_classes` and
+      `classifier_activation` do not apply and are refused.
+    out_indices: with `features_only`, which maps, increasing, from
+      0 (stride 2) to 4 (stride 32); None: all.
     **overrides: any field of `ModelOptions` (`OVERRIDABLE`).
 
   Returns:
-    A `keras.Model`.
+    A `keras.Model` (with `features_only`, a `features.FeatureModel`).
+
+  Raises:
+    features.FeaturesError: bad `out_indices`, or a classifier option
+      with `features_only` (one line, before any download or build).
   """
   spec = registry.get_model_spec(name)
   unknown = sorted(set(overrides) - set(OVERRIDABLE))
@@ -323,6 +376,14 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
     raise TypeError(
         f"create_model() got unknown override(s) {', '.join(unknown)}; "
         f"valid ones: {', '.join(OVERRIDABLE)}.")
+  overrides.setdefault("dropout_rate", spec.dropout_rate)
+  options = ModelOptions(**overrides)
+  if features_only:
+    out_indices = _check_features_only(spec, options, num_classes,
+                                       classifier_activation, out_indices)
+  elif out_indices is not None:
+    raise features.FeaturesError(
+        "out_indices selects feature maps: pass features_only=True with it.")
   path = entry = None
   if weights is not None:
     # Imported here: a model without weights needs no download code.
@@ -334,13 +395,31 @@ def create_model(name, num_classes=None, include_top=True, weights=None,
     num_classes = (entry.num_classes if entry else
                    options_lib.default("num_classes"))
   options_lib.check("num_classes", int(num_classes))
-  overrides.setdefault("dropout_rate", spec.dropout_rate)
-  options = ModelOptions(**overrides)
-  model = build_model(spec, options, int(num_classes), include_top,
-                      input_shape, include_preprocessing,
-                      classifier_activation, input_scaling)
+  model, points = _build(spec, options, int(num_classes),
+                         include_top and not features_only, input_shape,
+                         include_preprocessing, classifier_activation,
+                         input_scaling)
   if path is not None:
     from effnetv2_tf.models import weights as weights_lib  # pylint: disable=g-import-not-at-top
     weights_lib.load_weights(model, path)
+  if features_only:
+    return features.feature_model(model, points, out_indices)
   return model
 
+
+def _check_features_only(spec, options, num_classes, classifier_activation,
+                         out_indices):
+  """The `out_indices` of a `features_only` model (all when None), or a
+  one-line FeaturesError."""
+  given = [name for name, value in (
+      ("num_classes", num_classes),
+      ("classifier_activation", classifier_activation)) if value is not None]
+  if given:
+    raise features.FeaturesError(
+        f"{' and '.join(given)} configure the classifier, which "
+        "features_only=True leaves out; drop them (or features_only).")
+  strides = [stride for _, stride in
+             reduction_points(scaled_block_args(spec, options))]
+  if out_indices is None:
+    return tuple(range(len(strides)))
+  return features.check_out_indices(out_indices, strides)
