@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import subprocess
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -37,6 +38,31 @@ def tiny_model(name="efficientnetv2-b0", **kwargs):
   kwargs.setdefault("depth_coefficient", 0.34)
   kwargs.setdefault("num_classes", 10)
   return effnetv2_tf.create_model(name, **kwargs)
+
+
+EXPORT_SIZE = 24  # the image size of `tiny_export`
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+  """(model, path): a `tiny_model` exported once per session at
+  EXPORT_SIZE px with the V2 preprocessing, classes named "digit 0" to
+  "digit 9" (test_export's signatures, test_infer's infer.py runs)."""
+  from effnetv2_tf import export  # pylint: disable=g-import-not-at-top
+  from effnetv2_tf.data import preprocessing  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(7)
+  model = tiny_model()
+  path = str(tmp_path_factory.mktemp("tiny_export") / "saved")
+  export.export_saved_model(model, path, EXPORT_SIZE,
+                            preprocessing.ROWS["v2"],
+                            class_names=[f"digit {i}" for i in range(10)])
+  return model, path
+
+
+@pytest.fixture(scope="session")
+def tiny_export_loaded(tiny_export):
+  """`tiny_export`'s SavedModel, loaded once (tf.saved_model.load)."""
+  return tf.saved_model.load(tiny_export[1])
 
 
 def assert_same_training_math(fast, plain, grad_rtol):
@@ -105,6 +131,45 @@ def driver_env(fault=None, **extra):
     env[faults.ENV] = fault
   env.update(extra)
   return env
+
+
+def finished(process, timeout=600):
+  """A started `subprocess.Popen`'s CompletedProcess once it ends (killed
+  past `timeout` seconds)."""
+  try:
+    stdout, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    raise
+  return subprocess.CompletedProcess(process.args, process.returncode,
+                                     stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def v2_files(tmp_path_factory):
+  """test_weights' keras.applications EfficientNetV2B0 files, made once for
+  the session (test_weights, test_pretrained): (model, x, Keras output,
+  {layout: path})."""
+  import test_weights  # pylint: disable=g-import-not-at-top
+  return test_weights.make_v2_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def driver_help():
+  """driver_help(driver): `python <driver> --help`'s stdout, one process
+  per driver for the whole session (test_main, test_config)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  outputs = {}
+
+  def run(driver):
+    if driver not in outputs:
+      outputs[driver] = subprocess.run(
+          [sys.executable, str(ROOT / driver), "--help"], cwd=ROOT,
+          env=driver_env(), capture_output=True, text=True, timeout=300,
+          check=False).stdout
+    return outputs[driver]
+  return run
 
 
 def checkpoint_variables(prefix):

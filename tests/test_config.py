@@ -229,16 +229,9 @@ def test_every_dataset_config_builds():
     config_lib.build_config("efficientnetv2-b0", name)
 
 
-def _help_text():
-  """`python main.py --help`, its wrapping undone."""
-  result = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          check=False)
-  return re.sub(r"-\s+", "-", " ".join(result.stdout.split()))
-
-
-def test_help_lists_every_config_key_with_its_default():
-  text = _help_text()
+def test_help_lists_every_config_key_with_its_default(driver_help):
+  # `python main.py --help`, its wrapping undone.
+  text = re.sub(r"-\s+", "-", " ".join(driver_help("main.py").split()))
   for key, value in config_lib.flatten(base.get_config().to_dict()):
     shown = f"{key} = {value!r}" if value is not None else f"{key} = "
     assert shown in text, key
@@ -246,7 +239,7 @@ def test_help_lists_every_config_key_with_its_default():
   # hparams.py (survival_prob 0.8, lr_base 0.016, ema_decay 0.9999).
   for line in ("model.survival_prob = 0.8 (in (0, 1])",
                "train.lr_base = 0.016", "train.ema_decay = 0.9999",
-               "train.optimizer = 'rmsprop' (rmsprop | momentum | sgd | adam)",
+               "train.optimizer = 'rmsprop' (rmsprop | momentum | sgd | adam | adamw)",
                "data.crop_padding = the row's (>= 0)"):
     assert line in text
 

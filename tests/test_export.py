@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import EXPORT_SIZE as SIZE
 from conftest import tiny_model
 from effnetv2_tf import config as config_lib
 from effnetv2_tf import export
@@ -20,30 +21,24 @@ from effnetv2_tf.models import ema as ema_lib
 from effnetv2_tf.runs import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SIZE = 24
 PREP = preprocessing.ROWS["v2"]  # bilinear, (x - 128) / 128, crop below 320 px
 SCALING = PREP.input_scaling
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  keras.utils.set_random_seed(7)
-  model = tiny_model()
-  path = str(tmp_path_factory.mktemp("export") / "saved")
-  export.export_saved_model(model, path, SIZE, PREP,
-                            class_names=[f"digit {i}" for i in range(10)])
-  return model, path
+@pytest.fixture(name="exported")
+def _exported(tiny_export):
+  return tiny_export  # (model, path), shared with test_infer
 
 
 def _softmax(model, images):
   return tf.nn.softmax(model(images, training=False)).numpy()
 
 
-def test_preprocessed_signature_equals_keras(exported):
-  model, path = exported
+def test_preprocessed_signature_equals_keras(exported, tiny_export_loaded):
+  model, _ = exported
   images = np.random.default_rng(0).normal(size=(3, SIZE, SIZE, 3)).astype(
       np.float32)
-  served = tf.saved_model.load(path).signatures["preprocessed"]
+  served = tiny_export_loaded.signatures["preprocessed"]
   out = served(images=tf.constant(images))
   np.testing.assert_allclose(out["probabilities"].numpy(),
                              _softmax(model, images), atol=1e-5)
@@ -51,10 +46,11 @@ def test_preprocessed_signature_equals_keras(exported):
   assert (np.diff(top, axis=1) <= 0).all()  # best first
 
 
-def test_raw_image_signature_crops_and_resizes_an_odd_size(exported):
+def test_raw_image_signature_crops_and_resizes_an_odd_size(
+    exported, tiny_export_loaded):
   model, path = exported
   image = np.random.default_rng(1).integers(0, 256, (1, 37, 53, 3))
-  served = tf.saved_model.load(path)
+  served = tiny_export_loaded
   out = served.signatures["serving_uint8"](
       images=tf.constant(image, tf.uint8))
   # By hand: crop keeps 24 / (24 + 32) of the short side, int(15.86) = 15,
@@ -72,10 +68,11 @@ def test_raw_image_signature_crops_and_resizes_an_odd_size(exported):
     assert f.readline().rstrip("\n") == "digit 0\tdigit 0"
 
 
-def test_raw_image_signature_takes_a_one_pixel_image(exported):
-  model, path = exported
+def test_raw_image_signature_takes_a_one_pixel_image(exported,
+                                                    tiny_export_loaded):
+  model, _ = exported
   pixel = np.array([[[[10, 200, 30]]]], np.uint8)
-  out = tf.saved_model.load(path).signatures["serving_uint8"](
+  out = tiny_export_loaded.signatures["serving_uint8"](
       images=tf.constant(pixel))
   # By hand: 24 / 56 of 1 px rounds to an empty crop; the crop keeps the one
   # pixel, which the resize spreads over the whole 24 x 24 image.
@@ -86,12 +83,12 @@ def test_raw_image_signature_takes_a_one_pixel_image(exported):
                              atol=1e-5)
 
 
-def test_bytes_signature_takes_a_batch_of_sizes(exported):
-  model, path = exported
+def test_bytes_signature_takes_a_batch_of_sizes(exported, tiny_export_loaded):
+  model, _ = exported
   image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), np.uint8)
   pixel = np.array([[[10, 200, 30]]], np.uint8)
   encoded = tf.stack([tf.io.encode_png(image), tf.io.encode_png(pixel)])
-  out = tf.saved_model.load(path).signatures[export.BYTES_SIGNATURE](
+  out = tiny_export_loaded.signatures[export.BYTES_SIGNATURE](
       image_bytes=encoded)
   # By hand, as for the image signatures above (PNG is lossless): the
   # 15-pixel crop at (11, 19); the one pixel spread over 24 x 24.

@@ -22,6 +22,7 @@ from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import faults
 from conftest import checkpoint_variables
 from conftest import driver_env
+from conftest import finished
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # On the smoke config (configs/datasets.py): 2 stages, batch 16.
@@ -48,6 +49,16 @@ def _run(driver, model_dir, fault=None, **kwargs):
   return subprocess.run(_command(driver, model_dir, **kwargs),
                         env=driver_env(fault), capture_output=True, text=True,
                         timeout=600, check=False)
+
+
+def _beside(driver, model_dir, **kwargs):
+  """`_run`'s process started beside the caller's next ones; call the
+  returned function for its CompletedProcess."""
+  process = subprocess.Popen(_command(driver, model_dir, **kwargs),
+                             env=driver_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+
+  return lambda: finished(process)
 
 
 def _latest_step(model_dir):
@@ -103,10 +114,11 @@ def test_sigkill_then_rerun_finishes_the_planned_steps(tmp_path, driver):
 def test_deterministic_resume_after_kill_in_save_equals_uninterrupted(
     tmp_path):
   extra = ("--deterministic",)
-  whole = _run("main.py", tmp_path / "whole", extra=extra)
-  assert whole.returncode == 0, whole.stderr[-3000:]
+  whole = _beside("main.py", tmp_path / "whole", extra=extra)
   killed_dir = tmp_path / "killed"
   killed = _run("main.py", killed_dir, fault="kill_in_save@5", extra=extra)
+  whole = whole()
+  assert whole.returncode == 0, whole.stderr[-3000:]
   assert killed.returncode == -signal.SIGKILL
   # Killed inside the save of step 5: its files are there, but the state
   # file still names step 4, which reads back whole.
@@ -128,12 +140,13 @@ def test_deterministic_resume_after_kill_in_save_equals_uninterrupted(
 def test_fit_resume_continues_the_loss(tmp_path):
   """main_tf2.py restarts a resumed stage's data order; the loss goes on."""
   extra = ("--deterministic",)
-  whole = _run("main_tf2.py", tmp_path / "whole", extra=extra,
-               hparams=LEARNING_HPARAMS)
-  assert whole.returncode == 0, whole.stderr[-3000:]
+  whole = _beside("main_tf2.py", tmp_path / "whole", extra=extra,
+                  hparams=LEARNING_HPARAMS)
   killed_dir = tmp_path / "killed"
   killed = _run("main_tf2.py", killed_dir, fault="kill_after_save@14",
                 extra=extra, hparams=LEARNING_HPARAMS)
+  whole = whole()
+  assert whole.returncode == 0, whole.stderr[-3000:]
   assert killed.returncode == -signal.SIGKILL
   assert _latest_step(killed_dir) == 14
   rerun = _run("main_tf2.py", killed_dir, extra=extra,

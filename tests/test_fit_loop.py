@@ -81,10 +81,37 @@ def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
   assert steps["images_per_sec"] == [4, 6, 8, 10, 14, 16, 18, 20]
 
 
-@pytest.mark.slow
-def test_fit_eval_reads_the_ema_weights(tmp_path):
-  trainer = _fit_trainer(tmp_path, "train.steps=8,train.ema_decay=0.9")
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+  """main.py stops after stage 1, main_tf2.py goes on (the same checkpoint
+  format); EMA decay 0.9, so the EMA weights stand apart from the raw ones.
+  One run for both tests below: (FitTrainer, what the run showed)."""
+  model_dir = tmp_path_factory.mktemp("fit_resume")
+  hparams = "train.steps=8,train.ema_decay=0.9"
+  loop = _fit_trainer(model_dir, hparams, cls=custom_loop.CustomLoopTrainer)
+  loop.train_stage(loop.stages[0])
+  trainer = _fit_trainer(model_dir, hparams)
+  shown = {"loop_latest": loop.checkpointer.latest,
+           "restored": trainer.restore(), "restored_step": trainer.step}
   trainer.train()
+  shown.update(step=trainer.step, traces=trainer.traces,
+               epochs=trainer.fit_model.history.epoch)
+  return trainer, shown
+
+
+@pytest.mark.slow
+def test_fit_resumes_a_custom_loop_checkpoint_in_the_right_stage(resumed):
+  _, shown = resumed
+  assert shown["loop_latest"].endswith("-4")
+  assert shown["restored"].endswith("-4") and shown["restored_step"] == 4
+  assert shown["step"] == 8
+  assert shown["traces"] == 1  # only stage 2 ran
+  assert shown["epochs"] == [1]
+
+
+@pytest.mark.slow
+def test_fit_eval_reads_the_ema_weights(resumed):
+  trainer, _ = resumed
   raw = [v.numpy() for v in trainer.model.trainable_weights]
   shadows = [s.numpy() for s in trainer.ema.shadows]
   assert not np.allclose(raw[0], shadows[0])
@@ -106,21 +133,6 @@ def test_fit_eval_reads_the_ema_weights(tmp_path):
     assert result["top1"] == pytest.approx(top1(), abs=1e-6)
   for before, after in zip(raw, trainer.model.trainable_weights):
     np.testing.assert_array_equal(before, after.numpy())
-
-
-@pytest.mark.slow
-def test_fit_resumes_a_custom_loop_checkpoint_in_the_right_stage(tmp_path):
-  # Same checkpoint format: main.py stops after stage 1, main_tf2.py goes on.
-  loop = _fit_trainer(tmp_path, "train.steps=8",
-                      cls=custom_loop.CustomLoopTrainer)
-  loop.train_stage(loop.stages[0])
-  assert loop.checkpointer.latest.endswith("-4")
-  resumed = _fit_trainer(tmp_path, "train.steps=8")
-  assert resumed.restore().endswith("-4") and resumed.step == 4
-  resumed.train()
-  assert resumed.step == 8
-  assert resumed.traces == 1  # only stage 2 ran
-  assert resumed.fit_model.history.epoch == [1]
 
 
 def test_nan_guard_names_step_and_stage(tmp_path):

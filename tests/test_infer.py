@@ -10,28 +10,19 @@ import re
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model
 from effnetv2_tf import export
-from effnetv2_tf.data import preprocessing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SIZE = 24
 NOT_AN_IMAGE = "is not a readable JPEG, PNG, GIF, BMP or WebP image."
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-  keras.utils.set_random_seed(11)
-  path = str(tmp_path_factory.mktemp("infer") / "export")
-  export.export_saved_model(tiny_model(), path, SIZE,
-                            preprocessing.ROWS["v2"],
-                            class_names=[f"digit {i}" for i in range(10)])
-  return path
+@pytest.fixture(name="saved_model")
+def _saved_model(tiny_export):
+  return tiny_export[1]  # shared with test_export
 
 
 def _infer(*args):
@@ -60,11 +51,10 @@ def _classified(stdout):
   return results
 
 
-def _top5(saved_model, path):
-  """The five best probabilities of the image file, by the SavedModel's
-  serving_bytes signature called here."""
-  served = tf.saved_model.load(saved_model).signatures[
-      export.BYTES_SIGNATURE]
+def _top5(loaded, path):
+  """The five best probabilities of the image file, by the (loaded)
+  SavedModel's serving_bytes signature called here."""
+  served = loaded.signatures[export.BYTES_SIGNATURE]
   out = served(image_bytes=tf.io.read_file(path)[tf.newaxis])
   return np.round(np.sort(out["probabilities"].numpy()[0])[::-1][:5], 4)
 
@@ -92,7 +82,8 @@ def test_an_empty_directory_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_directory_means_every_image_in_it(saved_model, tmp_path):
+def test_a_directory_means_every_image_in_it(saved_model, tiny_export_loaded,
+                                             tmp_path):
   photos = tmp_path / "photos"
   (photos / "more").mkdir(parents=True)  # a subdirectory: not searched
   _write_image(photos / "more" / "deeper.png", 0)
@@ -106,13 +97,13 @@ def test_a_directory_means_every_image_in_it(saved_model, tmp_path):
   classified = _classified(result.stdout)
   assert list(classified) == sorted(images)  # a.JPG, b.png, c.jpeg
   for path in images:
-    np.testing.assert_allclose(classified[path], _top5(saved_model, path),
-                               atol=1e-4)
+    np.testing.assert_allclose(classified[path],
+                               _top5(tiny_export_loaded, path), atol=1e-4)
 
 
 @pytest.mark.slow
-def test_a_bad_image_is_skipped_and_the_rest_classified(saved_model,
-                                                        tmp_path):
+def test_a_bad_image_is_skipped_and_the_rest_classified(
+    saved_model, tiny_export_loaded, tmp_path):
   first = _write_image(tmp_path / "first.png", 4)
   bad = tmp_path / "bad.jpg"
   bad.write_bytes(b"\xff\xd8 not a jpeg")
@@ -124,8 +115,8 @@ def test_a_bad_image_is_skipped_and_the_rest_classified(saved_model,
                            "infer.py: 1 of 3 images failed.\n")
   classified = _classified(result.stdout)
   assert list(classified) == [first, third]
-  np.testing.assert_allclose(classified[third], _top5(saved_model, third),
-                             atol=1e-4)
+  np.testing.assert_allclose(classified[third],
+                             _top5(tiny_export_loaded, third), atol=1e-4)
 
 
 @pytest.mark.slow

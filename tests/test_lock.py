@@ -12,12 +12,16 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import tensorflow as tf
 
+from effnetv2_tf import config as config_lib
+from effnetv2_tf import driver
 from effnetv2_tf import errors
 from effnetv2_tf.runs import lock
+from effnetv2_tf.training import reporter as reporter_lib
 from conftest import driver_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -213,6 +217,39 @@ def _run(command, fault=None):
                         text=True, timeout=600, check=False)
 
 
+def test_a_locked_run_refuses_a_second_writer_and_lets_an_eval_read(
+    tmp_path):
+  # In process, the drivers' directory checks (driver._check_directories)
+  # while another run holds the lock: what the slow test below checks
+  # with real main.py processes.
+  model_dir = tmp_path / "run"
+  config_lib.save_config(
+      config_lib.build_config("efficientnetv2-b0", "smoke"), str(model_dir))
+
+  def values(mode):
+    return types.SimpleNamespace(
+        mode=mode, init_checkpoint=None, export_dir=None,
+        overwrite_export=False, strategy="default")
+
+  with lock.hold(str(model_dir), "--model_dir"):  # the training run's
+    holder = json.loads((model_dir / ".lock").read_text())
+    with pytest.raises(lock.RunDirLockedError,
+                       match=f"^--model_dir {model_dir} is in use by pid "
+                       f"{os.getpid()} on host "):
+      with driver._check_directories(  # pylint: disable=protected-access
+          values("train"), str(model_dir), reporter_lib.Recorder()):
+        pass
+    with driver._check_directories(  # pylint: disable=protected-access
+        values("eval"), str(model_dir), reporter_lib.Recorder()) as reads:
+      assert reads  # no lock taken: the eval only reads the run
+    assert json.loads((model_dir / ".lock").read_text()) == holder
+  assert not (model_dir / ".lock").exists()
+
+
+# Slow: three main.py processes, one training. The quick suite checks the
+# lock's lines in process (above) and test_run_dir_init the directory
+# checks of a run and of an eval that only reads.
+@pytest.mark.slow
 def test_a_second_main_py_is_refused_while_eval_reads(tmp_path):
   model_dir = tmp_path / "run"
   first = subprocess.Popen(_command(model_dir, "--mode=train"), env=driver_env(),

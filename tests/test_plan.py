@@ -174,6 +174,10 @@ def test_the_constants_are_the_benchmarks_fit():
   assert plan.MIB_PER_IMAGE_PIXEL == pytest.approx(slope, rel=0.02)
 
 
+# Slow: a main.py process; the quick suite checks the same line in process
+# (test_the_issue_a_128_image_folder_with_the_folder_defaults) and
+# test_main's folder tests stop main.py before training the same way.
+@pytest.mark.slow
 def test_main_py_on_a_small_folder_says_so_before_training(tmp_path):
   _png_folder(tmp_path / "images")
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")

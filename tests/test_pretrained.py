@@ -34,11 +34,9 @@ from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import tfrecord_format
 from effnetv2_tf.models import pretrained
 from effnetv2_tf.runs import checkpoints
-import test_weights
 from test_weights import _ours
 from test_weights import _write_checkpoint
 
-v2_files = test_weights.v2_files  # the fixture, shared
 
 TINY = {"width_coefficient": 0.25, "depth_coefficient": 0.34}
 

@@ -155,6 +155,26 @@ def test_eval_of_a_mistyped_model_dir_blames_it_not_the_data(tmp_path):
   assert not typo.exists()
 
 
+@pytest.mark.parametrize("flag", ["--model_dir", "--export_dir"])
+def test_unusable_directories_are_named_before_anything_is_made(tmp_path,
+                                                                 flag):
+  # In process, the lines test_main's driver processes check.
+  a_file = tmp_path / "a_file"
+  a_file.write_text("kept")
+  for path, message in ((a_file, "is a file, not a directory"),
+                        (a_file / "run", "is not writable")):
+    paths = {"--model_dir": str(tmp_path / "run"), "--export_dir": None,
+             flag: str(path)}
+    with pytest.raises(errors.UserError,
+                       match=f"^{re.escape(f'{flag} {path} {message}')}"):
+      with driver._check_directories(  # pylint: disable=protected-access
+          _values(export_dir=paths["--export_dir"]), paths["--model_dir"],
+          reporter_lib.Recorder()):
+        pass
+  assert a_file.read_text() == "kept"
+  assert sorted(os.listdir(tmp_path)) == ["a_file"]  # nothing made
+
+
 def test_the_lock_holder_removes_a_killed_saves_leftovers(tmp_path):
   model_dir = tmp_path / "run"
   # What TensorFlow leaves when a save is killed before it merges the

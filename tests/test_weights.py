@@ -69,8 +69,8 @@ def _keras_files(tmp_path_factory, keras_model, stem):
   return keras_model, x, keras_model(x, training=False).numpy(), paths
 
 
-@pytest.fixture(scope="module")
-def v2_files(tmp_path_factory):
+def make_v2_files(tmp_path_factory):
+  """keras.applications' EfficientNetV2B0 files: conftest's `v2_files`."""
   keras.utils.set_random_seed(1)
   model = keras.applications.EfficientNetV2B0(
       weights=None, input_shape=(SIZE, SIZE, 3), include_preprocessing=True,

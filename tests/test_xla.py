@@ -294,8 +294,8 @@ def test_exported_serving_keeps_the_compiled_model_part(float32_steps,
 class _HostOpTrainer(custom_loop.CustomLoopTrainer):
   """A step with a host-side op (a Python function), which XLA refuses."""
 
-  def make_step_fn(self):
-    step_fn = super().make_step_fn()
+  def make_step_fn(self, frozen=False):
+    step_fn = super().make_step_fn(frozen)
 
     def with_host_op(batch):
       total, skipped = step_fn(batch)
