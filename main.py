@@ -7,10 +7,11 @@
   python main.py --use_tpu --model=efficientnetv2-s --dataset_cfg=imagenet \
       --data_dir=gs://BUCKET/imagenet --model_dir=gs://BUCKET/runs/s
 
-Modes: train, eval (latest checkpoint in --model_dir, EMA weights) and
-train_and_eval (evaluates after every stage). Rerunning the same command
-resumes from the latest checkpoint in the right stage and step. main_tf2.py
-takes the same flags and trains through keras.Model.fit instead.
+Modes: train, eval (latest checkpoint in --model_dir, or
+--checkpoint=best|PREFIX; EMA weights) and train_and_eval (evaluates after
+every stage). Rerunning the same command resumes from the latest checkpoint
+in the right stage and step. main_tf2.py takes the same flags and trains
+through keras.Model.fit instead.
 """
 
 from effnetv2_tf import startup

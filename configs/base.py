@@ -20,6 +20,7 @@ from effnetv2_tf.data import sources
 from effnetv2_tf.models import ema
 from effnetv2_tf.models import options
 from effnetv2_tf.training import distribute
+from effnetv2_tf.training import finetune
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import progressive
 from effnetv2_tf.training import run_settings
@@ -30,7 +31,7 @@ SECTIONS = {
     "data": sources.SETTINGS + pipeline.SETTINGS + preprocessing.SETTINGS,
     "train": (progressive.TRAIN_SETTINGS + optim.SETTINGS +
               pipeline.TRAIN_SETTINGS + ema.SETTINGS +
-              run_settings.TRAIN_SETTINGS),
+              run_settings.TRAIN_SETTINGS + finetune.SETTINGS),
     "progressive": progressive.SETTINGS,
     "eval": pipeline.EVAL_SETTINGS,
     "runtime": (run_settings.RUNTIME_SETTINGS + xla.SETTINGS +

@@ -101,7 +101,13 @@ DATASET_CONFIGS = {
     # would be about 450 epochs of 1,437 images), the 1-epoch warmup.
     "folderft": _merge(_FINETUNE, {
         "data": {"dataset": "folder", "source": "folder"},
-        "train": {"batch_size": 64, "min_steps": 0},
+        "train": {"batch_size": 64, "min_steps": 0,
+                  # Keras' two-phase transfer recipe: the head alone for
+                  # an epoch, then everything; the best eval kept in best/
+                  # (dropped where the command cannot run them:
+                  # finetune.drop_unusable).
+                  "freeze_epochs": 1.0, "eval_every_epochs": 1.0,
+                  "keep_best": True},
         "eval": {"batch_size": 64},
     }),
     "digits": _DIGITS,

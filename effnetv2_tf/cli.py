@@ -46,6 +46,11 @@ def define_flags():
                       "when the class count differs). With --mode=eval: the "
                       "weights to evaluate instead of --model_dir's latest "
                       "checkpoint, with their own recipe's preprocessing.")
+  flags.DEFINE_string("checkpoint", run_dir.LATEST,
+                      "--mode=eval: which checkpoint of --model_dir to "
+                      "evaluate (and --export_dir to export): "
+                      f"{run_dir.LATEST}, {run_dir.BEST} (best/, kept with "
+                      "train.keep_best) or a checkpoint prefix of the run.")
   flags.DEFINE_bool("use_tpu", False, "Same as --strategy=tpu.")
   flags.DEFINE_string("tpu", None, "TPU name or grpc address.")
   flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
@@ -185,7 +190,7 @@ def _checkpoint_dir(path):
   """The run directory of a checkpoint path, or None (a weights file, or
   nothing there: init_from says so later)."""
   try:
-    return os.path.dirname(run_dir.checkpoint_prefix(path))
+    return run_dir.run_of_checkpoint(run_dir.checkpoint_prefix(path))
   except FileNotFoundError:
     return None
 

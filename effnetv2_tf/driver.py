@@ -28,6 +28,7 @@ from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import distribute
 from effnetv2_tf.training import faults
+from effnetv2_tf.training import finetune
 from effnetv2_tf.training import plan
 from effnetv2_tf.training import preemption
 from effnetv2_tf.training import reporter as reporter_lib
@@ -45,7 +46,15 @@ def run(values, trainer_cls):
 
 def _run(values, trainer_cls, report, model_dir, reads_only):
   """`run` once the directories are checked (and --model_dir held)."""
+  checkpoint = _eval_checkpoint(values, model_dir)
   draft = cli.draft_from_flags(values, model_dir)
+  # A frozen phase needs weights; an eval cadence, --mode=train_and_eval.
+  has_weights = bool(values.init_checkpoint) or (
+      tf.train.latest_checkpoint(model_dir) is not None)
+  for line in finetune.drop_unusable(draft.config, values.mode, has_weights,
+                                     cli.given_keys(values)):
+    report.line(line)
+  finetune.check_start(draft.config, values.mode, has_weights)
   if draft.config.runtime.deterministic:
     step_lib.make_deterministic(draft.config.train.seed)
   strategy = _strategy(values, draft.config, report)
@@ -62,7 +71,7 @@ def _run(values, trainer_cls, report, model_dir, reads_only):
     trainer.leave_model_dir_as_is()
   report.line(f"Steps: {trainer.steps_choice}")
   _check_free_space(values, trainer)
-  _restore_or_init(values, trainer, report)
+  _restore_or_init(values, trainer, report, checkpoint)
   # Written once the model is initialised: a failed --init_checkpoint
   # leaves a new --model_dir as it was, so the fixed command starts afresh.
   if trainer.chief and values.mode != "eval":  # eval leaves the run as is
@@ -88,7 +97,9 @@ def _run(values, trainer_cls, report, model_dir, reads_only):
       export.export_saved_model(
           model, values.export_dir, **export.serving_options(config),
           class_names=trainer.class_names, overwrite=values.overwrite_export)
-    report.line(f"Exported SavedModel (EMA weights) to {values.export_dir}")
+    weights = ("EMA weights" if checkpoint is None else
+               f"EMA weights of {checkpoint}")
+    report.line(f"Exported SavedModel ({weights}) to {values.export_dir}")
   return summary
 
 
@@ -182,16 +193,37 @@ def _check_free_space(values, trainer):
         "--export_dir", "the SavedModel")
 
 
-def _restore_or_init(values, trainer, report):
-  """Resumes from the run's latest checkpoint, else starts from
-  --init_checkpoint; --mode=eval without either is an error."""
+def _eval_checkpoint(values, model_dir):
+  """The checkpoint prefix --checkpoint names (--mode=eval), or None for
+  the latest; a misused flag or a missing checkpoint is one line."""
+  name = values.checkpoint
+  if name == run_dir.LATEST:
+    return None
+  if values.mode != "eval":
+    raise errors.ConfigError(
+        f"--checkpoint={name} picks the checkpoint --mode=eval evaluates; "
+        f"--mode={values.mode} resumes from the latest one: drop it.")
+  if values.init_checkpoint:
+    raise errors.ConfigError(
+        f"--checkpoint={name} and --init_checkpoint both name the weights "
+        "to evaluate; give one.")
+  return run_dir.checkpoint_of(model_dir, name)
+
+
+def _restore_or_init(values, trainer, report, checkpoint=None):
+  """Resumes from the run's latest checkpoint (`checkpoint`, when given:
+  --checkpoint of --mode=eval), else starts from --init_checkpoint;
+  --mode=eval without either is an error."""
   # --mode=eval with --init_checkpoint evaluates that checkpoint instead of
   # the latest one in --model_dir.
   given_eval = values.mode == "eval" and values.init_checkpoint
-  restored = None if given_eval else trainer.restore()
+  restored = None if given_eval else trainer.restore(checkpoint)
   if restored:
+    best = trainer.checkpointer.best
+    of_best = (f" (the best {best['metric']} {best['score']:.4f})"
+               if values.checkpoint == run_dir.BEST else "")
     report.line(f"Restored {restored}: step {trainer.step} of "
-                f"{trainer.total_steps}")
+                f"{trainer.total_steps}{of_best}")
   if not restored and values.init_checkpoint:
     note = (None if given_eval else
             checkpoints.scaling_note(trainer.config, values.init_checkpoint))

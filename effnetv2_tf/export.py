@@ -45,6 +45,11 @@ convention: `module(images)` (or the `serve` endpoint, e.g.
 `keras.layers.TFSMLayer(path, call_endpoint="serve")`) takes float32
 images in [0, 1] of any size, resizes them to the model's size and returns
 the pooled features [B, C] before the classifier.
+
+`export_features` writes the multi-scale feature maps of a
+`create_model(features_only=True)` model: `serving_default` takes the
+classifier's 0..255 images (the same `preprocess_images`) and returns
+{'P1': stride-2 map, ..., 'P5': stride-32 map}.
 """
 
 from effnetv2_tf import startup
@@ -188,6 +193,17 @@ def serving_options(run_config):
 _BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
 
 
+def preprocess_images(images, image_size, preprocessing):
+  """The eval preprocessing of a batch of equally sized 0..255 images (the
+  eval crop, resize and input scaling of a `preprocessing.Preprocessing`):
+  what `serving_default` of the classifier and of the features serves."""
+  offset, size = preprocess.eval_crop_window(
+      tf.shape(images)[1:3], image_size, preprocessing)
+  images = images[:, offset[0]:offset[0] + size[0],
+                  offset[1]:offset[1] + size[1]]
+  return preprocess.resize_and_scale(images, image_size, preprocessing)
+
+
 class ServingModule:
   """A Keras model plus its eval preprocessing: the serving functions.
 
@@ -228,11 +244,7 @@ class ServingModule:
 
   def preprocess(self, images):
     """The eval preprocessing of a batch of equally sized images."""
-    offset, size = preprocess.eval_crop_window(
-        tf.shape(images)[1:3], self.image_size, self._prep)
-    images = images[:, offset[0]:offset[0] + size[0],
-                    offset[1]:offset[1] + size[1]]
-    return preprocess.resize_and_scale(images, self.image_size, self._prep)
+    return preprocess_images(images, self.image_size, self._prep)
 
   def preprocess_bytes(self, encoded):
     """The eval preprocessing of a batch of encoded images, one by one
@@ -321,6 +333,38 @@ def export_feature_vector(model, export_dir, image_size, preprocessing,
   return export_dir
 
 
+def export_features(model, export_dir, image_size, preprocessing,
+                    overwrite=False):
+  """Writes a SavedModel of a `features_only` model's feature maps.
+
+  Signatures, each returning {'P<level>': [B, h, w, C] float32}, keras-hub's
+  pyramid keys (`FeatureInfo.levels()`, 'P3' at stride 8):
+    serving_default: float32 images 0..255 [B, H, W, 3] of any size,
+      preprocessed as the classifier's `serving_default` (eval crop, resize
+      to `image_size`, input scaling: `preprocess_images`);
+    preprocessed: already scaled images [B, H, W, 3] of any size.
+  Batch norms are folded, as in the classifier's export. A non-empty
+  `export_dir` needs `overwrite`; the write is staged (`staged_dir`).
+  """
+  levels = model.feature_info.levels()
+  folded = fold_bn.fold_batch_norms(model)
+  size = int(image_size)
+
+  def maps(images):
+    outputs = folded(images, training=False)
+    return {level: tf.cast(x, tf.float32)
+            for level, x in zip(levels, outputs)}
+
+  def serve(images):
+    return maps(preprocess_images(images, size, preprocessing))
+
+  spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+  with staged_dir(export_dir, overwrite) as staging:
+    _write_archive(folded, staging, [("serving_default", serve, spec),
+                                     ("preprocessed", maps, spec)])
+  return export_dir
+
+
 def convert_tflite(saved_model_dir, quantize=False):
   """TFLite flatbuffer of a classifier SavedModel's `preprocessed` signature.
 
@@ -366,18 +410,20 @@ def export_run(model_dir, export_dir, checkpoint=None, tflite=False,
                jit_compile=False, model_name=None, overwrite=False):
   """Exports a run's checkpoint (EMA weights); returns the written paths.
 
-  `model_name` (--model), when given, must be the run's model. The TFLite
-  files are written in the staged export, so they appear with it.
+  `checkpoint`: latest (or None), best (the run's best/ checkpoint) or a
+  checkpoint prefix (`run_dir.checkpoint_of`). `model_name` (--model), when
+  given, must be the run's model. The TFLite files are written in the
+  staged export, so they appear with it.
   """
   model, run_config, prefix = checkpoints.load_run_model(
-      checkpoint or model_dir,
-      what="--checkpoint" if checkpoint else "--model_dir")
+      run_dir.checkpoint_of(model_dir, checkpoint))
   run_dir.check_model_flag(model_name, run_config)
   run_model = run_config["model"]["name"]
   print(f"Exporting {run_model} ({prefix}, EMA weights) at "
         f"{run_config['model']['eval_size']} px", flush=True)
   options = serving_options(run_config)
-  labels = tfrecord_format.read_labels(os.path.dirname(prefix)) or []
+  labels = tfrecord_format.read_labels(run_dir.run_of_checkpoint(prefix)
+                                       ) or []
   with staged_dir(export_dir, overwrite) as staging:
     _write_classifier(model, staging, **options,
                       class_names=[readable for _, readable in labels],
@@ -417,7 +463,9 @@ def _define_flags():
   flags.DEFINE_string("model_dir", None, "Run directory (config.json and "
                       "checkpoints of main.py or main_tf2.py).")
   flags.DEFINE_string("checkpoint", None,
-                      "A checkpoint prefix instead of the latest one.")
+                      f"Which checkpoint: {run_dir.LATEST} (the default), "
+                      f"{run_dir.BEST} (--model_dir's best/, kept with "
+                      "train.keep_best) or a checkpoint prefix.")
   flags.DEFINE_string("model", None, "Model of --weights (with --model_dir: "
                       "must be the run's).")
   flags.DEFINE_string("weights", None, "Export published weights instead: "

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import effnetv2_tf
+from conftest import finished
 from conftest import tiny_model
 from effnetv2_tf import cli
 from effnetv2_tf import config as config_lib
@@ -26,12 +27,17 @@ TINY = "train.steps=6,runtime.steps_per_loop=3"
 DRIVERS = ["main.py", "main_tf2.py"]
 
 
-def _run(*args, driver="main.py", python_path=()):
+def _start(*args, driver="main.py", python_path=()):
+  """The driver's process, started; `finished` waits for it."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, [*python_path, ROOT])),
              TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.run([sys.executable, str(ROOT / driver), *args],
-                        capture_output=True, text=True, env=env, timeout=600,
-                        check=False)
+  return subprocess.Popen([sys.executable, str(ROOT / driver), *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env)
+
+
+def _run(*args, driver="main.py", python_path=()):
+  return finished(_start(*args, driver=driver, python_path=python_path))
 
 
 def _png_folder(root, counts):
@@ -43,11 +49,15 @@ def _png_folder(root, counts):
       (root / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
 
 
+# Each a main.py process; the quick suite keeps one, and test_sources
+# checks the other two lines in process (marked slow: processes, ~5 s each).
 @pytest.mark.parametrize("counts, message", [
     ({"cat": 12}, "folder: 1 class (cat); a classifier needs at least two"),
-    ({"cat": 6, "dog": 6, "empty": 0}, "empty holds no image"),
+    pytest.param({"cat": 6, "dog": 6, "empty": 0}, "empty holds no image",
+                 marks=pytest.mark.slow),
     # 8 images: none is the 10th, so nothing is held out for evaluation.
-    ({"cat": 4, "dog": 4}, "the 'validation' split is empty"),
+    pytest.param({"cat": 4, "dog": 4}, "the 'validation' split is empty",
+                 marks=pytest.mark.slow),
 ])
 def test_folder_problems_stop_before_training(tmp_path, counts, message):
   _png_folder(tmp_path / "images", counts)
@@ -60,7 +70,10 @@ def test_folder_problems_stop_before_training(tmp_path, counts, message):
   assert not (tmp_path / "run").exists()  # nothing written, not even it
 
 
-@pytest.mark.parametrize("flag", ["--model_dir", "--export_dir"])
+# --export_dir's processes are slow-marked: the quick suite has
+# --model_dir's, and test_run_dir_init checks both flags' lines in process.
+@pytest.mark.parametrize("flag", [
+    "--model_dir", pytest.param("--export_dir", marks=pytest.mark.slow)])
 def test_unusable_directories_are_one_line_up_front(tmp_path, flag):
   a_file = tmp_path / "a_file"
   a_file.write_text("kept")
@@ -143,7 +156,15 @@ def test_folderft_finetunes_a_weights_file_on_a_folder(tmp_path):
           "10th image held out") in out
   # 15 epochs of 25 steps at batch 64: no 10,000-step minimum.
   assert "375 steps (25/epoch) at batch 64, 1 stage," in out
+  # folderft's controls from weights: the head alone for the first epoch
+  # (25 steps), an evaluation every epoch, the best kept.
+  assert ("steps 0-25: backbone frozen (batch norm in inference mode, no "
+          "stochastic depth); only the head (predictions) trains") in out
+  assert "step 25: backbone unfrozen; the whole network trains" in out
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert [e["step"] for e in summary["evals"]] == list(range(25, 376, 25))
+  best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+  assert best["score"] == max(e["top1"] for e in summary["evals"])
   # Measured 0.978 top-1 (2 CPU cores, 2 minutes); chance is 0.1. The
   # threshold leaves room for run-to-run spread (runs are not seeded).
   assert summary["eval"]["top1"] > 0.85
@@ -167,9 +188,8 @@ def test_the_data_sets_the_class_count(tmp_path):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_help_lists_the_flags_and_every_config_key(driver):
-  result = _run("--help", driver=driver)  # (absl exits 1 after --help)
-  help_text = " ".join(result.stdout.split())  # absl wraps lines
+def test_help_lists_the_flags_and_every_config_key(driver, driver_help):
+  help_text = " ".join(driver_help(driver).split())  # absl wraps lines
   assert "--dataset_cfg: Dataset config" in help_text and "folderft" in (
       help_text)
   # Each key with its default (test_config checks every one for main.py).
@@ -177,7 +197,10 @@ def test_help_lists_the_flags_and_every_config_key(driver):
   assert "progressive.max_cutmix = the preset's (>= 0)" in help_text
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
+# main_tf2.py's process is slow-marked: the quick suite has main.py's, and
+# test_config and test_models check the line in process.
+@pytest.mark.parametrize("driver", [
+    "main.py", pytest.param("main_tf2.py", marks=pytest.mark.slow)])
 def test_rejects_unknown_model_in_one_line(driver):
   result = _run("--model=efficientnetv3-s", driver=driver)
   assert result.returncode != 0
@@ -186,18 +209,26 @@ def test_rejects_unknown_model_in_one_line(driver):
   assert "Traceback" not in result.stderr
 
 
+# Marked slow (a main.py process each, ~5 s): the lines the quick suite
+# checks in process, test_config's (unknown dataset config, config key) and
+# test_distribute's (no TPU).
 @pytest.mark.parametrize("args, message", [
-    (["--dataset_cfg=mnist"], "Unknown dataset config 'mnist'; valid: carsft"),
-    (["--hparam_str=train.batchsize=2"], "Unknown config key 'train.batchsize'"),
+    pytest.param(["--dataset_cfg=mnist"],
+                 "Unknown dataset config 'mnist'; valid: carsft",
+                 marks=pytest.mark.slow),
+    pytest.param(["--hparam_str=train.batchsize=2"],
+                 "Unknown config key 'train.batchsize'",
+                 marks=pytest.mark.slow),
     (["--dataset_cfg=imagenet", "--data_dir=/nonexistent"],
      "no files match /nonexistent/train-*"),
     (["--dataset_cfg=folder"], "--data_dir (data.data_dir) is required"),
-    (["--dataset_cfg=digits", "--use_tpu", "--tpu=grpc://127.0.0.1:1"],
-     "no TPU reachable"),
+    pytest.param(["--dataset_cfg=digits", "--use_tpu",
+                  "--tpu=grpc://127.0.0.1:1"], "no TPU reachable",
+                 marks=pytest.mark.slow),
     pytest.param(["--dataset_cfg=digits", "--use_tpu"],
                  "no TPU chip on this machine",
-                 marks=pytest.mark.skipif(
-                     tpu_env.tpu_chip_count() > 0, reason="a TPU is here")),
+                 marks=[pytest.mark.slow, pytest.mark.skipif(
+                     tpu_env.tpu_chip_count() > 0, reason="a TPU is here")]),
     (["--dataset_cfg=digits", "--strategy=mirrored", "--deterministic"],
      "checkpoints cannot save"),
     pytest.param(
@@ -272,33 +303,46 @@ def test_digits_progressive_run_eval_export_and_resume(tmp_path, driver):
   assert "stage 1/2" not in again.stdout
   assert json.loads((model_dir / "summary.json").read_text())[
       "final_step"] == 6
+  # Three evaluations of the finished run, side by side (each only reads
+  # it; their start-ups overlap).
+  before = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
+  alone = _start(f"--model_dir={model_dir}", "--mode=eval", driver=driver)
+  evaluated = _start("--model=efficientnetv2-b0", "--dataset_cfg=smoke",
+                     f"--model_dir={tmp_path / 'eval'}",
+                     f"--hparam_str={TINY}", "--mode=eval",
+                     f"--init_checkpoint={model_dir}", driver=driver)
+  # The drivers differ only in their trainer (driver.py runs both): what
+  # their shared cli.py and config.py read (eval2's config.json; other's
+  # model, refused before any trainer) main.py's processes check for both.
+  eval2 = driver == "main.py" and _start(
+      f"--model_dir={tmp_path / 'eval2'}", "--mode=eval",
+      f"--init_checkpoint={model_dir}", driver=driver)
   # --mode=eval of the run directory alone reads its config.json: model,
   # dataset (smoke's 24 px eval, not imagenet's) and step count, without
   # the training command's flags and keys; and it writes nothing there.
-  before = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
-  alone = _run(f"--model_dir={model_dir}", "--mode=eval", driver=driver)
+  alone = finished(alone)
   assert alone.returncode == 0, alone.stderr[-3000:]
   assert f"Config: {model_dir}/config.json" in alone.stdout
   assert "step 6 of 6" in alone.stdout
   assert f"top-1 {summary['eval']['top1']:.4f}" in alone.stdout
-  assert {p: p.read_bytes() for p in model_dir.rglob("*")
-          if p.is_file()} == before
   # Eval of a given checkpoint (EMA weights) from another model_dir
   # reproduces the run's own final eval.
-  evaluated = _run("--model=efficientnetv2-b0", "--dataset_cfg=smoke",
-                   f"--model_dir={tmp_path / 'eval'}", f"--hparam_str={TINY}",
-                   "--mode=eval", f"--init_checkpoint={model_dir}",
-                   driver=driver)
+  evaluated = finished(evaluated)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert json.loads((tmp_path / "eval" / "summary.json").read_text())[
       "eval"]["top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
+  if not eval2:
+    assert {p: p.read_bytes() for p in model_dir.rglob("*")
+            if p.is_file()} == before
+    return
   # ... and without the training flags: the checkpoint's config.json.
-  evaluated = _run(f"--model_dir={tmp_path / 'eval2'}", "--mode=eval",
-                   f"--init_checkpoint={model_dir}", driver=driver)
+  evaluated = finished(eval2)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert f"Config: {model_dir}/config.json" in evaluated.stdout
   assert json.loads((tmp_path / "eval2" / "summary.json").read_text())[
       "eval"]["top1"] == pytest.approx(summary["eval"]["top1"], abs=1e-6)
+  assert {p: p.read_bytes() for p in model_dir.rglob("*")
+          if p.is_file()} == before  # none of the three wrote there
   other = _run("--model=efficientnetv2-b1", "--dataset_cfg=smoke",
                f"--model_dir={model_dir}", f"--hparam_str={TINY}",
                driver=driver)

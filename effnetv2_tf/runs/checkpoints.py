@@ -10,8 +10,6 @@ count changes, e.g. ImageNet-21k -> 1k) are skipped. EMA weights are used
 where the checkpoint has them.
 """
 
-import os
-
 from absl import logging
 import keras
 import tensorflow as tf
@@ -36,14 +34,15 @@ def load_run_model(path, what="--init_checkpoint"):
 
   Args:
     path: a run directory (its latest checkpoint) or a checkpoint prefix in
-      one; config.json beside the checkpoint says which model wrote it.
+      one or in its best/; the run's config.json says which model wrote
+      it.
     what: how error messages name `path` (a flag).
 
   Returns:
     (keras.Model, run config dict, the checkpoint prefix it restored).
   """
   prefix = run_dir.checkpoint_prefix(path, what)
-  run_config = run_dir.read_config(os.path.dirname(prefix))
+  run_config = run_dir.read_config(run_dir.run_of_checkpoint(prefix))
   if run_config is None:
     raise errors.MissingInputError(
         f"{what} {prefix}: no config.json beside it, so the "

@@ -5,6 +5,9 @@
   summary.json   stages, loss history and evaluation (`read_summary`)
   labels.txt     class names, when the source has them
   ckpt-N.*       checkpoints (`checkpoint_prefix`)
+  best/          with train.keep_best, the checkpoint of the best
+                 evaluation so far (`best_prefix`, `--checkpoint=best`) and
+                 best.json: its step, metric and score (`read_best`)
 
 Export, infer.py and plot read runs through this module, so it imports no
 training loop, step or optimizer.
@@ -34,6 +37,14 @@ FORMAT_KEY = "format_version"
 CONFIG_FORMAT = 2
 RENAMED_KEYS = {2: {"data.name": "data.dataset"}}
 SUMMARY_FILENAME = "summary.json"
+# The file name of a run's checkpoints: ckpt-<step>.
+CHECKPOINT_NAME = "ckpt"
+# --checkpoint's values besides a prefix: the run's latest checkpoint (the
+# default), or its best one, which keep-best writes into the folder of that
+# name with BEST_FILENAME beside it.
+LATEST = "latest"
+BEST = "best"
+BEST_FILENAME = "best.json"
 
 
 class RunDirError(errors.UserError, OSError):
@@ -225,6 +236,53 @@ def checkpoint_prefix(path, what="--init_checkpoint"):
   check_exists(path, what)
   raise errors.MissingInputError(f"{what} {path}: no checkpoint of that "
                                  "name (no .index file).")
+
+
+def run_of_checkpoint(prefix):
+  """The run directory of a checkpoint prefix: its folder, or the folder
+  above for a run's best/ checkpoint (config.json and labels.txt are
+  there)."""
+  directory = os.path.dirname(prefix)
+  if (os.path.basename(directory) == BEST and
+      read_config(directory) is None):
+    return os.path.dirname(directory)
+  return directory
+
+
+def read_best(model_dir):
+  """best/best.json of `model_dir` as a dict (step, metric, score and the
+  checkpoint's name in best/), or None."""
+  return fileio.read_json(os.path.join(model_dir, BEST, BEST_FILENAME))
+
+
+def best_prefix(model_dir):
+  """The prefix of `model_dir`'s best checkpoint; MissingInputError (one
+  line) when it has none."""
+  record = read_best(model_dir)
+  if record is None:
+    raise errors.MissingInputError(
+        f"--checkpoint={BEST}: {model_dir} has no {BEST}/ checkpoint (train "
+        "with train.keep_best=true and an eval cadence or "
+        "--mode=train_and_eval)")
+  return checkpoint_prefix(
+      os.path.join(model_dir, BEST, record["checkpoint"]),
+      f"--checkpoint={BEST}")
+
+
+def checkpoint_of(model_dir, name):
+  """The checkpoint prefix --checkpoint `name` picks in run `model_dir`:
+  latest (None: the latest one), best (`best_prefix`) or a prefix, or a
+  directory's latest one (`checkpoint_prefix`)."""
+  if name not in (None, LATEST, BEST):
+    return checkpoint_prefix(name, "--checkpoint")
+  if not model_dir:
+    raise errors.MissingInputError(
+        f"--checkpoint={name} needs --model_dir: the run whose checkpoint "
+        "to read.")
+  if name == BEST:
+    check_exists(model_dir, "--model_dir")
+    return best_prefix(model_dir)
+  return checkpoint_prefix(model_dir, "--model_dir")
 
 
 def check_exists(path, what="--init_checkpoint"):

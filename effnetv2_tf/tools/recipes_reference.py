@@ -377,4 +377,39 @@ DEVIATIONS = (
      "precision@5, recall@1, recall@5 and global AP are not computed.",
      "The top-1 and top-5 scores are counted on device over padded, masked "
      "batches; the others need label sets or a PR curve and are left out."),
+    ("D21", "reference", (),
+     "`train.optimizer=adamw` (Keras' AdamW: decoupled weight decay w -= "
+     "lr * train.weight_decay * w on kernels only, in place of the coupled "
+     "L2 term; epsilon 1e-8, PyTorch's) and `train.layer_decay` (timm's "
+     "layer-wise learning-rate decay: stem 0, blocks 1..N, head N + 1, "
+     "layer i at lr * layer_decay ** (N + 1 - i), AdamW's decay at the "
+     "same rate) are ours; the reference (utils.py build_optimizer "
+     "L146-170) has sgd, momentum, rmsprop and adam, one learning rate.",
+     "Finetuning recipes from timm onwards use AdamW with layer decay; both "
+     "are off by default (rmsprop, layer_decay 1), so the reference's "
+     "recipes are unchanged."),
+    ("D22", "reference", (),
+     "Keep-best: `train.keep_best` with an evaluation cadence "
+     "(`train.eval_every_steps` / `eval_every_epochs`) or stage-end "
+     "evaluations, in the training process, keeps the best eval/acc_top1 "
+     "checkpoint in best/ with best.json (step, metric, score); off by "
+     "default except in folderft. The reference's main.py evaluates every "
+     "saved checkpoint in a separate --mode=eval job "
+     "(tf.train.checkpoints_iterator, L390-406) and, with --archive_ckpt "
+     "(default on), copies the best into archive/ with best_objective.txt "
+     "and best_eval.txt (utils.py archive_ckpt L236-278); a tie keeps the "
+     "later in both.",
+     "One process does it on a single machine, with a cadence one chooses; "
+     "off by default so the reference-recipe configs spend no time on "
+     "evaluations they did not ask for (an ImageNet eval is 50,000 "
+     "images). folderft turns it on: small folders finetune in minutes and "
+     "overfit."),
+    ("D23", "reference", (),
+     "A frozen-backbone phase (`train.freeze_steps` / `freeze_epochs`: "
+     "the classifier alone on the backbone in inference mode, then the "
+     "whole network) is ours, on in folderft for its first epoch; the "
+     "reference finetunes the whole network from the first step.",
+     "Keras' transfer-learning recipe for small datasets, where a random "
+     "head's first gradients would otherwise reach pretrained features; "
+     "the reference's *ft configs keep it off."),
 )

@@ -7,10 +7,15 @@ run directory; under tf.distribute every worker must save, so the others
 write into scratch directories that `remove_scratch` deletes at the end.
 `due` says when the loops save besides stage ends: every
 `train.checkpoint_every` steps and `train.checkpoint_minutes` of wall time
-after the last save, so a kill loses at most that.
+after the last save, so a kill loses at most that. `keep_best` keeps the
+checkpoint of the best evaluation so far in `best/` (train.keep_best; the
+reference's --archive_ckpt, efficientnetv2/main.py L404-405 and
+utils.py:archive_ckpt), for `--checkpoint=best`.
 """
 
 import errno
+import json
+import math
 import os
 import time
 
@@ -18,6 +23,8 @@ from absl import logging
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf import fileio
+from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import faults
 
 
@@ -29,8 +36,7 @@ class CheckpointError(TrainingError):
   """A checkpoint could not be written (e.g. the disk is full)."""
 
 
-# The file name of the run's checkpoints: ckpt-<step> (`Checkpointer.path`).
-CHECKPOINT_NAME = "ckpt"
+CHECKPOINT_NAME = run_dir.CHECKPOINT_NAME  # ckpt-<step> (`Checkpointer.path`)
 # TensorFlow writes a checkpoint's shards into `<prefix>_temp/` (a
 # `_temp_<id>` suffix elsewhere) and merges them into the prefix; a process
 # killed meanwhile leaves that folder behind.
@@ -48,8 +54,10 @@ def remove_stale_temp(model_dir):
   Only the holder of the run directory's lock (runs/lock.py) may call it:
   no other process saves there meanwhile, so none of them is in progress.
   """
-  return [os.path.basename(path) for path in sorted(tf.io.gfile.glob(
-      os.path.join(model_dir, _TEMP_PATTERN))) if _remove(path)]
+  return [os.path.relpath(path, model_dir) for path in sorted(
+      tf.io.gfile.glob(os.path.join(model_dir, _TEMP_PATTERN)) +
+      tf.io.gfile.glob(os.path.join(model_dir, run_dir.BEST, _TEMP_PATTERN)))
+          if _remove(path)]
 
 
 def _remove(path):
@@ -96,7 +104,8 @@ class Checkpointer:
   and `minutes`: that much wall time after the last save (`due`; 0: only
   where the loop saves anyway); `task_id`: a worker other than the chief
   (saves into `model_dir/worker_tmp_<task_id>`); `clock`: seconds, for
-  tests.
+  tests. `keep_best` saves `objects` (not those `add`ed later) into
+  `best/`.
   """
 
   def __init__(self, model_dir, objects, keep, every=0, minutes=0.0,
@@ -113,6 +122,12 @@ class Checkpointer:
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, self.directory, max_to_keep=keep,
         checkpoint_name=CHECKPOINT_NAME)
+    # The weights to keep, without an input iterator (`add`): the best
+    # checkpoint is for evaluation and export, not for resuming.
+    self._best_checkpoint = tf.train.Checkpoint(**objects)
+    # Every worker reads the chief's record, so all take the same decision
+    # (and all join a save, whose variable reads may be collectives).
+    self._best = run_dir.read_best(model_dir)
 
   @property
   def latest(self):
@@ -123,6 +138,12 @@ class Checkpointer:
   def checkpoints(self):
     """The kept checkpoints' paths, oldest first."""
     return list(self._manager.checkpoints)
+
+  @property
+  def best(self):
+    """The best checkpoint's record (step, metric, score, checkpoint: its
+    name in best/), or None."""
+    return None if self._best is None else dict(self._best)
 
   def add(self, **objects):
     """Saves (and restores) `objects` too from now on."""
@@ -174,15 +195,66 @@ class Checkpointer:
     except (OSError, tf.errors.OpError) as err:
       self._remove_partial_save(
           f"{self.directory}/{CHECKPOINT_NAME}-{step}")
-      reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
       # The latest checkpoint is the previous one, or this step's when
       # only `then` failed.
-      raise CheckpointError(
-          f"Could not write the checkpoint of step {step} to "
-          f"{self.directory}: {reason.split(' [Op:')[0]}. The latest "
-          f"checkpoint ({self.latest or 'none'}) is kept; "
-          f"{_remedy(err, self.directory)} and rerun the same command to "
-          "resume from it.") from None
+      raise self._error(err, "the checkpoint", step, self.directory
+                        ) from None
+
+  def _error(self, err, what, step, directory):
+    """The CheckpointError of the failed write `err` of `what` of `step`
+    into `directory`."""
+    reason = getattr(err, "message", str(err)).rsplit("; ", 1)[-1]
+    return CheckpointError(
+        f"Could not write {what} of step {step} to {directory}: "
+        f"{reason.split(' [Op:')[0]}. The latest checkpoint "
+        f"({self.latest or 'none'}) is kept; {_remedy(err, directory)} and "
+        "rerun the same command to resume from it.")
+
+  def keep_best(self, step, score, metric):
+    """Keeps the checkpoint of `step` in best/ when `score` (of `metric`,
+    higher is better) is at least the best so far (a tie keeps the later
+    step, as the reference's utils.archive_ckpt L245 keeps only a worse
+    score out); returns whether it did. Raises CheckpointError.
+
+    Writes best/ckpt-<step>, then best.json (step, metric, score and the
+    checkpoint's name), then best/'s `checkpoint` state file, and only then
+    deletes the previous best, so best.json names a whole checkpoint
+    whenever a save fails or is killed. Every worker must call it (the
+    others write into their scratch directory).
+    """
+    score = float(score)
+    if not math.isfinite(score) or (
+        self._best is not None and score < self._best["score"]):
+      return False
+    directory = os.path.join(self.directory, run_dir.BEST)
+    name = f"{CHECKPOINT_NAME}-{step}"
+    record = {"step": int(step), "metric": metric, "score": score,
+              "checkpoint": name}
+    try:
+      tf.io.gfile.makedirs(directory)
+      self._best_checkpoint.write(os.path.join(directory, name))
+      fileio.write_atomic(os.path.join(directory, run_dir.BEST_FILENAME),
+                          json.dumps(record, indent=2))
+      self._best = record
+      # TensorFlow's state file (CheckpointState as text), for
+      # tf.train.latest_checkpoint(best/) and --init_checkpoint=RUN/best.
+      fileio.write_atomic(
+          os.path.join(directory, "checkpoint"),
+          f'model_checkpoint_path: "{name}"\n'
+          f'all_model_checkpoint_paths: "{name}"\n')
+    except (OSError, tf.errors.OpError) as err:
+      if self._best is not record and (
+          self._best is None or self._best["checkpoint"] != name):
+        self._remove_partial_save(os.path.join(directory, name))
+      raise self._error(err, "the best checkpoint", step, directory
+                        ) from None
+    for path in tf.io.gfile.glob(os.path.join(directory,
+                                              f"{CHECKPOINT_NAME}-*")):
+      if not os.path.basename(path).startswith(name + "."):
+        _remove(path)
+    logging.info("Kept the checkpoint of step %d in %s: %s %.4f.", step,
+                 directory, metric, score)
+    return True
 
   def _remove_partial_save(self, prefix):
     """Deletes what a failed save of `prefix` left (never a kept one)."""

@@ -5,7 +5,9 @@ Each stage gets its own input pipeline; a `train_loop` runs
 per device call, traced anew per stage only where XLA needs static shapes
 (`Trainer.retrace_per_stage`); checkpoints, summary.json and
 evaluation are `trainer.Trainer`'s. After each call `checkpoint_point`
-saves when due and stops the run, saved, on SIGTERM/SIGINT. With
+saves when due and stops the run, saved, on SIGTERM/SIGINT, and
+`eval_point` evaluates on the cadence; a call ends where the frozen phase
+does (`finetune.py`), and the next takes the whole network's step. With
 --deterministic the input iterator is saved in checkpoints, so a resumed
 run continues the data stream where it stopped.
 """
@@ -25,6 +27,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
 
   checkpoints_input = True
   _train_loop = None
+  _loop_step = None  # the step `_train_loop` runs
 
   def _track_iterator(self, iterator, stage):
     """--deterministic: the stage's input position goes into checkpoints.
@@ -52,11 +55,12 @@ class CustomLoopTrainer(trainer_lib.Trainer):
     """The stage's tf.function: `steps` optimizer steps per call, on device.
 
     A new one per stage with `retrace_per_stage`, else the first one again
-    (its input has no static image size, so it does not retrace).
+    (its input has no static image size, so it does not retrace), until
+    the frozen phase ends: a new one for the whole network's step.
     """
-    if self._train_loop is not None and not self.retrace_per_stage:
-      return self._train_loop
     step_fn = self.make_compiled_step()
+    if self._train_loop is not None and self._loop_step is step_fn:
+      return self._train_loop
 
     @tf.function
     def train_loop(iterator, steps):
@@ -70,7 +74,7 @@ class CustomLoopTrainer(trainer_lib.Trainer):
             self.strategy.experimental_local_results(per_replica_skipped)))
       return total / tf.cast(steps, tf.float32), skipped
 
-    self._train_loop = train_loop
+    self._train_loop, self._loop_step = train_loop, step_fn
     return train_loop
 
   def _run_stage(self, stage):
@@ -85,28 +89,38 @@ class CustomLoopTrainer(trainer_lib.Trainer):
     clock = run_log.StageClock(self.global_batch)
     while self.step < stage.end_step:
       start_step = self.step
+      switched = self.phase_changed()
+      if switched:  # the frozen phase ended: the whole network's step
+        train_loop = self._make_train_loop()
       # A call ends at the stage end, at a multiple of steps_per_loop, at
       # every checkpoint step (train.checkpoint_every is exact whatever
       # steps_per_loop is; the steps are a tensor: no retrace) and at every
       # progress step (`run_log.progress_due`); with one worker it lasts
       # about PROGRESS_SECONDS at most, so slow steps still print that
       # often (several workers' calls must end on the same steps, which
-      # their clocks would not agree on). A stage's first call, which may
-      # trace, is one step: a first line (and a clean retrace time) early.
+      # their clocks would not agree on), at the frozen phase's end and
+      # on the evaluation cadence (`finetune.Controls.cut`). A stage's
+      # first call, which may trace, is one step: a first line (and a
+      # clean retrace time) early; so is the first after the switch.
       within = (clock.steps_within(run_log.PROGRESS_SECONDS)
                 if self.workers == 1 else None)
-      steps = 1 if clock.first_call is None else min(
+      steps = 1 if clock.first_call is None or switched else min(
           steps_per_loop - start_step % steps_per_loop,
           stage.end_step - start_step,
           every - start_step % every if every else steps_per_loop,
-          progress - start_step % progress, within or steps_per_loop)
+          progress - start_step % progress, within or steps_per_loop,
+          self.controls.cut(start_step, self._evaluates) or steps_per_loop)
+      traces = self.traces
       clock.start()
       with self.xla_errors("the train step"):
         loss, skipped = train_loop(iterator, tf.constant(steps))
         loss = float(loss)  # waits for the device
       rate = clock.stop(steps)
+      if self.traces > traces:  # the switch's trace: no images/s
+        rate = None
       self.check_finite(loss, start_step, stage)
       self.record_progress(stage, loss, rate, int(skipped), start_step)
       self.checkpoint_point(start_step)
+      self.eval_point(stage)
     self.save()
     return clock.stage_record(stage)

@@ -20,7 +20,11 @@ the steps `run_log.progress_due` reports) go to the trainer's reporter in
 place of fit's own bar, which knows neither the stages nor the run's end.
 
 Stages are whole fit epochs (`progressive.fit_epoch_steps`); only the
-run's last epoch may be cut short, by `StopAtStep`.
+run's last epoch may be cut short, by `StopAtStep`. The finetuning
+controls (`finetune.py`): executions end where the frozen phase does,
+whose `PhaseSwitch` gives fit the whole network's step for the rest of
+the same fit call (the data stream goes on), and on the evaluation
+cadence, which `TrainingEval` runs.
 """
 
 import math
@@ -158,6 +162,36 @@ class StageCheckpoint(_ExecutionCallback):
     self._trainer.checkpoint_point()
 
 
+class TrainingEval(keras.callbacks.Callback):
+  """The evaluation cadence's evaluations after executions
+  (`Trainer.eval_point`); a signal during one raises out of `fit`."""
+
+  def __init__(self, trainer, stage):
+    super().__init__()
+    self._trainer = trainer
+    self._stage = stage
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._trainer.eval_point(self._stage)
+
+
+class PhaseSwitch(keras.callbacks.Callback):
+  """Where the frozen phase ends within a stage, the next executions of
+  the same `fit` run the whole network's step: a new train function (fit
+  calls `model.train_function` anew each execution), the one retrace."""
+
+  def __init__(self, trainer, stage):
+    super().__init__()
+    self._trainer = trainer
+    self._stage = stage
+
+  def on_train_batch_end(self, batch, logs=None):
+    trainer = self._trainer
+    if trainer.phase_changed() and trainer.step < self._stage.end_step:
+      self.model.step_fn = trainer.make_compiled_step()
+      self.model.make_train_function(force=True)
+
+
 class StageRecorder(_ExecutionCallback):
   """Timings (images/s, retrace seconds) and the loss history of a stage."""
 
@@ -165,14 +199,18 @@ class StageRecorder(_ExecutionCallback):
     super().__init__(trainer)
     self._stage = stage
     self.clock = run_log.StageClock(trainer.global_batch)
+    self._traces = 0
 
   def on_train_batch_begin(self, batch, logs=None):
     super().on_train_batch_begin(batch, logs)
+    self._traces = self._trainer.traces
     self.clock.start()
 
   def on_train_batch_end(self, batch, logs=None):
     trainer = self._trainer
     rate = self.clock.stop(trainer.step - self._start_step)
+    if trainer.traces > self._traces:  # the frozen phase's end: traced
+      rate = None
     trainer.record_progress(self._stage, float(logs["loss"]), rate,
                             int(self.model.skipped.result()),
                             self._start_step)
@@ -201,27 +239,31 @@ class FitTrainer(trainer_lib.Trainer):
   def _run_stage(self, stage):
     step_lib.set_dropout(self.model, stage.dropout)
     execution = self._execution_steps(stage)
-    retrace = self.retrace_per_stage or (
-        execution != self.fit_model.steps_per_execution)
+    # With retrace_per_stage a new step (new size, compiled again under
+    # XLA) in a new train function; otherwise the step and the train
+    # function of the first stage, unless the execution length (a
+    # constant of Keras' traced loop) or the phase (`finetune.py`)
+    # changed.
+    step_fn = self.make_compiled_step()
+    retrace = (step_fn is not self.fit_model.step_fn or
+               execution != self.fit_model.steps_per_execution)
     self.fit_model.steps_per_execution = execution
+    self.fit_model.step_fn = step_fn
     every = self.checkpointer.every
     if every and every % execution:
       self.reporter.line(
           f"train.checkpoint_every={every}: fit checks it after each "
           f"{execution}-step execution, so a save comes at the first "
           f"execution end past each multiple of {every}.")
-    # With retrace_per_stage a new step (new size, compiled again under
-    # XLA) in a new train function; otherwise the step and the train
-    # function of the first stage, unless the execution length (a
-    # constant of Keras' traced loop) changed.
-    self.fit_model.step_fn = self.make_compiled_step()
     if retrace:
       self.fit_model.train_function = None
     recorder = StageRecorder(self, stage)
     # NanGuard first (no recording or saving of a NaN), the recorder before
-    # the checkpoint (summary.json, saved with it, then has its step).
+    # the checkpoint (summary.json, saved with it, then has its step), the
+    # phase switch last (its line after the step's progress line).
     callbacks = [StopAtStep(self, stage.end_step), NanGuard(self, stage),
-                 recorder, StageCheckpoint(self)]
+                 recorder, StageCheckpoint(self), TrainingEval(self, stage),
+                 PhaseSwitch(self, stage)]
     with self.strategy.scope(), self.xla_errors("the train step"):
       self.fit_model.fit(
           self.train_dataset(stage),
@@ -234,13 +276,16 @@ class FitTrainer(trainer_lib.Trainer):
 
   def _execution_steps(self, stage):
     """fit's steps_per_execution in `stage`: the greatest common divisor
-    of runtime.steps_per_loop, the epoch, the stage's remaining steps and
-    `progress_every` (executions end exactly on epoch and stage ends, and
-    on the steps whose progress lines main.py prints); 1 with mirrored
-    replicas."""
-    execution = math.gcd(self.config.runtime.steps_per_loop,
-                         self.epoch_steps, stage.end_step - self.step,
-                         self.progress_every)
+    of runtime.steps_per_loop, the epoch, the stage's remaining steps,
+    `progress_every` and the finetuning controls' steps (executions end
+    exactly on epoch and stage ends, on the steps whose progress lines
+    main.py prints, where the frozen phase ends and on the evaluation
+    cadence); 1 with mirrored replicas."""
+    execution = math.gcd(
+        self.config.runtime.steps_per_loop, self.epoch_steps,
+        stage.end_step - self.step, self.progress_every,
+        *self.controls.execution_divisors(self.step, stage.end_step,
+                                          self._evaluates))
     if execution > 1 and self.replicas > 1 and not isinstance(
         self.strategy, tf.distribute.TPUStrategy):
       # Keras 3's multi-step loop puts apply_gradients' merge_call inside a

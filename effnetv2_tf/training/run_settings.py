@@ -17,6 +17,9 @@ TRAIN_SETTINGS = (
             "between checkpoints (saved at the first device call's end past "
             "them), besides stage ends and checkpoint_every; 0: off",
             **settings.at_least(0)),
+    Setting("keep_best", False, bool, "also keep the checkpoint of the best "
+            "evaluation so far (top-1) in <model_dir>/best/, for "
+            "--checkpoint=best (eval, export)"),
     Setting("log_every", 100, int, "steps between progress lines, at "
             "most (fewer in a short run or a slow one: "
             "run_log.progress_due)",

@@ -2,12 +2,18 @@
 
 main.py runs `make_train_step`'s function in its `train_loop`, main_tf2.py
 in `FitModel.train_step`, so the two drivers take the same optimizer step.
+A frozen-backbone step (`finetune.py`) trains the head alone.
 """
 
 import keras
 import tensorflow as tf
 
 from effnetv2_tf.training import optim
+
+# The model's head (models/model.py): its dropout, then the classifier,
+# the one layer with weights a frozen-backbone step trains.
+DROPOUT_LAYER = "top_dropout"
+HEAD_LAYER = "predictions"
 
 
 def cross_entropy(labels, logits):
@@ -47,7 +53,7 @@ def schedule_dropout(model):
   """Gives the head dropout a rate variable (create it under the strategy's
   scope), so `set_dropout` reaches steps traced before it (paper
   Algorithm 1's per-stage dropout without a retrace)."""
-  layer = model.get_layer("top_dropout")
+  layer = model.get_layer(DROPOUT_LAYER)
   layer.bind_rate(tf.Variable(layer.rate, trainable=False, dtype=tf.float32,
                               name="top_dropout_rate"))
 
@@ -55,7 +61,7 @@ def schedule_dropout(model):
 def set_dropout(model, rate):
   """Sets the head dropout rate: read by every traced step once
   `schedule_dropout` bound it, else by steps traced afterwards."""
-  layer = model.get_layer("top_dropout")
+  layer = model.get_layer(DROPOUT_LAYER)
   layer.rate = float(rate)
   if layer.rate_variable is not None:
     layer.rate_variable.assign(float(rate))
@@ -68,19 +74,44 @@ def make_deterministic(seed):
   tf.config.experimental.enable_op_determinism()
 
 
+def frozen_parts(model):
+  """(backbone, head, head variables) of a frozen-backbone step: the
+  backbone a model of `model`'s layers up to the head dropout, the head a
+  function of its features (dropout, then the classifier)."""
+  dropout = model.get_layer(DROPOUT_LAYER)
+  classifier = model.get_layer(HEAD_LAYER)
+  backbone = keras.Model(model.inputs, dropout.input, name="backbone")
+
+  def head(features):
+    return classifier(dropout(features, training=True))
+
+  return backbone, head, classifier.trainable_variables
+
+
 def make_train_step(model, optimizer, ema, weight_decay, global_batch,
-                    replicas):
+                    replicas, frozen=False):
   """One optimizer step on a per-replica batch -> (loss, skipped images).
 
   The loss is this replica's share of the global-batch mean (so replicas
   sum to it) plus its share of the kernel weight decay; the EMA follows
-  every step.
+  every step. `frozen`: the head alone trains, on the features of the
+  backbone in inference mode (batch norm on its moving statistics, no
+  stochastic depth; Keras' base_model(x, training=False)); the loss is the
+  same, the backbone gets no gradient and its optimizer slots stay as
+  they are.
   """
   decay_variables = optim.decay_variables(model)
+  if frozen:
+    backbone, head, variables = frozen_parts(model)
+  else:
+    variables = model.trainable_variables
 
   def train_step(batch):
+    images = batch["images"]
+    if frozen:  # outside the tape: nothing to differentiate
+      images = backbone(images, training=False)
     with tf.GradientTape() as tape:
-      logits = model(batch["images"], training=True)
+      logits = head(images) if frozen else model(images, training=True)
       loss = tf.nn.compute_average_loss(
           cross_entropy(batch["labels"], logits),
           global_batch_size=global_batch)
@@ -89,8 +120,8 @@ def make_train_step(model, optimizer, ema, weight_decay, global_batch,
       # Inside the tape: the loss scale's product must be recorded, or
       # mixed_float16's gradients are all None.
       scaled = optimizer.scale_loss(total)
-    grads = tape.gradient(scaled, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    grads = tape.gradient(scaled, variables)
+    optimizer.apply_gradients(zip(grads, variables))
     ema.update(optimizer.iterations)
     return total, batch["skipped"]
 

@@ -12,7 +12,9 @@ with the EMA weights. Status lines go to the caller's reporter
 which saves on the checkpointer's cadence and stops the run, saved, when a
 signal asked for it (`preemption`). A subclass runs one stage (`_run_stage`):
 `custom_loop.CustomLoopTrainer` (main.py) and `fit_loop.FitTrainer`
-(main_tf2.py).
+(main_tf2.py). The finetuning controls (`finetune.py`): the step of the
+current phase (frozen backbone or whole network, `make_compiled_step`),
+and after each device call `eval_point`, the evaluation cadence.
 """
 
 import concurrent.futures
@@ -34,6 +36,7 @@ from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import checkpointer as checkpointer_lib
 from effnetv2_tf.training import distribute
 from effnetv2_tf.training import faults
+from effnetv2_tf.training import finetune
 from effnetv2_tf.training import optim
 from effnetv2_tf.training import preemption
 from effnetv2_tf.training import progressive
@@ -43,6 +46,9 @@ from effnetv2_tf.training import step as step_lib
 from effnetv2_tf.training import xla
 
 SUM = tf.distribute.ReduceOp.SUM
+# The eval top-1's TensorBoard name (the reference's), which train.keep_best
+# scores.
+TOP1_SCALAR = "eval/acc_top1"
 
 
 def variable_bytes(variables):
@@ -86,6 +92,7 @@ class Trainer:
     self.num_classes = self.source.num_classes
     self.steps_per_epoch, self.total_steps, self.epoch_steps = (
         self._step_counts(whole_epochs))
+    self.controls = self._controls()
     self.stages = progressive.plan(config, self.total_steps,
                                    self.steps_per_epoch, self.epoch_steps)
     self.preprocessing = run_dir.preprocessing_of(config)
@@ -100,8 +107,12 @@ class Trainer:
     self._traces_before_stage = 0
     self._inputs_ahead = {}  # stage index -> Future of its training input
     self.step_function = None  # the current stage's (compiled) step
+    self._eval_loop = None  # `_make_eval_loop`'s, made at the first eval
+    self._step_frozen = None  # whether it is the frozen backbone's
+    self._evaluates = False  # evaluations during training (`train_stage`)
     self._sum_over_workers = None  # `_agreed`'s all-reduce, made at need
-    self._training_stage = None  # the stage `train` runs, else None
+    # (stage, whether a cadence evaluation) while one evaluates in `train`.
+    self._training_stage = None
     self.progress_every = run_log.progress_every(config.train.log_every,
                                                  self.total_steps)
     self._last_line = time.time()  # of the last progress line
@@ -160,6 +171,14 @@ class Trainer:
         self.config, steps_per_epoch, total_steps) if whole_epochs else 1)
     return steps_per_epoch, total_steps, epoch_steps
 
+  def _controls(self):
+    """The frozen phase and evaluation cadence (`finetune.Controls`); none
+    without training data (--mode=eval of validation files alone)."""
+    if "train" not in self.source.split_sizes:
+      return finetune.Controls()
+    return finetune.controls(self.config, self.steps_per_epoch,
+                             self.total_steps)
+
   def _train_input(self):
     """The per-example training preprocessing of every stage."""
     data = self.config.data
@@ -181,7 +200,7 @@ class Trainer:
     step_lib.schedule_dropout(model)
     schedule = optim.build_schedule(train, self.global_batch,
                                     self.steps_per_epoch, self.total_steps)
-    optimizer = optim.build_optimizer(train, schedule)
+    optimizer = optim.build_optimizer(train, schedule, model=model)
     optimizer.build(model.trainable_variables)
     ema = ema_lib.ExponentialMovingAverage(model, train.ema_decay)
     return model, schedule, optimizer, ema
@@ -268,6 +287,9 @@ class Trainer:
     if path:
       logging.info("Restored %s at step %d.", path, self.step)
       self.log.resume_at(self.step)
+      if "evals" in self.summary:  # those past it run again
+        self.summary["evals"] = [e for e in self.summary["evals"]
+                                 if e["step"] <= self.step]
     return path
 
   def save(self):
@@ -353,24 +375,40 @@ class Trainer:
     return dataset
 
   # ------------------------------------------------------------------ step
-  def make_step_fn(self):
-    """`step.make_train_step` for this run's model, optimizer and EMA."""
+  def make_step_fn(self, frozen=False):
+    """`step.make_train_step` for this run's model, optimizer and EMA;
+    `frozen`: the frozen backbone's step (the head alone trains)."""
     return step_lib.make_train_step(
-        self.model, self.optimizer, self.ema, self.config.train.weight_decay,
-        self.global_batch, self.replicas)
+        self.model, self.optimizer, self.ema,
+        optim.coupled_weight_decay(self.config.train),
+        self.global_batch, self.replicas, frozen=frozen)
 
   def make_compiled_step(self):
-    """`make_step_fn()`'s step, XLA-compiled when runtime.jit_compile is on.
+    """`make_step_fn()`'s step of the current phase (frozen backbone or
+    whole network), XLA-compiled when runtime.jit_compile is on.
 
     With `retrace_per_stage`, a new function each call, so each stage
     traces (and compiles) its own step with its static image size;
-    otherwise the first one, for every stage. Kept as `self.step_function`.
-    Counts `self.traces` once per graph the step is traced into (the
-    replicas of a mirrored trace share it).
+    otherwise the first one, for every stage, until the frozen phase ends
+    (one more). Kept as `self.step_function`; a line says when the phase
+    starts and ends. Counts `self.traces` once per graph the step is
+    traced into (the replicas of a mirrored trace share it).
     """
-    if self.step_function is not None and not self.retrace_per_stage:
+    frozen = self.controls.frozen_at(self.step)
+    if (self.step_function is not None and not self.retrace_per_stage
+        and frozen == self._step_frozen):
       return self.step_function
-    step_fn = self.make_step_fn()
+    freeze = self.controls.freeze_steps
+    if frozen and self._step_frozen is None:
+      self.reporter.line(
+          f"steps {self.step}-{freeze}: backbone frozen (batch norm in "
+          "inference mode, no stochastic depth); only the head "
+          f"({step_lib.HEAD_LAYER}) trains")
+    elif not frozen and (self._step_frozen or self.step == freeze > 0):
+      self.reporter.line(f"step {self.step}: backbone unfrozen; the whole "
+                         "network trains from here")
+    self._step_frozen = frozen
+    step_fn = self.make_step_fn(frozen)
     graphs = []
 
     def counted_step(batch):
@@ -383,9 +421,18 @@ class Trainer:
     self.step_function = xla.compiled(counted_step, self.jit_compile)
     return self.step_function
 
+  def phase_changed(self):
+    """Whether the frozen phase ended since the current step was built
+    (the loops then end their call and take `make_compiled_step`'s)."""
+    return bool(self._step_frozen) and not self.controls.frozen_at(
+        self.step)
+
   # ----------------------------------------------------------------- train
   def train(self, eval_every_stage=False):
     """Runs (or resumes) every stage; returns the summary dict.
+
+    `eval_every_stage`: evaluates at every stage end and on the cadence
+    (train.eval_every_steps / eval_every_epochs, `eval_point`).
 
     The stages' input pipelines are built in a thread, the first at once
     and the others while it trains (tf.data's graph building is Python;
@@ -404,6 +451,8 @@ class Trainer:
               self._build_train_dataset, stage)
         for stage in todo:
           self.checkpoint_point()
+          self._evaluates = eval_every_stage
+          self.eval_point(stage)  # resumed where one did not finish
           self.train_stage(stage, evaluate=eval_every_stage)
         self.checkpoint_point()
       finally:  # a failed stage does not wait for the later inputs
@@ -419,20 +468,49 @@ class Trainer:
         stage, len(self.stages), self.summary["preset"], self.preprocessing,
         data.augname, data.augment_arithmetic))
     self._traces_before_stage = self.traces
+    self._evaluates = evaluate
     record = self._run_stage(stage)
     if evaluate:
-      self._training_stage = stage
       try:
-        record.update(self.evaluate())
+        record.update(self._training_eval(stage))
       except preemption.Interrupted:
         # Trained and saved: a rerun goes on with the next stage, and a
         # final eval runs anew (this record has none).
         self.log.record_stage(record)
         raise
-      finally:
-        self._training_stage = None
     self.log.record_stage(record)
     return record
+
+  def eval_point(self, stage):
+    """After a device call in `stage`: the cadence's evaluation when one is
+    due (`finetune.Controls.eval_due`; a stage end evaluates anyway), after
+    a save of this step, so that a signal during it stops a run that
+    resumes here and evaluates this step first (as it does when the step's
+    evaluation is not in summary.json)."""
+    step = self.step
+    if not (self._evaluates and stage.start_step < step < stage.end_step
+            and self.controls.eval_due(step)):
+      return
+    if any(e["step"] == step for e in self.summary.get("evals", ())):
+      return  # evaluated before this run resumed here
+    self.save()
+    self._training_eval(stage, cadence=True)
+
+  def _training_eval(self, stage, cadence=False):
+    """An evaluation during training (a stage end's or the cadence's): in
+    summary.json's "evals" and TensorBoard, then offered to
+    train.keep_best; returns its result."""
+    self._training_stage = (stage, cadence)
+    try:
+      result = self.evaluate()
+    finally:
+      self._training_stage = None
+    self.summary.setdefault("evals", []).append(
+        dict(step=self.step, stage=stage.index + 1, **result))
+    self.log.write()
+    if self.config.train.keep_best:
+      self.checkpointer.keep_best(self.step, result["top1"], TOP1_SCALAR)
+    return result
 
   def _run_stage(self, stage):
     """Trains `stage` to its end step; returns its summary.json entry."""
@@ -475,7 +553,8 @@ class Trainer:
     start_step = step - 1 if start_step is None else start_step
     call_seconds = ((step - start_step) * self.global_batch / images_per_sec
                     if images_per_sec else 0.0)
-    if run_log.progress_due(
+    # Also at the frozen phase's end: its last loss.
+    if step == self.controls.freeze_steps or run_log.progress_due(
         start_step, step, self.progress_every, stage.end_step,
         images_per_sec is None, now - self._last_line, call_seconds):
       self._last_line = now
@@ -524,7 +603,7 @@ class Trainer:
     result = {"top1": float(counts[0] / examples),
               "top5": float(counts[1] / examples),
               "eval_examples": int(examples), "eval_image_size": size}
-    scalars = {"eval/acc_top1": result["top1"],
+    scalars = {TOP1_SCALAR: result["top1"],
                "eval/acc_top5": result["top5"]}
     scores = f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}"
     if self.source.multi_label:
@@ -560,17 +639,7 @@ class Trainer:
       return self._checked_input(dataset, "the eval input")
 
     dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
-    eval_step = self.make_eval_step()
-
-    @tf.function
-    def eval_loop(iterator, batches):
-      counts = tf.zeros([4])
-      for _ in tf.range(batches):
-        counts += self.strategy.reduce(
-            SUM, self.strategy.run(eval_step, args=(next(iterator),)),
-            axis=None)
-      return counts
-
+    eval_loop = self._make_eval_loop()
     started = time.time()
     # float32 as on the device: whole counts, exact below 2**24.
     counts, done = np.zeros(4, np.float32), 0
@@ -587,6 +656,25 @@ class Trainer:
     self._stop_eval()
     return counts, time.time() - started
 
+  def _make_eval_loop(self):
+    """The tf.function of `runtime.steps_per_loop` eval steps per call, made
+    once: every evaluation of the run (stage ends, the cadence's) reuses
+    its trace, as their inputs have the same spec."""
+    if self._eval_loop is None:
+      eval_step = self.make_eval_step()
+
+      @tf.function
+      def eval_loop(iterator, batches):
+        counts = tf.zeros([4])
+        for _ in tf.range(batches):
+          counts += self.strategy.reduce(
+              SUM, self.strategy.run(eval_step, args=(next(iterator),)),
+              axis=None)
+        return counts
+
+      self._eval_loop = eval_loop
+    return self._eval_loop
+
   def _stop_eval(self):
     """Raises `preemption.Interrupted` when a signal (on any worker) asked
     the run to stop; nothing to save: an evaluation changes no weights."""
@@ -594,13 +682,15 @@ class Trainer:
     if signum is None:
       return
     text = self._signal_text(signum, elsewhere)
-    stage = self._training_stage
-    if stage is not None:  # a stage's end: its checkpoint is saved
+    if self._training_stage is not None:  # its checkpoint is saved
+      stage, cadence = self._training_stage
+      where = "" if cadence else f" of stage {stage.index + 1}"
       raise preemption.Interrupted(signum, (
-          f"Interrupted ({text}) during the evaluation of stage "
-          f"{stage.index + 1} at step {self.step} of {self.total_steps}: "
-          f"its checkpoint {self.checkpointer.path(self.step)} is saved; "
-          "rerun the same command to resume."))
+          f"Interrupted ({text}) during the evaluation{where} at step "
+          f"{self.step} of {self.total_steps}: its checkpoint "
+          f"{self.checkpointer.path(self.step)} is saved; rerun the same "
+          "command to resume" + (f" (it evaluates step {self.step} first)."
+                                  if cadence else ".")))
     raise preemption.Interrupted(signum, (
         f"Interrupted ({text}) during the evaluation at step {self.step}: "
         "no result was written; rerun the same command to evaluate."))
