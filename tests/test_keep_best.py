@@ -163,7 +163,7 @@ def test_a_run_without_best_is_one_line(tmp_path):
     run_dir.checkpoint_of(str(tmp_path), "best")
   assert str(raised.value) == (
       f"--checkpoint=best: {tmp_path} has no best/ checkpoint (train with "
-      "train.keep_best=true and an eval cadence or --mode=train_and_eval)")
+      "train.keep_best=true and an eval cadence or --mode=train_and_eval).")
   with pytest.raises(errors.MissingInputError, match="needs --model_dir"):
     run_dir.checkpoint_of(None, "best")
 

@@ -263,7 +263,7 @@ def best_prefix(model_dir):
     raise errors.MissingInputError(
         f"--checkpoint={BEST}: {model_dir} has no {BEST}/ checkpoint (train "
         "with train.keep_best=true and an eval cadence or "
-        "--mode=train_and_eval)")
+        "--mode=train_and_eval).")
   return checkpoint_prefix(
       os.path.join(model_dir, BEST, record["checkpoint"]),
       f"--checkpoint={BEST}")
