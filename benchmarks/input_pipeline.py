@@ -17,9 +17,25 @@ the raw rates do. Without --data_dir the 1000 shared ImageNet samples are
 first converted to TFRecords in a temporary folder.
 
   PYTHONPATH=. python benchmarks/input_pipeline.py --sizes=128,224,300
+
+With --baseline_dir (a second checkout, e.g. the commit before a change,
+extracted with `git archive`), the same training pipelines are timed from
+both checkouts instead, each in its own process (PYTHONPATH = that
+checkout), one row at a time and alternating A/B: every progressive stage
+of efficientnetv2-s on ImageNet (`progressive.plan_stages`, its RandAugment
+magnitudes), the same last stage under the reference preset, B0's last
+stage (AutoAugment, legacy row) and the `imagenetft` finetune row. Batch 32,
+mixup and CutMix off, no caching, the same seed, the same TFRecords.
+
+  PYTHONPATH=. python benchmarks/input_pipeline.py --baseline_dir=/tmp/base
 """
 
+import json
+import os
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -54,6 +70,24 @@ flags.DEFINE_integer("num_classes", 1000, "Classes, when the TFRecords have "
                      "no dataset_info.json.")
 flags.DEFINE_string("json_out", "benchmarks/results/input_pipeline.json",
                     "Where the JSON results go ('' to skip).")
+flags.DEFINE_string("baseline_dir", None, "A second checkout (its root, "
+                    "with effnetv2_tf/) whose pipelines are timed beside "
+                    "ours, row by row, alternating (see the module doc).")
+flags.DEFINE_integer("repeats", 3, "With --baseline_dir: A/B alternations "
+                     "per row; each side's median rate is reported.")
+flags.DEFINE_bool("serve", False, "Internal: time the rows that stdin "
+                  "names (one JSON line each) with the effnetv2_tf on "
+                  "PYTHONPATH.")
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (label, model, dataset config, hparams, stages: 'all' or 'last').
+AB_ROWS = (
+    ("S", "efficientnetv2-s", "imagenet", "", "all"),
+    ("S reference", "efficientnetv2-s", "imagenet",
+     "progressive.preset=reference", "last"),
+    ("B0 autoaug", "efficientnetv2-b0", "imagenet", "", "last"),
+    ("S finetune", "efficientnetv2-s", "imagenetft", "", "last"),
+)
 
 
 def make_source(data_dir):
@@ -134,18 +168,169 @@ def print_table(rows):
         f"{FLAGS.num_batches} timed batches)")
 
 
+def ab_specs():
+  """The A/B rows: every pipeline value a checkout needs, from our configs
+  (the stage's size and magnitude, the row's preprocessing fields, the
+  augmentation and its arithmetic)."""
+  from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  specs = []
+  for label, model, dataset, hparams, which in AB_ROWS:
+    config = config_lib.build_config(model, dataset, hparam_str=hparams)
+    stages = progressive.plan_stages(config, config.progressive.num_stages)
+    stages = stages if which == "all" else stages[-1:]
+    prep = preprocessing.from_config(config.data)
+    for stage in stages:
+      specs.append({
+          "label": (f"{label} stage {stage.index + 1}/{len(stages)}"
+                    if which == "all" else label),
+          "size": stage.image_size, "magnitude": stage.randaug_magnitude,
+          "augname": config.data.augname or None,
+          "arithmetic": config.data.augment_arithmetic,
+          "prep": {name: getattr(prep, name)
+                   for name in preprocessing.FIELDS}})
+  return specs
+
+
+def time_spec(source, spec):
+  """Images/s (wall) and CPU ms per image (all threads) of one A/B row."""
+  stage = progressive.Stage(index=0, start_step=0, steps=1,
+                            image_size=spec["size"],
+                            randaug_magnitude=spec["magnitude"],
+                            mixup_alpha=0.0, cutmix_alpha=0.0, dropout=0.0)
+  train_input = pipeline.TrainInput(
+      preprocessing.Preprocessing(**spec["prep"]), augname=spec["augname"],
+      augment_arithmetic=spec["arithmetic"])
+  ds = pipeline.build_train_dataset(source, FLAGS.batch_size, stage,
+                                    train_input, seed=0)
+  it = iter(ds)
+  for _ in range(FLAGS.warmup_batches):
+    next(it)
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(FLAGS.num_batches):
+    next(it)
+  images = FLAGS.batch_size * FLAGS.num_batches
+  return {"images_per_s": images / (time.perf_counter() - wall),
+          "cpu_ms_per_image": 1e3 * (time.process_time() - cpu) / images}
+
+
+def serve():
+  """Worker: one JSON spec per stdin line, one JSON result per line."""
+  source = make_source(FLAGS.data_dir)
+  for line in sys.stdin:
+    print(json.dumps(time_spec(source, json.loads(line))), flush=True)
+
+
+class Worker:
+  """This script in --serve mode with `checkout`'s effnetv2_tf."""
+
+  def __init__(self, checkout, data_dir, log):
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
+    args = [sys.executable, os.path.abspath(__file__), "--serve",
+            f"--data_dir={data_dir}"] + [
+                f"--{k}={FLAGS[k].value}" for k in (
+                    "batch_size", "num_batches", "warmup_batches",
+                    "num_classes")]
+    self.log = log
+    self.proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=log,
+                                 text=True)
+
+  def time(self, spec):
+    self.proc.stdin.write(json.dumps(spec) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      self.log.seek(0)
+      raise RuntimeError("A benchmark worker failed:\n"
+                         + self.log.read()[-3000:])
+    return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def compare(data_dir):
+  """Times every A/B row from both checkouts, alternating; returns rows."""
+  rows = []
+  with tempfile.TemporaryFile("w+") as log_a, \
+      tempfile.TemporaryFile("w+") as log_b:
+    ours = Worker(REPO_DIR, data_dir, log_a)
+    base = Worker(FLAGS.baseline_dir, data_dir, log_b)
+    try:
+      for spec in ab_specs():
+        runs = {"ours": [], "baseline": []}
+        for _ in range(FLAGS.repeats):
+          runs["ours"].append(ours.time(spec))
+          runs["baseline"].append(base.time(spec))
+        row = {k: spec[k] for k in ("label", "size", "magnitude", "augname",
+                                    "arithmetic")}
+        for side, results in runs.items():
+          for key in ("images_per_s", "cpu_ms_per_image"):
+            row[f"{side}_{key}"] = statistics.median(r[key] for r in results)
+        row["speedup"] = row["ours_images_per_s"] / row[
+            "baseline_images_per_s"]
+        row["cpu_speedup"] = row["baseline_cpu_ms_per_image"] / row[
+            "ours_cpu_ms_per_image"]
+        print_ab_row(row)
+        rows.append(row)
+    finally:
+      ours.close()
+      base.close()
+  return rows
+
+
+AB_HEADER = (f"{'row':<18} {'size':>4} {'aug':>12} {'ours/s':>8} "
+             f"{'base/s':>8} {'x wall':>7} {'ours ms':>8} {'base ms':>8} "
+             f"{'x cpu':>6}")
+
+
+def print_ab_row(row):
+  aug = {"randaug": f"RA {row['magnitude']:.3g} {row['arithmetic'][:3]}",
+         "autoaug": f"AA {row['arithmetic'][:3]}"}.get(row["augname"], "none")
+  print(f"{row['label']:<18} {row['size']:>4} {aug:>12} "
+        f"{row['ours_images_per_s']:>8.1f} "
+        f"{row['baseline_images_per_s']:>8.1f} {row['speedup']:>7.2f} "
+        f"{row['ours_cpu_ms_per_image']:>8.2f} "
+        f"{row['baseline_cpu_ms_per_image']:>8.2f} "
+        f"{row['cpu_speedup']:>6.2f}", flush=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.serve:
+    serve()
+    return
   print("Machine: " + ", ".join(
       f"{k}={v}" for k, v in bench_util.machine().items()))
   data_dir = FLAGS.data_dir or convert_samples(FLAGS.samples_dir)
   try:
     source = make_source(data_dir)
-    rows = [measure_size(source, int(s)) for s in FLAGS.sizes]
+    if FLAGS.baseline_dir:
+      print(f"Ours: {REPO_DIR}; baseline: {FLAGS.baseline_dir}; batch "
+            f"{FLAGS.batch_size}, {FLAGS.num_batches} timed batches after "
+            f"{FLAGS.warmup_batches}, median of {FLAGS.repeats} alternating "
+            "runs; images/s (wall) and CPU ms per image (all threads)")
+      print(AB_HEADER)
+      print("-" * len(AB_HEADER))
+      rows = compare(data_dir)
+    else:
+      rows = [measure_size(source, int(s)) for s in FLAGS.sizes]
   finally:
     if not FLAGS.data_dir:
       shutil.rmtree(data_dir, ignore_errors=True)
+  if FLAGS.baseline_dir:
+    json_out = FLAGS.json_out
+    if json_out == FLAGS["json_out"].default:
+      json_out = json_out.replace(".json", "_ab.json")
+    bench_util.write_results(json_out, {
+        "benchmark": "input_pipeline_ab", "baseline_dir": FLAGS.baseline_dir,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": {
+            k: FLAGS[k].value for k in ("data_dir", "batch_size",
+                                        "num_batches", "warmup_batches",
+                                        "repeats")}, "results": rows})
+    return
   print_table(rows)
   settings = {k: FLAGS[k].value for k in (
       "data_dir", "batch_size", "num_batches", "warmup_batches", "augname",

@@ -10,7 +10,9 @@ come from one `preprocessing.Preprocessing` row, the run's resolved `data`
 config. Training, per example: random crop (decoded as the row's `decode`
 says) or the whole image, resize to the stage size, random flip,
 RandAugment/AutoAugment on uint8, the input scaling, cutout (finetune); per
-batch: label smoothing, then mixup/CutMix. Evaluation:
+batch: label smoothing, then mixup/CutMix. Rows without cutout apply the
+input scaling to the whole batch instead (the same bytes, fewer and larger
+ops, and uint8 examples to batch where augmented). Evaluation:
 `preprocess.eval_preprocess` (center crop or the whole image, resize,
 scaling); batches are padded to a static shape and carry a 0/1 `mask`, so
 every example is counted exactly once, also across replicas.
@@ -81,23 +83,42 @@ def train_preprocess(features, seed, image_size, prep, augname=None,
   Returns:
     float32 [image_size, image_size, 3].
   """
-  crop_seed, flip_seed, aug_seed, cutout_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 4))
+  image = train_pixels(features, seed, image_size, prep, augname,
+                       randaug_magnitude, num_layers, augment_arithmetic)
+  image = preprocess.normalize(image, prep.input_scaling)
+  if prep.cutout:
+    image = preprocess.finetune_cutout(image, _example_seeds(seed)[3])
+  return image
+
+
+def _example_seeds(seed):
+  """The crop, flip, augmentation and cutout seeds of one example."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+
+
+def train_pixels(features, seed, image_size, prep, augname=None,
+                 randaug_magnitude=0.0, num_layers=2,
+                 augment_arithmetic=augment.DEFAULT_ARITHMETIC):
+  """`train_preprocess` up to the input scaling: crop, resize, flip,
+  augment; uint8 after an augmentation, else float32 in 0..255 (the same
+  arguments)."""
+  crop_seed, flip_seed, aug_seed, _ = _example_seeds(seed)
   if prep.train_crop:
     image = preprocess.random_crop(features, crop_seed, image_size, prep)
   else:
     image = preprocess.whole_image(features)
   image = preprocess.resize(image, image_size, prep.resize_method)
+  if augname:
+    # Flips commute with the pixel-wise to_uint8: flipping its uint8
+    # output moves a quarter of the bytes, for the same pixels.
+    image = preprocess.to_uint8(
+        image, bounded=prep.resize_method == "bilinear")
   if prep.random_flip:
     image = preprocess.flip(image, flip_seed)
   if augname:
-    image = augment.distort_image(preprocess.to_uint8(image), augname,
-                                  randaug_magnitude, aug_seed,
-                                  num_layers=num_layers,
+    image = augment.distort_image(image, augname, randaug_magnitude,
+                                  aug_seed, num_layers=num_layers,
                                   arithmetic=augment_arithmetic)
-  image = preprocess.normalize(image, prep.input_scaling)
-  if prep.cutout:
-    image = preprocess.finetune_cutout(image, cutout_seed)
   return image
 
 
@@ -194,13 +215,17 @@ def _train_examples(source, split, stage, train_input, seed, input_context):
   ds = ds.repeat().enumerate()
   element_base = _base_seed(seed, input_context, _ELEMENT)
 
+  # Without cutout the input scaling waits for the batch (`_batch_mixer`):
+  # examples travel as uint8 where augmented, and one op scales the batch.
+  per_example = train_preprocess if train_input.prep.cutout else train_pixels
+
   def one_example(index, features):
     example_seed = tf.random.experimental.stateless_fold_in(element_base,
                                                             index)
-    image = train_preprocess(features, example_seed, stage.image_size,
-                             train_input.prep, train_input.augname,
-                             stage.randaug_magnitude, train_input.num_layers,
-                             train_input.augment_arithmetic)
+    image = per_example(features, example_seed, stage.image_size,
+                        train_input.prep, train_input.augname,
+                        stage.randaug_magnitude, train_input.num_layers,
+                        train_input.augment_arithmetic)
     return {"images": image, "labels": features["label"], "index": index}
 
   return ds.map(one_example, num_parallel_calls=AUTOTUNE)
@@ -213,7 +238,10 @@ def _batch_mixer(stage, train_input, static_image_size, batch_base):
   def mix_labels(index, batch):
     labels = mix.smooth_labels(batch["labels"], train_input.label_smoothing)
     batch_seed = tf.random.experimental.stateless_fold_in(batch_base, index)
-    images, labels = mix.mix_batch(batch["images"], labels,
+    images = batch["images"]
+    if not train_input.prep.cutout:  # scaled here (`_train_examples`)
+      images = preprocess.normalize(images, train_input.prep.input_scaling)
+    images, labels = mix.mix_batch(images, labels,
                                    stage.mixup_alpha, stage.cutmix_alpha,
                                    batch_seed)
     if not static_image_size:

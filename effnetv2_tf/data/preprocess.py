@@ -175,14 +175,30 @@ def flip(image, seed):
   return tf.image.stateless_random_flip_left_right(image, seed)
 
 
-def to_uint8(image):
-  """Clips to 0..255 and truncates, as both references do before augmenting."""
-  return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+def to_uint8(image, bounded=False):
+  """Clips to 0..255 and truncates, as both references do before augmenting.
+
+  Args:
+    image: float image.
+    bounded: the values lie in (-1, 256), as a bilinear resize of uint8
+      pixels leaves them (convex weights, float rounding of a few ulps);
+      truncation alone then gives the same bytes, so the clip is skipped.
+  """
+  if not bounded:
+    image = tf.clip_by_value(image, 0.0, 255.0)
+  return tf.cast(image, tf.uint8)
 
 
 def normalize(image, input_scaling):
   """Applies a `preprocessing.SCALINGS` map to 0..255 pixels."""
   scale, offset = preprocessing.scaling(input_scaling)
+  if len(set(scale)) == 1 and len(set(offset)) == 1:
+    # The same float32 values as scalars: a faster kernel than the
+    # per-channel broadcast, the same bits.
+    scale, offset = scale[0], offset[0]
+  else:
+    scale = image_ops.per_pixel(scale, image)
+    offset = image_ops.per_pixel(offset, image)
   return tf.cast(image, tf.float32) * scale + offset
 
 
