@@ -40,6 +40,13 @@ def tiny_model(name="efficientnetv2-b0", **kwargs):
   return effnetv2_tf.create_model(name, **kwargs)
 
 
+# Hyperparameters of a 4-step, one-stage run of a two-block model on the
+# smoke row (configs/datasets.py): trainer tests in seconds.
+TWO_BLOCK_RUN = (
+    "train.warmup_epochs=0,model.depth_coefficient=1.0,model.blocks="
+    "r1_k3_s1_e1_i16_o16_c1 r1_k3_s2_e4_i16_o24_se0.25,"
+    "progressive.num_stages=1,runtime.steps_per_loop=2,train.steps=4")
+
 EXPORT_SIZE = 24  # the image size of `tiny_export`
 
 

@@ -43,17 +43,22 @@ def _trainer(cls, model_dir, strategy, hparams=""):
   return cls(config, model_dir, strategy)
 
 
-def one_step_comparison(tmp, mirrored_strategy):
+def one_step_comparison(tmp, mirrored_strategy, single_hparams="",
+                        mirrored_hparams=",runtime.bn_group_size=0",
+                        name=""):
+  """One step of each on the same global batch of 8 (weights copied)."""
   rng = np.random.default_rng(0)
   images = rng.normal(size=(8, 16, 16, 3)).astype(np.float32)
   labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]
   batch = {"images": images, "labels": labels,
            "skipped": np.zeros([], np.int64)}
 
-  single = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "single"),
-                    tf.distribute.get_strategy())
-  mirrored = _trainer(custom_loop.CustomLoopTrainer, os.path.join(tmp, "mirrored"),
-                      mirrored_strategy, ",runtime.bn_group_size=0")
+  single = _trainer(custom_loop.CustomLoopTrainer,
+                    os.path.join(tmp, name + "single"),
+                    tf.distribute.get_strategy(), single_hparams)
+  mirrored = _trainer(custom_loop.CustomLoopTrainer,
+                      os.path.join(tmp, name + "mirrored"),
+                      mirrored_strategy, mirrored_hparams)
   mirrored.model.set_weights(single.model.get_weights())
   mirrored.ema.reset_to_model()
   single.ema.reset_to_model()
@@ -80,6 +85,10 @@ def one_step_comparison(tmp, mirrored_strategy):
   weight_diff = max(
       float(np.max(np.abs(a - b))) for a, b in zip(
           single.model.get_weights(), mirrored.model.get_weights()))
+  trainable_diff = max(
+      float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(
+          single.model.trainable_variables,
+          mirrored.model.trainable_variables))
   bn = "stem_bn"
   mean_single = single.model.get_layer(bn).moving_mean.numpy()
   mean_mirrored = mirrored.model.get_layer(bn).moving_mean.numpy()
@@ -91,7 +100,7 @@ def one_step_comparison(tmp, mirrored_strategy):
       "bn_group_size": mirrored.bn_group_size,
       "bn_layer": type(mirrored.model.get_layer(bn)).__name__,
       "single_loss": single_loss, "mirrored_loss": mirrored_loss,
-      "max_weight_diff": weight_diff,
+      "max_weight_diff": weight_diff, "max_trainable_diff": trainable_diff,
       "moving_mean_diff": float(np.max(np.abs(mean_single - mean_mirrored))),
       "moving_mean_change": float(np.max(np.abs(mean_single))),
   }
@@ -164,6 +173,15 @@ def main():
   strategy = tf.distribute.MirroredStrategy(
       [d.name for d in tf.config.list_logical_devices("CPU")])
   result = one_step_comparison(tmp, strategy)
+  # Gradient accumulation: one device's 4 micro-batches of 2 are the two
+  # replicas' 2 micro-batches of 2 each (rows 0-1, 2-3 | 4-5, 6-7), so
+  # batch norm in training mode normalizes the same examples together.
+  # The replicas also recompute their blocks' activations (inside the
+  # micro-batch loop): the gradients must not change.
+  result["accumulation"] = one_step_comparison(
+      tmp, strategy, ",train.grad_accum_steps=4",
+      ",train.grad_accum_steps=2,train.recompute=true",
+      name="accumulation_")
   result.update(short_runs(tmp, strategy))
   result["fused_optimizers"] = fused_optimizers(strategy)
   try:

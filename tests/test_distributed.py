@@ -48,6 +48,22 @@ def test_mirrored_step_equals_single_replica_step(report):
 
 
 @pytest.mark.slow
+def test_accumulation_under_two_replicas_equals_one_device(report):
+  # The micro-batch loop runs under MirroredStrategy (batch norm's moving
+  # statistics move after it, outside control flow); the same micro-batches
+  # give the same update, and the moving mean (a mean of micro-batch means
+  # either way) the same value; the moving variance differs by design (the
+  # replicas' mean of each one's variance, not the variance of all 8).
+  accumulation = report["accumulation"]
+  assert accumulation["per_replica_batch"] == 4
+  assert accumulation["mirrored_loss"] == pytest.approx(
+      accumulation["single_loss"], rel=1e-5)
+  assert accumulation["max_trainable_diff"] < 1e-4
+  assert accumulation["moving_mean_diff"] < (
+      1e-3 * accumulation["moving_mean_change"])
+
+
+@pytest.mark.slow
 def test_bn_over_all_replicas_uses_the_global_batch(report):
   assert report["bn_group_size"] == 2  # runtime.bn_group_size=0: all
   assert report["bn_layer"] == "ReplicaGroupBatchNormalization"

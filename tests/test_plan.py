@@ -128,6 +128,30 @@ def test_the_memory_line_names_the_need_and_a_batch_that_fits(machine):
     plan.check_memory(config, 1024, 2, 24 * GIB)
 
 
+def test_micro_batches_and_recompute_shrink_the_need(machine):
+  # The same B0 folder run, batch 4096 at 192 px (about 48.4 MiB an image,
+  # 381 images fit 24 GiB: above). 8 micro-batches of 512 do not fit
+  # (1194.5 + 48.4 * 512 = 25,975 MiB); 16 of 256 do (13,587 MiB); 8 of 512
+  # with recompute, RECOMPUTE_SHARE 0.5 of the activations, do too
+  # (1194.5 + 24.2 * 512 = 13,587 MiB).
+  def config(hparams):
+    return config_lib.build_config("efficientnetv2-b0", "folder", hparams)
+
+  with pytest.raises(config_lib.ConfigError, match="needs about 25 GiB"):
+    plan.check_memory(config("train.grad_accum_steps=8"), 4096, 1, 24 * GIB)
+  plan.check_memory(config("train.grad_accum_steps=16"), 4096, 1, 24 * GIB)
+  plan.check_memory(config("train.grad_accum_steps=8,train.recompute=true"),
+                    4096, 1, 24 * GIB)
+  # The suggested batch counts every micro-batch: 16 x 256.
+  assert plan.fitting_batch(config("train.grad_accum_steps=16"),
+                            24 * GIB) == 4096
+
+
+def test_the_recompute_share_covers_the_benchmark():
+  rows = json.loads((ROOT / plan.RECOMPUTE_FILE).read_text())["results"]
+  assert max(r["memory_ratio"] for r in rows) <= plan.RECOMPUTE_SHARE
+
+
 def test_accelerators_leave_host_memory_alone(machine, monkeypatch):
   config = config_lib.build_config("efficientnetv2-b0", "folder")
   monkeypatch.setattr(plan, "_on_accelerator", lambda strategy: True)

@@ -28,6 +28,9 @@ the statistics); Keras 3's mirrored variables would instead keep each
 replica's own and save replica 0's.
 """
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -48,6 +51,59 @@ def _mean_over_replicas(mean, variance):
   return context.all_reduce(
       tf.distribute.ReduceOp.MEAN,
       [tf.stop_gradient(mean), tf.stop_gradient(variance)])
+
+
+# The record of an open `deferred_updates` block, per thread: each replica
+# of a MirroredStrategy traces its step in a thread of its own.
+_DEFERRED = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_updates():
+  """Inside (while a step is traced), the training calls of this module's
+  layers record their batch statistics in the yielded dict (layer ->
+  (mean, variance)) instead of updating their moving statistics.
+
+  For steps that run the model inside a `tf.while_loop` (gradient
+  accumulation's micro-batches) or run it again (recomputation): under
+  several replicas an update is a synchronization (an all-reduce, and
+  the assignment of a mirrored variable) that tf.distribute refuses in
+  control flow, and a second forward pass must not update twice. The
+  step applies what it keeps with `update_moving_statistics`, once.
+  """
+  previous = getattr(_DEFERRED, "record", None)
+  _DEFERRED.record = {}
+  try:
+    yield _DEFERRED.record
+  finally:
+    _DEFERRED.record = previous
+
+
+def statistics_layers(model):
+  """The layers of `model` whose updates `deferred_updates` defers."""
+  return [layer for layer in model.layers if isinstance(
+      layer, (FusedBatchNormalization, ReplicaGroupBatchNormalization))]
+
+
+def update_moving_statistics(layer, mean, variance):
+  """Moves `layer`'s moving statistics towards the replicas' mean of each
+  one's (mean, variance)."""
+  _update_moving_statistics(layer, *_mean_over_replicas(mean, variance))
+
+
+def _update_or_record(layer, mean, variance, replicas_mean=False):
+  """`update_moving_statistics`, or into an open `deferred_updates`;
+  `replicas_mean`: (mean, variance) are the replicas' mean already."""
+  record = getattr(_DEFERRED, "record", None)
+  if record is None and replicas_mean:
+    _update_moving_statistics(layer, mean, variance)
+  elif record is None:
+    update_moving_statistics(layer, mean, variance)
+  elif layer in record:
+    raise ValueError(f"{layer.name} trained twice in one deferred_updates "
+                     "block; open one block per forward pass.")
+  else:
+    record[layer] = (mean, variance)
 
 
 def _update_moving_statistics(layer, mean, variance):
@@ -87,7 +143,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
       count = tf.cast(tf.size(inputs) // channels, tf.float32)
       # The kernel returns the unbiased variance; Keras averages the biased.
       variance *= (count - 1.0) / tf.maximum(count, 1.0)
-      _update_moving_statistics(self, *_mean_over_replicas(mean, variance))
+      _update_or_record(self, mean, variance)
     else:
       outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
           inputs, scale, offset, mean=tf.convert_to_tensor(self.moving_mean),
@@ -144,7 +200,8 @@ class ReplicaGroupBatchNormalization(keras.layers.BatchNormalization):
       count = tf.reduce_sum(tf.cast(mask, tf.int32))
     mean, variance, moving = _group_moments(
         mean, variance, tf.cast(count, mean.dtype), self.group_size)
-    _update_moving_statistics(self, *moving)
+    # A deferred update all-reduces these equal values once more.
+    _update_or_record(self, *moving, replicas_mean=True)
     outputs = keras.ops.batch_normalization(
         inputs, mean, variance, axis=self.axis,
         offset=tf.cast(self.beta, inputs.dtype) if self.center else None,

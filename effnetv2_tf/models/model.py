@@ -10,6 +10,7 @@ returns the multi-scale feature maps instead (`features`).
 
 import dataclasses
 import math
+import re
 import string
 import sys
 
@@ -59,6 +60,16 @@ def survival_probabilities(num_blocks, survival_prob):
   """Linear stochastic-depth ramp: block i keeps 1 - (1 - p) * i / N."""
   drop = 1.0 - survival_prob
   return [1.0 - drop * i / num_blocks for i in range(num_blocks)]
+
+
+# The prefix of every layer name of a block: block<stage><letters>_, stage
+# from 1, letters a..z, aa, ... its index in the stage (`block_prefix`).
+BLOCK_NAME = re.compile(r"block(\d+)([a-z]+)_")
+
+
+def block_prefix(stage, index):
+  """`BLOCK_NAME`'s prefix of block `index` (from 0) of `stage` (from 0)."""
+  return f"block{stage + 1}{_block_suffix(index)}_"
 
 
 def _block_suffix(index):
@@ -194,7 +205,7 @@ class _Builder:
     self.block_outputs = []
     ramp = survival_probabilities(len(blocks), self.opt.survival_prob)
     for (stage, j, args), survival in zip(blocks, ramp):
-      prefix = f"block{stage + 1}{_block_suffix(j)}_"
+      prefix = block_prefix(stage, j)
       block_fn = (self.fused_mbconv
                   if args.conv_type == block_strings.FUSED_MBCONV
                   else self.mbconv)

@@ -412,4 +412,24 @@ DEVIATIONS = (
      "Keras' transfer-learning recipe for small datasets, where a random "
      "head's first gradients would otherwise reach pretrained features; "
      "the reference's *ft configs keep it off."),
+    ("D24", "reference", (),
+     "Gradient accumulation (`train.grad_accum_steps` K, ours; off by "
+     "default): each step runs its per-replica batch as K micro-batches in "
+     "a tf.while_loop and applies their summed gradient once, so the "
+     "update, learning rate, EMA and step count are those of the whole "
+     "batch. Batch norm normalizes each micro-batch with that micro-batch's "
+     "statistics (the reference: the per-replica batch's, or a group's on "
+     "TPUs); the moving statistics move once per step towards the "
+     "micro-batches' pooled moments, the per-replica batch's. It needs "
+     "batch norm per replica (runtime.bn_group_size=1).",
+     "Runs the batch-4096 recipes on fewer devices; tf.distribute refuses "
+     "an all-reduce inside the loop, hence per-replica batch norm and the "
+     "moving statistics moved after it."),
+    ("D25", "reference", (),
+     "Recomputation (`train.recompute`, ours; off by default) recomputes "
+     "the stem's and each block's activations in the backward pass: the "
+     "same values, gradients, stochastic-depth masks and moving "
+     "statistics as the plain step, in float rounding.",
+     "Less activation memory for bigger images or batches on small "
+     "devices; costs about one more forward pass."),
 )

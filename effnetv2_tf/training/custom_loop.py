@@ -2,14 +2,15 @@
 
 Each stage gets its own input pipeline; a `train_loop` runs
 `runtime.steps_per_loop` steps of the shared step (`step.make_train_step`)
-per device call, traced anew per stage only where XLA needs static shapes
-(`Trainer.retrace_per_stage`); checkpoints, summary.json and
-evaluation are `trainer.Trainer`'s. After each call `checkpoint_point`
-saves when due and stops the run, saved, on SIGTERM/SIGINT, and
-`eval_point` evaluates on the cadence; a call ends where the frozen phase
-does (`finetune.py`), and the next takes the whole network's step. With
---deterministic the input iterator is saved in checkpoints, so a resumed
-run continues the data stream where it stopped.
+per device call (each step one optimizer step, its micro-batches
+accumulated inside it with train.grad_accum_steps), traced anew per stage
+only where XLA needs static shapes (`Trainer.retrace_per_stage`);
+checkpoints, summary.json and evaluation are `trainer.Trainer`'s. After
+each call `checkpoint_point` saves when due and stops the run, saved, on
+SIGTERM/SIGINT, and `eval_point` evaluates on the cadence; a call ends
+where the frozen phase does (`finetune.py`), and the next takes the whole
+network's step. With --deterministic the input iterator is saved in
+checkpoints, so a resumed run continues the data stream where it stopped.
 """
 
 from absl import logging

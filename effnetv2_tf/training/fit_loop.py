@@ -8,7 +8,9 @@ What changes is the loop: one `fit` call per progressive stage, with
 learning rate follows `optimizer.iterations`, so it does too), and
 `FitModel.train_step` runs the custom loop's own step
 (`step.make_train_step`: kernel-only weight decay, soft mixup/CutMix
-targets, EMA update). The stage's dropout is set on the model's rate
+targets, EMA update; train.grad_accum_steps' micro-batches accumulate
+inside it, so fit's steps, epochs and callbacks count optimizer steps, as
+the custom loop does). The stage's dropout is set on the model's rate
 variable; the train function is rebuilt per stage only where XLA needs
 static shapes (`Trainer.retrace_per_stage`). Progress,
 TensorBoard scalars and stage timings go through the same `run_log`

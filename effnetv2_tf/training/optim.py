@@ -15,13 +15,12 @@ Both drivers use these definitions:
 The weights' moving average is `ema.py`.
 """
 
-import re
-
 import keras
 import tensorflow as tf
 
 from effnetv2_tf import errors
 from effnetv2_tf import settings
+from effnetv2_tf.models import model as model_lib
 from effnetv2_tf.settings import Setting
 from effnetv2_tf.training import fused_optim
 from effnetv2_tf.training import schedule as schedule_lib
@@ -32,7 +31,7 @@ ADAMW_EPSILON = 1e-8  # timm's and PyTorch's AdamW; build_optimizer says why
 
 # Layer-wise learning-rate decay: layer names of models/model.py.
 STEM_PREFIX = "stem_"  # stem_conv, stem_bn: layer 0
-BLOCK_NAME = re.compile(r"block(\d+)([a-z]+)_")  # block4c_...: 1..N
+BLOCK_NAME = model_lib.BLOCK_NAME  # block4c_...: 1..N
 HEAD_PREFIXES = ("top_", "predictions")  # top_conv, top_bn, predictions
 
 # The config's optimizer and schedule keys (`train` section).

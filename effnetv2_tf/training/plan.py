@@ -54,6 +54,12 @@ BENCHMARK_MODEL = "efficientnetv2-b0"
 # (module docstring): 1194.5 MiB + 1.3141e-3 MiB per image pixel.
 FIXED_MIB = 1194.5
 MIB_PER_IMAGE_PIXEL = 1.3141e-3
+# train.recompute keeps at most this share of the activations (peak less
+# the model's memory; RECOMPUTE_FILE, written by benchmarks/memory.py
+# --recompute, measured 0.27-0.30 on V2-S at 300-384 px; B0 at 128 px
+# 0.48): the per-image part of the estimate is scaled by it.
+RECOMPUTE_FILE = "benchmarks/results/memory_recompute.json"
+RECOMPUTE_SHARE = 0.5
 # The batch suggested for memory leaves this share of the machine's memory
 # to the estimate (the rest: its error, and the other processes).
 MEMORY_SHARE = 0.8
@@ -82,9 +88,10 @@ def check_fits(config, source, strategy):
 
 def check_memory(config, batch, workers, memory_mib):
   """Raises ConfigError when the CPU training step of the global `batch`
-  (split over `workers` hosts) needs more than `memory_mib`."""
+  (split over `workers` hosts, each running train.grad_accum_steps
+  micro-batches in turn) needs more than `memory_mib`."""
   size = largest_image_size(config)
-  need = estimate_mib(config, math.ceil(batch / workers), size)
+  need = estimate_mib(config, _micro_batch(config, batch / workers), size)
   if need <= memory_mib:
     return
   fits = fitting_batch(config, memory_mib, workers)
@@ -100,20 +107,31 @@ def check_memory(config, batch, workers, memory_mib):
 
 def estimate_mib(config, host_batch, size):
   """Estimated peak host memory (MiB) of CPU training with `host_batch`
-  images of `size` px on one host (module docstring)."""
+  images of `size` px on one host at a time (module docstring; with
+  train.recompute, `RECOMPUTE_SHARE` of the activations)."""
   ratio = activations_per_pixel(config.model) / _benchmark_activations()
+  if config.train.recompute:
+    ratio *= RECOMPUTE_SHARE
   return FIXED_MIB + MIB_PER_IMAGE_PIXEL * ratio * host_batch * size ** 2
+
+
+def _micro_batch(config, host_batch):
+  """The images of `host_batch` whose activations live at once: a
+  micro-batch with train.grad_accum_steps."""
+  return math.ceil(host_batch / config.train.grad_accum_steps)
 
 
 def fitting_batch(config, memory_mib, workers=1):
   """The largest power-of-two global batch whose estimate per host stays
-  within MEMORY_SHARE of `memory_mib`; 0 when not even one image does."""
+  within MEMORY_SHARE of `memory_mib` (its micro-batches, with
+  train.grad_accum_steps); 0 when not even one image does."""
   size = largest_image_size(config)
   per_image = estimate_mib(config, 1, size) - FIXED_MIB
   room = MEMORY_SHARE * memory_mib - FIXED_MIB
   if room < per_image:
     return 0
-  return _power_of_two_floor(int(room // per_image) * workers)
+  return _power_of_two_floor(int(room // per_image) * workers *
+                             config.train.grad_accum_steps)
 
 
 def largest_image_size(config):

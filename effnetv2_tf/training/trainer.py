@@ -57,6 +57,33 @@ def variable_bytes(variables):
              for v in variables)
 
 
+def check_batches(config, replicas, bn_group_size=1):
+  """Raises ConfigError (one line) unless both batch sizes split evenly
+  over `replicas` and the per-replica training batch into
+  train.grad_accum_steps micro-batches, and accumulation keeps batch norm
+  per replica (`bn_group_size` 1): pooled statistics all-reduce inside
+  the micro-batch loop, a synchronization in control flow that
+  tf.distribute refuses (`merge_call`)."""
+  for key, batch in (("train.batch_size", config.train.batch_size),
+                     ("eval.batch_size", config.eval.batch_size)):
+    if batch % replicas:
+      raise errors.ConfigError(
+          f"{key}={batch} is not divisible by the {replicas} replicas.")
+  per_replica = config.train.batch_size // replicas
+  accum = config.train.grad_accum_steps
+  if per_replica % accum:
+    raise errors.ConfigError(
+        f"train.grad_accum_steps={accum} does not divide the per-replica "
+        f"batch {per_replica} (train.batch_size={config.train.batch_size} "
+        f"over {replicas} replicas); set it to a divisor of {per_replica}.")
+  if accum > 1 and bn_group_size != 1:
+    raise errors.ConfigError(
+        f"train.grad_accum_steps={accum} needs batch norm per replica, not "
+        f"pooled over {bn_group_size} replicas: set "
+        "runtime.bn_group_size=1 (the micro-batch loop cannot all-reduce "
+        "statistics).")
+
+
 # Raised by the trainer and its checkpointer; named here for the callers.
 TrainingError = checkpointer_lib.TrainingError
 CheckpointError = checkpointer_lib.CheckpointError
@@ -87,7 +114,7 @@ class Trainer:
     (self.jit_compile, self.retrace_per_stage, self.bn_group_size,
      self.steps_choice) = self._step_options()
     self.global_batch = config.train.batch_size
-    self._check_batches()
+    check_batches(config, self.replicas, self.bn_group_size)
     self.source = source or sources.from_config(config)
     self.num_classes = self.source.num_classes
     self.steps_per_epoch, self.total_steps, self.epoch_steps = (
@@ -148,15 +175,6 @@ class Trainer:
         runtime.bn_group_size, strategy)
     return (jit_compile, retrace, bn_group_size,
             f"{xla_choice}; {retrace_choice}; {bn_choice}")
-
-  def _check_batches(self):
-    """Both batch sizes split evenly over the replicas."""
-    for key, batch in (("train.batch_size", self.global_batch),
-                       ("eval.batch_size", self.config.eval.batch_size)):
-      if batch % self.replicas:
-        raise errors.ConfigError(
-            f"{key}={batch} is not divisible by the {self.replicas} "
-            "replicas.")
 
   def _step_counts(self, whole_epochs):
     """steps_per_epoch, total_steps and the steps stages are whole
@@ -248,9 +266,18 @@ class Trainer:
                               if data.dataset_cfg != data.dataset else "")
     return (f"Training {self.config.model.name} on {dataset}: "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) at "
-            f"batch {self.global_batch}, {len(self.stages)} "
+            f"batch {self.global_batch}{self._accumulation()}, "
+            f"{len(self.stages)} "
             f"stage{'s' if len(self.stages) > 1 else ''}, "
             f"model_dir {self.model_dir}")
+
+  def _accumulation(self):
+    """`describe`'s " (K micro-batches of M per replica)", or "" (K = 1)."""
+    accum = self.config.train.grad_accum_steps
+    if accum == 1:
+      return ""
+    micro = self.global_batch // self.replicas // accum
+    return f" ({accum} micro-batches of {micro} per replica)"
 
   def init_from(self, path, whole=False):
     """Initialises the model (and EMA) from `path` (`--init_checkpoint`).
@@ -377,11 +404,18 @@ class Trainer:
   # ------------------------------------------------------------------ step
   def make_step_fn(self, frozen=False):
     """`step.make_train_step` for this run's model, optimizer and EMA;
-    `frozen`: the frozen backbone's step (the head alone trains)."""
+    `frozen`: the frozen backbone's step (the head alone trains). With
+    train.grad_accum_steps K > 1 the step accumulates the gradients of K
+    micro-batches and applies them once: the loops, checkpoints and the
+    schedule see one step per global batch, and never a step in the middle
+    of an accumulation. train.recompute: the step recomputes activations
+    in its backward pass."""
     return step_lib.make_train_step(
         self.model, self.optimizer, self.ema,
         optim.coupled_weight_decay(self.config.train),
-        self.global_batch, self.replicas, frozen=frozen)
+        self.global_batch, self.replicas, frozen=frozen,
+        accum_steps=self.config.train.grad_accum_steps,
+        recompute=self.config.train.recompute)
 
   def make_compiled_step(self):
     """`make_step_fn()`'s step of the current phase (frozen backbone or
