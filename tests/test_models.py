@@ -11,6 +11,7 @@ import pytest
 import effnetv2_tf
 from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import names
 from effnetv2_tf.models.layers import StochasticDepth
 import keras
 from conftest import tiny_model
@@ -207,7 +208,7 @@ def test_fused_and_mbconv_layers_are_where_the_block_strings_say():
 
 
 def test_xl_block_names_continue_past_z():
-  assert [model_lib._block_suffix(i) for i in (0, 25, 26, 31)] == [
+  assert [names.block_suffix(i) for i in (0, 25, 26, 31)] == [
       "a", "z", "aa", "af"]
 
 

@@ -10,8 +10,6 @@ returns the multi-scale feature maps instead (`features`).
 
 import dataclasses
 import math
-import re
-import string
 import sys
 
 import keras
@@ -20,6 +18,7 @@ from keras import layers
 from effnetv2_tf.data import preprocessing
 from effnetv2_tf.models import block_strings
 from effnetv2_tf.models import features
+from effnetv2_tf.models import names
 from effnetv2_tf.models import options as options_lib
 from effnetv2_tf.models import registry
 from effnetv2_tf.models.layers import ScheduledDropout
@@ -60,27 +59,6 @@ def survival_probabilities(num_blocks, survival_prob):
   """Linear stochastic-depth ramp: block i keeps 1 - (1 - p) * i / N."""
   drop = 1.0 - survival_prob
   return [1.0 - drop * i / num_blocks for i in range(num_blocks)]
-
-
-# The prefix of every layer name of a block: block<stage><letters>_, stage
-# from 1, letters a..z, aa, ... its index in the stage (`block_prefix`).
-BLOCK_NAME = re.compile(r"block(\d+)([a-z]+)_")
-
-
-def block_prefix(stage, index):
-  """`BLOCK_NAME`'s prefix of block `index` (from 0) of `stage` (from 0)."""
-  return f"block{stage + 1}{_block_suffix(index)}_"
-
-
-def _block_suffix(index):
-  """a..z, then aa, ab, ... (XL has stages of more than 26 blocks)."""
-  letters = string.ascii_lowercase
-  suffix = ""
-  index += 1
-  while index:
-    index, rem = divmod(index - 1, 26)
-    suffix = letters[rem] + suffix
-  return suffix
 
 
 # Reference conv init: normal, std sqrt(2 / fan_out), fan_out = k*k*out
@@ -205,7 +183,7 @@ class _Builder:
     self.block_outputs = []
     ramp = survival_probabilities(len(blocks), self.opt.survival_prob)
     for (stage, j, args), survival in zip(blocks, ramp):
-      prefix = block_prefix(stage, j)
+      prefix = names.block_prefix(stage, j)
       block_fn = (self.fused_mbconv
                   if args.conv_type == block_strings.FUSED_MBCONV
                   else self.mbconv)
@@ -216,11 +194,11 @@ class _Builder:
   def head(self, x, num_classes, classifier_activation):
     # Dropout always present (rate may be 0) so progressive learning can
     # set it; float32 logits under mixed precision.
-    x = ScheduledDropout(self.opt.dropout_rate, name="top_dropout")(x)
+    x = ScheduledDropout(self.opt.dropout_rate, name=names.DROPOUT_LAYER)(x)
     return layers.Dense(
         num_classes, activation=classifier_activation,
         kernel_initializer=_dense_init(num_classes),
-        bias_initializer="zeros", name="predictions", dtype="float32")(x)
+        bias_initializer="zeros", name=names.CLASSIFIER_LAYER, dtype="float32")(x)
 
 
 def scaled_block_args(spec, options: ModelOptions):

@@ -35,13 +35,13 @@ import tensorflow as tf
 
 from effnetv2_tf import errors
 from effnetv2_tf.models import fused_bn
-from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import names
 # The tape switch tf.recompute_grad uses; there is no public one.
 from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
 # The layer names of one block share its prefix (e.g. `block2a_expand_conv`,
 # `block4c_se_reduce`).
-_BLOCK_PREFIX = model_lib.BLOCK_NAME
+_BLOCK_PREFIX = names.BLOCK_NAME
 
 
 class RecomputeError(errors.UserError, ValueError):

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from effnetv2_tf import errors
+from effnetv2_tf.models import names
 
 # keras.applications layer name -> ours (keras V2 calls the depthwise conv of
 # MBConv blocks `dwconv2`; V1 calls it `dwconv`, as we do).
@@ -36,7 +37,8 @@ _KERAS_ALIASES = ((re.compile(r"^(block\d+[a-z]+)_dwconv2$"), r"\1_dwconv"),)
 # keras.applications' input preprocessing (V1 has an adapted Normalization
 # with mean/variance/count weights); ours has no weights, so these are skipped.
 _PREPROCESSING = re.compile(r"^(rescaling|normalization)([_#]\d+)?$")
-_HEAD = "predictions"  # may be absent from the model (include_top=False)
+# The classifier: may be absent from the model (include_top=False).
+_HEAD = names.CLASSIFIER_LAYER
 
 
 class WeightsMismatchError(errors.UserError, ValueError):

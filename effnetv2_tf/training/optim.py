@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from effnetv2_tf import errors
 from effnetv2_tf import settings
-from effnetv2_tf.models import model as model_lib
+from effnetv2_tf.models import names
 from effnetv2_tf.settings import Setting
 from effnetv2_tf.training import fused_optim
 from effnetv2_tf.training import schedule as schedule_lib
@@ -30,9 +30,9 @@ OPTIMIZERS = ("rmsprop", "momentum", "sgd", "adam", "adamw")  # build_optimizer
 ADAMW_EPSILON = 1e-8  # timm's and PyTorch's AdamW; build_optimizer says why
 
 # Layer-wise learning-rate decay: layer names of models/model.py.
-STEM_PREFIX = "stem_"  # stem_conv, stem_bn: layer 0
-BLOCK_NAME = model_lib.BLOCK_NAME  # block4c_...: 1..N
-HEAD_PREFIXES = ("top_", "predictions")  # top_conv, top_bn, predictions
+STEM_PREFIX = names.STEM_PREFIX  # stem_conv, stem_bn: layer 0
+BLOCK_NAME = names.BLOCK_NAME  # block4c_...: 1..N
+HEAD_PREFIXES = (names.HEAD_PREFIX, names.CLASSIFIER_LAYER)  # layer N + 1
 
 # The config's optimizer and schedule keys (`train` section).
 SETTINGS = (

@@ -11,14 +11,9 @@ import keras
 import tensorflow as tf
 
 from effnetv2_tf.models import fused_bn
+from effnetv2_tf.models import names
 from effnetv2_tf.models import recompute as recompute_lib
 from effnetv2_tf.training import optim
-
-# The model's head (models/model.py): its dropout, then the classifier,
-# the one layer with weights a frozen-backbone step trains.
-DROPOUT_LAYER = "top_dropout"
-HEAD_LAYER = "predictions"
-
 
 def cross_entropy(labels, logits):
   """Per-example softmax cross-entropy in float32 (soft targets allowed)."""
@@ -57,7 +52,7 @@ def schedule_dropout(model):
   """Gives the head dropout a rate variable (create it under the strategy's
   scope), so `set_dropout` reaches steps traced before it (paper
   Algorithm 1's per-stage dropout without a retrace)."""
-  layer = model.get_layer(DROPOUT_LAYER)
+  layer = model.get_layer(names.DROPOUT_LAYER)
   layer.bind_rate(tf.Variable(layer.rate, trainable=False, dtype=tf.float32,
                               name="top_dropout_rate"))
 
@@ -65,7 +60,7 @@ def schedule_dropout(model):
 def set_dropout(model, rate):
   """Sets the head dropout rate: read by every traced step once
   `schedule_dropout` bound it, else by steps traced afterwards."""
-  layer = model.get_layer(DROPOUT_LAYER)
+  layer = model.get_layer(names.DROPOUT_LAYER)
   layer.rate = float(rate)
   if layer.rate_variable is not None:
     layer.rate_variable.assign(float(rate))
@@ -82,8 +77,8 @@ def frozen_parts(model):
   """(backbone, head, head variables) of a frozen-backbone step: the
   backbone a model of `model`'s layers up to the head dropout, the head a
   function of its features (dropout, then the classifier)."""
-  dropout = model.get_layer(DROPOUT_LAYER)
-  classifier = model.get_layer(HEAD_LAYER)
+  dropout = model.get_layer(names.DROPOUT_LAYER)
+  classifier = model.get_layer(names.CLASSIFIER_LAYER)
   backbone = keras.Model(model.inputs, dropout.input, name="backbone")
 
   def head(features):

@@ -31,6 +31,7 @@ from effnetv2_tf import errors
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import sources
 from effnetv2_tf.models import ema as ema_lib
+from effnetv2_tf.models import names
 from effnetv2_tf.runs import checkpoints
 from effnetv2_tf.runs import run_dir
 from effnetv2_tf.training import checkpointer as checkpointer_lib
@@ -437,7 +438,7 @@ class Trainer:
       self.reporter.line(
           f"steps {self.step}-{freeze}: backbone frozen (batch norm in "
           "inference mode, no stochastic depth); only the head "
-          f"({step_lib.HEAD_LAYER}) trains")
+          f"({names.CLASSIFIER_LAYER}) trains")
     elif not frozen and (self._step_frozen or self.step == freeze > 0):
       self.reporter.line(f"step {self.step}: backbone unfrozen; the whole "
                          "network trains from here")
