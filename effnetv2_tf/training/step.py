@@ -15,6 +15,7 @@ from effnetv2_tf.models import names
 from effnetv2_tf.models import recompute as recompute_lib
 from effnetv2_tf.training import optim
 
+
 def cross_entropy(labels, logits):
   """Per-example softmax cross-entropy in float32 (soft targets allowed)."""
   return keras.losses.categorical_crossentropy(
