@@ -240,7 +240,7 @@ def test_export_cli_exports_the_best_checkpoint(tmp_path):
   assert missing.stderr == (
       f"export: error: --checkpoint=best: {tmp_path}/nobest has no best/ "
       "checkpoint (train with train.keep_best=true and an eval cadence or "
-      "--mode=train_and_eval)\n")
+      "--mode=train_and_eval).\n")
   result = export_cli(tmp_path / "run")
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.splitlines()[0] == (
@@ -313,4 +313,4 @@ def test_eval_of_checkpoint_best_restores_and_exports_the_best(tmp_path):
   assert missing.stderr == (
       f"main.py: error: --checkpoint=best: {run} has no best/ checkpoint "
       "(train with train.keep_best=true and an eval cadence or "
-      "--mode=train_and_eval)\n")
+      "--mode=train_and_eval).\n")
