@@ -8,7 +8,8 @@ Data"), with the PIL-like semantics of the reference EfficientNetV2
 [H, W, 3] tensor (static or dynamic H, W); arguments may be Python numbers or
 scalar tensors. Geometric ops use TensorFlow's own
 `ImageProjectiveTransformV3` (nearest neighbour, constant fill), so no
-tensorflow-addons is needed. The only random op, cutout, is stateless and
+tensorflow-addons is needed; translations take a slice and a pad instead
+wherever that gives the kernel's bytes (almost always). The only random op, cutout, is stateless and
 takes a shape [2] seed; it also serves the finetune pipeline's cutout on
 float images.
 
@@ -452,12 +453,57 @@ def translate_x(image, pixels):
   Returns:
     uint8 image; uncovered pixels are 128.
   """
-  return transform(image, [1., 0., pixels, 0., 1., 0., 0., 0.])
+  return _translate(image, pixels, 1, [1., 0., pixels, 0., 1., 0., 0., 0.])
 
 
 def translate_y(image, pixels):
   """PIL translate: output (x, y) = input (x, y + pixels), content moves up."""
-  return transform(image, [1., 0., 0., 0., 1., pixels, 0., 0.])
+  return _translate(image, pixels, 0, [1., 0., 0., 0., 1., pixels, 0., 0.])
+
+
+def _translate(image, pixels, axis, matrix):
+  """`transform(image, matrix)` for a translation by `pixels` along `axis`.
+
+  Same pixels, about 15 times faster on a 300 x 300 image in a graph (a
+  slice and a pad instead of the projective kernel): the kernel samples
+  output position i (along `axis`) at the source index
+  round_half_away(fl32(i + pixels)), fill outside 0..n-1. Computed here
+  with the same float32 steps, all exact, that index is almost always
+  i + s for one shift s, and the output is the image shifted by s with
+  fill. A rounding tie that splits the positions between
+  two shifts (a float32 sum ending in .5 for some i only) takes the kernel.
+  """
+  n = tf.shape(image)[axis]
+  size = tf.cast(n, tf.float32)
+  # A shift of n or more is all fill either way (float32 rounding is
+  # monotonic); clipping keeps every value below 2**24, so exact.
+  offset = tf.clip_by_value(tf.cast(pixels, tf.float32), -size, size)
+  position = tf.cast(tf.range(n), tf.float32)
+  shift = _round_half_away(position + offset) - position
+  s = tf.reduce_min(shift)  # +inf for an empty axis: the kernel's path
+
+  def shifted():
+    s_int = tf.cast(s, tf.int32)
+    begin, end = tf.maximum(s_int, 0), n + tf.minimum(s_int, 0)
+    kept = image[begin:end] if axis == 0 else image[:, begin:end]
+    pads = [tf.maximum(-s_int, 0), tf.maximum(s_int, 0)]
+    paddings = tf.stack([pads, [0, 0], [0, 0]] if axis == 0
+                        else [[0, 0], pads, [0, 0]])
+    return tf.pad(kept, paddings, constant_values=FILL_VALUE)
+
+  out = tf.cond(tf.equal(s, tf.reduce_max(shift)), shifted,
+                lambda: transform(image, matrix))
+  out.set_shape(image.shape)
+  return out
+
+
+def _round_half_away(value):
+  """float32 rounded half away from zero (C's round, as the kernel's
+  std::round; tf.round rounds half to even), exact for every float32."""
+  magnitude = tf.abs(value)
+  whole = tf.floor(magnitude)
+  up = tf.cast(magnitude - whole >= 0.5, tf.float32)
+  return tf.sign(value) * (whole + up)
 
 
 def cutout(image, pad_size, seed, replace=FILL_VALUE):
