@@ -411,6 +411,7 @@ def test_an_export_interrupted_midway_leaves_the_old_one(exported, tmp_path,
   assert os.listdir(tmp_path) == ["export"]  # no temp directory behind
 
 
+@pytest.mark.slow
 def test_an_export_replaces_another_whole_only_with_overwrite(exported,
                                                               tmp_path):
   _, path = exported

@@ -40,6 +40,7 @@ def test_plan_rounds_stages_to_whole_epochs():
     progressive.plan_stages(config, 40, epoch_steps=22)
 
 
+@pytest.mark.slow
 def test_fit_runs_two_stages_with_continuing_epochs(tmp_path, monkeypatch,
                                                    capsys):
   # 20 steps: a progress line every 2 (a tenth of the run), so fit runs

@@ -136,7 +136,8 @@ def _digits_folder(root):
 def test_folderft_finetunes_a_weights_file_on_a_folder(tmp_path):
   # A keras.applications-layout weights file with a 1000-class head (random
   # weights: no real ones can be fetched here) into a 10-class folder, at
-  # 32 px (one override; B0's 224 px does not fit the time).
+  # 32 px and for 6 of folderft's 15 epochs (B0's 224 px and the whole
+  # recipe do not fit the time).
   _digits_folder(tmp_path / "digits")
   (tmp_path / "digits" / "3" / "broken.png").write_bytes(b"not a png")
   weights = tmp_path / "b0.weights.h5"
@@ -145,7 +146,7 @@ def test_folderft_finetunes_a_weights_file_on_a_folder(tmp_path):
                 f"--data_dir={tmp_path / 'digits'}",
                 f"--init_checkpoint={weights}",
                 f"--model_dir={tmp_path / 'run'}",
-                "--hparam_str=model.eval_size=32")
+                "--hparam_str=model.eval_size=32,train.epochs=6")
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   assert "loaded 359/361 weights" in out and "skipped predictions" in out
@@ -154,20 +155,21 @@ def test_folderft_finetunes_a_weights_file_on_a_folder(tmp_path):
           f"{tmp_path / 'digits' / '3' / 'broken.png'}") in out
   assert ("Data: folder, 10 classes, train 1618, validation 179 (every "
           "10th image held out") in out
-  # 15 epochs of 25 steps at batch 64: no 10,000-step minimum.
-  assert "375 steps (25/epoch) at batch 64, 1 stage," in out
+  # 6 epochs of 25 steps at batch 64: no 10,000-step minimum.
+  assert "150 steps (25/epoch) at batch 64, 1 stage," in out
   # folderft's controls from weights: the head alone for the first epoch
   # (25 steps), an evaluation every epoch, the best kept.
   assert ("steps 0-25: backbone frozen (batch norm in inference mode, no "
           "stochastic depth); only the head (predictions) trains") in out
   assert "step 25: backbone unfrozen; the whole network trains" in out
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-  assert [e["step"] for e in summary["evals"]] == list(range(25, 376, 25))
+  assert [e["step"] for e in summary["evals"]] == list(range(25, 151, 25))
   best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
   assert best["score"] == max(e["top1"] for e in summary["evals"])
-  # Measured 0.978 top-1 (2 CPU cores, 2 minutes); chance is 0.1. The
-  # threshold leaves room for run-to-run spread (runs are not seeded).
-  assert summary["eval"]["top1"] > 0.85
+  # Measured 0.70 top-1, still rising (0.978 after the whole 15 epochs);
+  # chance is 0.1. The threshold leaves room for run-to-run spread (runs
+  # are not seeded).
+  assert summary["eval"]["top1"] > 0.4
 
 
 def test_the_data_sets_the_class_count(tmp_path):

@@ -52,6 +52,7 @@ def test_proxy_config_is_the_candidate_at_the_proxy_size():
   assert run.data.eval_split == "minival" and run.data.minival_every == 4
 
 
+@pytest.mark.slow
 def test_a_trial_writes_its_lines_to_its_log_and_leaves_stdout_alone(
     tmp_path, monkeypatch, capsys):
   config = nas_configs.get_config("digits")

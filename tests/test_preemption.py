@@ -287,7 +287,6 @@ def test_signals_during_evaluations_and_before_training(tmp_path):
   assert tf.train.latest_checkpoint(str(fresh)) is None
 
 
-@pytest.mark.slow
 def _catches(pid, signum):
   """Whether process `pid` has a handler for `signum` (/proc SigCgt)."""
   status = pathlib.Path(f"/proc/{pid}/status").read_text()
@@ -310,6 +309,7 @@ def test_a_signal_while_tensorflow_imports_is_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_two_workers_stop_and_save_at_the_same_step(tmp_path):
   """MultiWorkerMirroredStrategy: the one signalled worker stops both."""
   ports = _free_ports(2)

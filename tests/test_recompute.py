@@ -220,6 +220,7 @@ def mixed_float16():
   keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_mixed_float16(mixed_float16):  # pylint: disable=redefined-outer-name,unused-argument
   """Finite float32 gradients, equal to the plain mixed step's."""
   images = _images()

@@ -39,6 +39,7 @@ def _trainer(model_dir, hparams="", reporter=None):
 DROPOUTS = "progressive.min_dropout=0.1,progressive.max_dropout=0.6"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retrace, traces", [("", 1), (
     "runtime.retrace_per_stage=true", 2)])
 def test_stages_share_one_trace_and_each_its_dropout(tmp_path, monkeypatch,
@@ -113,6 +114,7 @@ def test_eval_uses_ema_weights_and_restores_raw(tmp_path):
                                   shadows[0])
 
 
+@pytest.mark.slow
 def test_checkpoints_at_the_configured_steps_and_progress_lines(
     tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(run_log, "PROGRESS_SECONDS", 1e9)  # steps only
@@ -319,6 +321,7 @@ def test_multi_label_eval_reports_the_reference_names(tmp_path, capsys):
                    r"precision@1 [\d.]+ \(any label\)", line), line
 
 
+@pytest.mark.slow
 def test_a_recorder_keeps_every_line_and_nothing_is_printed(tmp_path,
                                                            capsys):
   log = tmp_path / "train.log"
