@@ -18,9 +18,18 @@ what the SavedModel's float-image signatures get against `serving_bytes`
 (README, Export and inference). Picks the test photos of
 tests/test_decode.py.
 
+A reduced case `ROW:SIZE` measures the opt-in `decode_reduced` (a JPEG
+decoded at 1/2, 1/4 or 1/8 scale where the training window keeps the
+output size): per seeded training window, whether it reduces, and for
+those that do the mean and largest absolute difference of the resized
+0..255 pixels from the default's; beside it, how far each lies from an
+antialiased resize of the full-scale window (the default's own
+resampling error, for scale).
+
   PYTHONPATH=. python benchmarks/decode_compare.py
       [--eval_cases=legacy:224,legacy:380,v2:224,v2:384,finetune:224]
       [--train_cases=legacy:192,v2:300] [--train_crops=2] [--limit=0]
+      [--reduced_cases=v2:128,v2:185,v2:242,v2:300,legacy:224,finetune:384]
 """
 
 import dataclasses
@@ -48,6 +57,10 @@ flags.DEFINE_list("eval_cases", ["legacy:224", "legacy:380", "v2:224",
                   "V2-S at 384).")
 flags.DEFINE_list("train_cases", ["legacy:192", "v2:300"],
                   "ROW:SIZE training crops to compare.")
+flags.DEFINE_list("reduced_cases", ["v2:128", "v2:185", "v2:242", "v2:300",
+                                    "legacy:224", "finetune:384"],
+                  "ROW:SIZE training windows to compare with and without "
+                  "decode_reduced (V2-S's stages, B0's last, the finetune).")
 flags.DEFINE_integer("train_crops", 2, "Random crops per photo and train "
                      "case.", lower_bound=1)
 flags.DEFINE_integer("limit", 0, "Photos to compare (0: all).", lower_bound=0)
@@ -113,6 +126,65 @@ def train_comparer(row, size, crops_per_photo):
   return compare
 
 
+def reduced_comparer(row, size, crops_per_photo):
+  """A tf.function: (JPEG bytes, photo index) -> [crops, 5] float32: per
+  seeded training window, whether it reduced, the mean and largest
+  absolute difference of the resized 0..255 pixels with and without
+  decode_reduced, and each one's mean absolute difference from an
+  antialiased resize of the full-scale window."""
+  plain = preprocessing.ROWS[row]
+  reduced = dataclasses.replace(plain, decode_reduced=True)
+
+  def window(features, seed, prep):
+    if prep.train_crop:
+      return preprocess.random_crop(features, seed, size, prep)
+    return preprocess.uncropped(features, size, prep)
+
+  @tf.function(input_signature=[tf.TensorSpec([], tf.string),
+                                tf.TensorSpec([], tf.int64)])
+  def compare(encoded, index):
+    features, rows = {"encoded": encoded}, []
+    for k in range(crops_per_photo):
+      seed = tf.stack([index, tf.constant(k, tf.int64)])
+      full = window(features, seed, plain)
+      a = preprocess.resize(full, size, plain.resize_method)
+      b = preprocess.resize(window(features, seed, reduced), size,
+                            plain.resize_method)
+      target = tf.image.resize(full, [size, size], antialias=True)
+      rows.append(tf.stack([
+          tf.cast(preprocess.jpeg_ratio(tf.shape(full)[:2], size) > 1,
+                  tf.float32),
+          tf.reduce_mean(tf.abs(a - b)), tf.reduce_max(tf.abs(a - b)),
+          tf.reduce_mean(tf.abs(a - target)),
+          tf.reduce_mean(tf.abs(b - target))]))
+    return tf.stack(rows)
+
+  return compare
+
+
+def run_reduced_case(row, size, compare, inputs):
+  """Compares every photo's windows; prints and returns the summary."""
+  started = time.perf_counter()
+  values = np.concatenate([compare(*args).numpy() for args in inputs])
+  hit = values[values[:, 0] > 0]
+  summary = {"kind": "reduced", "row": row, "size": size,
+             "windows": len(values), "reduced": len(hit)}
+  if len(hit):
+    summary.update(
+        mean_abs=float(hit[:, 1].mean()), max_abs=float(hit[:, 2].max()),
+        default_to_antialiased=float(hit[:, 3].mean()),
+        reduced_to_antialiased=float(hit[:, 4].mean()))
+  text = (f"reduced {row} {size} px: {len(hit)} of {len(values)} windows "
+          "reduce")
+  if len(hit):
+    text += (f"; resized pixels differ by {summary['mean_abs']:.2f} mean, "
+             f"{summary['max_abs']:.0f} max (0..255); from an antialiased "
+             f"resize: default {summary['default_to_antialiased']:.2f}, "
+             f"reduced {summary['reduced_to_antialiased']:.2f}")
+  print(f"{text} ({time.perf_counter() - started:.0f} s)", flush=True)
+  return summary
+
+
 def photos(folder, limit):
   paths = sorted(p for ext in ("JPEG", "jpg", "jpeg")
                  for p in glob.glob(os.path.join(folder, f"*.{ext}")))
@@ -148,6 +220,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   eval_cases = [parse_case(c) for c in FLAGS.eval_cases]
   train_cases = [parse_case(c) for c in FLAGS.train_cases]
+  reduced_cases = [parse_case(c) for c in FLAGS.reduced_cases]
   paths = photos(FLAGS.samples_dir, FLAGS.limit)
   names = [os.path.basename(p) for p in paths]
   data = [tf.io.read_file(p) for p in paths]
@@ -156,7 +229,9 @@ def main(argv):
             for r, s in eval_cases] +
            [("train", r, s, train_comparer(r, s, FLAGS.train_crops), indexed)
             for r, s in train_cases])
-  results = [run_case(*case, names) for case in cases]
+  results = [run_case(*case, names) for case in cases] + [
+      run_reduced_case(r, s, reduced_comparer(r, s, FLAGS.train_crops),
+                       indexed) for r, s in reduced_cases]
   bench_util.write_results(FLAGS.json_out, {
       "samples_dir": os.path.relpath(FLAGS.samples_dir),
       "train_crops": FLAGS.train_crops, "cases": results})

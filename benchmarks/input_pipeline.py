@@ -28,8 +28,13 @@ stage (AutoAugment, legacy row) and the `imagenetft` finetune row. Batch 32,
 mixup and CutMix off, no caching, the same seed, the same TFRecords.
 
   PYTHONPATH=. python benchmarks/input_pipeline.py --baseline_dir=/tmp/base
+      [--ours_prep=decode=fused,decode_reduced=true]
+
+--ours_prep changes our side's preprocessing rows, e.g. to time the opt-in
+reduced-scale JPEG decode against the baseline's default pipeline.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -75,6 +80,11 @@ flags.DEFINE_string("baseline_dir", None, "A second checkout (its root, "
                     "ours, row by row, alternating (see the module doc).")
 flags.DEFINE_integer("repeats", 3, "With --baseline_dir: A/B alternations "
                      "per row; each side's median rate is reported.")
+flags.DEFINE_list("ours_prep", [], "With --baseline_dir: FIELD=VALUE "
+                  "changes to our side's preprocessing row, e.g. "
+                  "decode=fused,decode_reduced=true (opt-ins that change "
+                  "pixels: benchmarks/decode_compare.py measures by how "
+                  "much); the baseline runs its rows as they are.")
 flags.DEFINE_bool("serve", False, "Internal: time the rows that stdin "
                   "names (one JSON line each) with the effnetv2_tf on "
                   "PYTHONPATH.")
@@ -197,8 +207,11 @@ def time_spec(source, spec):
                             image_size=spec["size"],
                             randaug_magnitude=spec["magnitude"],
                             mixup_alpha=0.0, cutmix_alpha=0.0, dropout=0.0)
+  # A field this checkout lacks (a newer opt-in, off on the baseline's
+  # side) is left out.
+  prep = {k: v for k, v in spec["prep"].items() if k in preprocessing.FIELDS}
   train_input = pipeline.TrainInput(
-      preprocessing.Preprocessing(**spec["prep"]), augname=spec["augname"],
+      preprocessing.Preprocessing(**prep), augname=spec["augname"],
       augment_arithmetic=spec["arithmetic"])
   ds = pipeline.build_train_dataset(source, FLAGS.batch_size, stage,
                                     train_input, seed=0)
@@ -250,6 +263,23 @@ class Worker:
     self.proc.wait()
 
 
+def prep_changes():
+  """--ours_prep as {field: value}, each value of its field's type."""
+  types = {f.name: f.type for f in dataclasses.fields(
+      preprocessing.Preprocessing)}
+  changes = {}
+  for item in FLAGS.ours_prep:
+    name, _, text = item.partition("=")
+    if name not in types:
+      raise app.UsageError(f"--ours_prep {item!r}: {name!r} is not a "
+                           "preprocessing field; valid: "
+                           f"{', '.join(preprocessing.FIELDS)}.")
+    kind = types[name]
+    changes[name] = (text.lower() in ("1", "true") if kind is bool
+                     else kind(text))
+  return changes
+
+
 def compare(data_dir):
   """Times every A/B row from both checkouts, alternating; returns rows."""
   rows = []
@@ -259,9 +289,10 @@ def compare(data_dir):
     base = Worker(FLAGS.baseline_dir, data_dir, log_b)
     try:
       for spec in ab_specs():
+        our_spec = {**spec, "prep": {**spec["prep"], **prep_changes()}}
         runs = {"ours": [], "baseline": []}
         for _ in range(FLAGS.repeats):
-          runs["ours"].append(ours.time(spec))
+          runs["ours"].append(ours.time(our_spec))
           runs["baseline"].append(base.time(spec))
         row = {k: spec[k] for k in ("label", "size", "magnitude", "augname",
                                     "arithmetic")}
@@ -302,14 +333,16 @@ def main(argv):
   if FLAGS.serve:
     serve()
     return
+  prep_changes()  # a bad --ours_prep fails here, before the conversion
   print("Machine: " + ", ".join(
       f"{k}={v}" for k, v in bench_util.machine().items()))
   data_dir = FLAGS.data_dir or convert_samples(FLAGS.samples_dir)
   try:
     source = make_source(data_dir)
     if FLAGS.baseline_dir:
-      print(f"Ours: {REPO_DIR}; baseline: {FLAGS.baseline_dir}; batch "
-            f"{FLAGS.batch_size}, {FLAGS.num_batches} timed batches after "
+      changed = f" ({', '.join(FLAGS.ours_prep)})" if FLAGS.ours_prep else ""
+      print(f"Ours{changed}: {REPO_DIR}; baseline: {FLAGS.baseline_dir}; "
+            f"batch {FLAGS.batch_size}, {FLAGS.num_batches} timed batches after "
             f"{FLAGS.warmup_batches}, median of {FLAGS.repeats} alternating "
             "runs; images/s (wall) and CPU ms per image (all threads)")
       print(AB_HEADER)
@@ -323,13 +356,15 @@ def main(argv):
   if FLAGS.baseline_dir:
     json_out = FLAGS.json_out
     if json_out == FLAGS["json_out"].default:
-      json_out = json_out.replace(".json", "_ab.json")
+      json_out = json_out.replace(
+          ".json", "_ab_changed.json" if FLAGS.ours_prep else "_ab.json")
     bench_util.write_results(json_out, {
         "benchmark": "input_pipeline_ab", "baseline_dir": FLAGS.baseline_dir,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": {
             k: FLAGS[k].value for k in ("data_dir", "batch_size",
                                         "num_batches", "warmup_batches",
-                                        "repeats")}, "results": rows})
+                                        "repeats", "ours_prep")},
+        "results": rows})
     return
   print_table(rows)
   settings = {k: FLAGS[k].value for k in (

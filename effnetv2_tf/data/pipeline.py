@@ -106,7 +106,7 @@ def train_pixels(features, seed, image_size, prep, augname=None,
   if prep.train_crop:
     image = preprocess.random_crop(features, crop_seed, image_size, prep)
   else:
-    image = preprocess.whole_image(features)
+    image = preprocess.uncropped(features, image_size, prep)
   image = preprocess.resize(image, image_size, prep.resize_method)
   if augname:
     # Flips commute with the pixel-wise to_uint8: flipping its uint8

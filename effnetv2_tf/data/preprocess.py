@@ -8,9 +8,13 @@ horizontal flip (after the resize, as both reference pipelines do: the
 legacy bicubic grid is not mirror-symmetric). Evaluation: a center crop of
 size / (size + padding) of the shorter side, resized to the eval size. Both
 crops of encoded bytes decode as the row's `decode` says: the window alone
-(JPEG, 'fused') or the whole image, then a slice ('whole'). Every random op
-is stateless and takes an explicit seed.
+(JPEG, 'fused') or the whole image, then a slice ('whole'); with
+`decode_reduced` (opt-in) a JPEG decodes at the smallest of libjpeg's
+scales that keeps the crop at least the output size. Every random op is
+stateless and takes an explicit seed.
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -32,15 +36,18 @@ def whole_image(features):
   return features["image"]
 
 
-def _for_crop(features, decode):
+def _for_crop(features, prep):
   """The features a crop reads: with `decode` 'whole', the decoded image in
-  place of encoded bytes; with 'fused', the bytes (`_crop` decodes the
-  window of a JPEG alone)."""
-  if decode not in preprocessing.DECODE_METHODS:
-    raise ValueError(f"Unknown decode {decode!r}; valid: "
+  place of encoded bytes; with 'fused' or `decode_reduced`, the bytes
+  (`_crop` decodes them)."""
+  if prep.decode not in preprocessing.DECODE_METHODS:
+    raise ValueError(f"Unknown decode {prep.decode!r}; valid: "
                      f"{', '.join(preprocessing.DECODE_METHODS)}.")
-  if decode == "whole":
+  if prep.decode == "whole" and not prep.decode_reduced:
     return {"image": whole_image(features)}
+  # With decode_reduced a PNG (say) decodes twice, for its shape and in
+  # `_crop`: the opt-in is for JPEG datasets, and a tensor-dependent
+  # choice between bytes and pixels cannot pick the features' structure.
   return features
 
 
@@ -54,29 +61,62 @@ def _image_shape(features):
   return tf.shape(features["image"])[:2]
 
 
-def _crop(features, offset_hw, size_hw):
-  """Crops a decoded image, or decodes only the window of a JPEG.
+def _slice(image, offset_hw, size_hw):
+  return tf.slice(image, tf.concat([offset_hw, [0]], 0),
+                  tf.concat([size_hw, [-1]], 0))
 
-  Other encoded formats decode whole, then slice: decode_and_crop_jpeg
-  takes JPEG only (the reference's legacy pipeline fails on them at
-  extract_jpeg_shape), and for a lossless format both give the same pixels.
+
+def _ratio_index(size_hw, image_size):
+  smallest = tf.reduce_min(tf.cast(size_hw, tf.int32))
+  return tf.add_n([tf.cast(smallest >= r * image_size, tf.int32)
+                   for r in preprocessing.JPEG_RATIOS[1:]])
+
+
+def jpeg_ratio(size_hw, image_size):
+  """The largest of `preprocessing.JPEG_RATIOS` that keeps both sides of a
+  [h, w] window at least `image_size` pixels once divided (int32 scalar)."""
+  return tf.gather(preprocessing.JPEG_RATIOS,
+                   _ratio_index(size_hw, image_size))
+
+
+def _decode_jpeg_window(encoded, offset_hw, size_hw, decode, ratio):
+  """A JPEG's window decoded at 1/`ratio` scale: the window alone ('fused')
+  or the whole image, then sliced. libjpeg scales the image to
+  ceil(side / ratio), so the scaled window (offset and size divided,
+  rounded down) stays inside it."""
+  if ratio > 1:
+    offset_hw, size_hw = offset_hw // ratio, size_hw // ratio
+  if decode == "fused":
+    return tf.image.decode_and_crop_jpeg(
+        encoded, tf.concat([offset_hw, size_hw], 0), channels=3, ratio=ratio)
+  return _slice(tf.io.decode_jpeg(encoded, channels=3, ratio=ratio),
+                offset_hw, size_hw)
+
+
+def _crop(features, offset_hw, size_hw, prep, image_size):
+  """Crops a decoded image, or decodes the window of a JPEG.
+
+  A JPEG window decodes per `prep.decode` (bytes reach here as 'whole' only
+  with `decode_reduced`), with `decode_reduced` at the ratio of
+  `jpeg_ratio` (`tf.io.decode_jpeg` takes it as an attribute, so one branch
+  per ratio). Other encoded formats decode whole, then slice:
+  decode_and_crop_jpeg takes JPEG only (the reference's legacy pipeline
+  fails on them at extract_jpeg_shape), and for a lossless format both give
+  the same pixels.
   """
   if "encoded" not in features:
-    image = features["image"]
-    return tf.slice(image, tf.concat([offset_hw, [0]], 0),
-                    tf.concat([size_hw, [-1]], 0))
+    return _slice(features["image"], offset_hw, size_hw)
   encoded = features["encoded"]
-  window = tf.concat([offset_hw, size_hw], 0)
-
-  def fused():
-    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-
-  def generic():
-    image = decode_image(encoded)
-    return tf.slice(image, tf.concat([offset_hw, [0]], 0),
-                    tf.concat([size_hw, [-1]], 0))
-
-  image = tf.cond(tf.io.is_jpeg(encoded), fused, generic)
+  window = functools.partial(_decode_jpeg_window, encoded, offset_hw,
+                             size_hw, prep.decode)
+  if prep.decode_reduced:
+    jpeg = lambda: tf.switch_case(  # pylint: disable=g-long-lambda
+        _ratio_index(size_hw, image_size),
+        [functools.partial(window, r) for r in preprocessing.JPEG_RATIOS])
+  else:
+    jpeg = functools.partial(window, 1)
+  image = tf.cond(tf.io.is_jpeg(encoded), jpeg,
+                  lambda: _slice(decode_image(encoded), offset_hw, size_hw))
   image.set_shape([None, None, 3])
   return image
 
@@ -91,7 +131,7 @@ def random_crop(features, seed, image_size, prep):
     prep: a `preprocessing.Preprocessing` (decode, crop area, aspect, min object
       covered, attempts and fallback).
   """
-  features = _for_crop(features, prep.decode)
+  features = _for_crop(features, prep)
   shape = _image_shape(features)
   if prep.crop_min_object_covered > 0:  # legacy: the whole image as the box
     boxes = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
@@ -113,7 +153,7 @@ def random_crop(features, seed, image_size, prep):
         shape, image_size, prep.crop_padding, prep.crop_offset)
     offset = tf.where(whole, center_offset, offset)
     size = tf.where(whole, center_size, size)
-  return _crop(features, offset, size)
+  return _crop(features, offset, size, prep, image_size)
 
 
 def center_crop_window(shape, image_size, crop_padding, crop_offset):
@@ -144,9 +184,18 @@ def eval_crop_window(shape, image_size, prep):
 
 def eval_crop(features, image_size, prep):
   """The eval crop of one example, uint8 (decoded per `prep.decode`)."""
-  features = _for_crop(features, prep.decode)
+  features = _for_crop(features, prep)
   offset, size = eval_crop_window(_image_shape(features), image_size, prep)
-  return _crop(features, offset, size)
+  return _crop(features, offset, size, prep, image_size)
+
+
+def uncropped(features, image_size, prep):
+  """The whole image, uint8, for training without a crop: decoded whole,
+  or with `decode_reduced` as `_crop` decodes a window."""
+  if not prep.decode_reduced:
+    return whole_image(features)
+  shape = tf.cast(_image_shape(features), tf.int32)
+  return _crop(features, tf.zeros([2], tf.int32), shape, prep, image_size)
 
 
 def resize(images, image_size, method):

@@ -57,6 +57,11 @@ SCALING_FORMULAS = {
 # benchmarks/decode_compare.py). Other formats always decode whole:
 # decode_and_crop_jpeg takes JPEG only.
 DECODE_METHODS = ("fused", "whole")
+# libjpeg's DCT scalings (tf.io.decode_jpeg's `ratio`): with `decode_reduced`
+# a JPEG decodes at 1/2, 1/4 or 1/8 of its size where the crop keeps at
+# least the output size on both sides (opt-in: other pixels; README, Input
+# pipeline speed; benchmarks/decode_compare.py measures the difference).
+JPEG_RATIOS = (1, 2, 4, 8)
 # 'bilinear': tf.image.resize (half-pixel centres), reference preprocessing.py.
 # 'bicubic': TF1's resize_bicubic grid (no half-pixel centres), reference
 # preprocess_legacy.py under tensorflow.compat.v1.
@@ -83,6 +88,9 @@ class Preprocessing:
   """Every pixel-level value of one train + eval pipeline."""
   decode: str = _field("how bytes become pixels: the crop window alone "
                        "(fused, JPEG) or the whole image, then sliced")
+  decode_reduced: bool = _field("JPEG: decode at 1/2, 1/4 or 1/8 scale where "
+                                "the crop keeps the output size (faster; "
+                                "other pixels)")
   input_scaling: str = _field("the affine map of 0..255 pixels")
   train_crop: bool = _field("inception-style random crop (else the whole "
                             "image)")
@@ -115,8 +123,8 @@ class Preprocessing:
 FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing))
 
 _V2 = Preprocessing(
-    decode="whole", input_scaling=SCALE_MINUS_ONE_ONE, train_crop=True,
-    crop_area_min=0.05,
+    decode="whole", decode_reduced=False, input_scaling=SCALE_MINUS_ONE_ONE,
+    train_crop=True, crop_area_min=0.05,
     # tf.image.sample_distorted_bounding_box's defaults (0.75, 1.33), 100.
     crop_aspect_min=0.75, crop_aspect_max=1.33, crop_min_object_covered=0.0,
     crop_max_attempts=100, crop_fallback="whole", resize_method="bilinear",
@@ -126,7 +134,8 @@ _V2 = Preprocessing(
 ROWS = {
     "v2": _V2,
     "legacy": Preprocessing(
-        decode="fused", input_scaling=SCALE_IMAGENET, train_crop=True,
+        decode="fused", decode_reduced=False, input_scaling=SCALE_IMAGENET,
+        train_crop=True,
         crop_area_min=0.08,
         crop_aspect_min=3 / 4, crop_aspect_max=4 / 3,
         crop_min_object_covered=0.1, crop_max_attempts=10,

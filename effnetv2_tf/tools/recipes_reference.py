@@ -179,6 +179,7 @@ CROP_FIELDS = ("crop_area_min", "crop_aspect_min", "crop_aspect_max",
 EVAL_CROP_FIELDS = ("crop_padding", "skip_crop_from_size", "crop_offset")
 _V2_REF = {  # preprocessing.py preprocess_for_train / _eval: (value, where)
     "decode": ("whole", "L142 decode_image, then L38 / L68 slice"),
+    "decode_reduced": (False, "L142 full scale"),
     "input_scaling": ("(x - 128) / 128", "L153"),
     "train_crop": (True, "L31-38 sample_distorted_bounding_box"),
     "crop_area_min": (0.05, "L35"), "crop_aspect_min": (0.75, "TF default"),
@@ -196,6 +197,7 @@ REF_PREPROCESSING = {  # row: (file, field: (value, where))
     "v2": ("preprocessing.py", _V2_REF),
     "legacy": ("preprocess_legacy.py", {
         "decode": ("fused", "L68, L125 decode_and_crop_jpeg"),
+        "decode_reduced": (False, "L68, L125 full scale"),
         "input_scaling": ("(x / 255 - mean) / std; mean (0.485, 0.456, "
                           "0.406), std (0.229, 0.224, 0.225)", "L239-243"),
         "train_crop": (True, "L88-107"), "crop_area_min": (0.08, "L96"),
