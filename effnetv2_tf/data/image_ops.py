@@ -9,9 +9,9 @@ Data"), with the PIL-like semantics of the reference EfficientNetV2
 scalar tensors. Geometric ops use TensorFlow's own
 `ImageProjectiveTransformV3` (nearest neighbour, constant fill), so no
 tensorflow-addons is needed; translations take a slice and a pad instead
-wherever that gives the kernel's bytes (almost always). The only random op, cutout, is stateless and
-takes a shape [2] seed; it also serves the finetune pipeline's cutout on
-float images.
+wherever that gives the kernel's bytes (almost always). The only random
+op, cutout, is stateless and takes a shape [2] seed; it also serves the
+finetune pipeline's cutout on float images.
 
 Five ops come in two arithmetics (`augment.ARITHMETICS`). The plain
 functions compute what PIL defines (the `paper` arithmetic); the
@@ -470,8 +470,8 @@ def _translate(image, pixels, axis, matrix):
   round_half_away(fl32(i + pixels)), fill outside 0..n-1. Computed here
   with the same float32 steps, all exact, that index is almost always
   i + s for one shift s, and the output is the image shifted by s with
-  fill. A rounding tie that splits the positions between
-  two shifts (a float32 sum ending in .5 for some i only) takes the kernel.
+  fill. A rounding tie that splits the positions between two shifts (a
+  float32 sum ending in .5 for some i only) takes the kernel.
   """
   n = tf.shape(image)[axis]
   size = tf.cast(n, tf.float32)
