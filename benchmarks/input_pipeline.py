@@ -34,7 +34,6 @@ mixup and CutMix off, no caching, the same seed, the same TFRecords.
 reduced-scale JPEG decode against the baseline's default pipeline.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -49,6 +48,7 @@ from absl import flags
 import tensorflow as tf
 
 import bench_util  # pylint: disable=g-bad-import-order
+from effnetv2_tf import errors
 from effnetv2_tf.data import make_tfrecords
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
@@ -181,14 +181,21 @@ def print_table(rows):
 def ab_specs():
   """The A/B rows: every pipeline value a checkout needs, from our configs
   (the stage's size and magnitude, the row's preprocessing fields, the
-  augmentation and its arithmetic)."""
+  augmentation and its arithmetic). "our_prep" is "prep" with --ours_prep
+  set as `data.FIELD=VALUE` hparams, so the config validates them."""
   from effnetv2_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  ours = [f"data.{item}" for item in FLAGS.ours_prep]
   specs = []
   for label, model, dataset, hparams, which in AB_ROWS:
     config = config_lib.build_config(model, dataset, hparam_str=hparams)
+    our_config = config_lib.build_config(
+        model, dataset, hparam_str=",".join(filter(None, [hparams] + ours)))
     stages = progressive.plan_stages(config, config.progressive.num_stages)
     stages = stages if which == "all" else stages[-1:]
-    prep = preprocessing.from_config(config.data)
+    prep, our_prep = (
+        {name: getattr(p, name) for name in preprocessing.FIELDS}
+        for p in (preprocessing.from_config(config.data),
+                  preprocessing.from_config(our_config.data)))
     for stage in stages:
       specs.append({
           "label": (f"{label} stage {stage.index + 1}/{len(stages)}"
@@ -196,8 +203,7 @@ def ab_specs():
           "size": stage.image_size, "magnitude": stage.randaug_magnitude,
           "augname": config.data.augname or None,
           "arithmetic": config.data.augment_arithmetic,
-          "prep": {name: getattr(prep, name)
-                   for name in preprocessing.FIELDS}})
+          "prep": prep, "our_prep": our_prep})
   return specs
 
 
@@ -263,33 +269,17 @@ class Worker:
     self.proc.wait()
 
 
-def prep_changes():
-  """--ours_prep as {field: value}, each value of its field's type."""
-  types = {f.name: f.type for f in dataclasses.fields(
-      preprocessing.Preprocessing)}
-  changes = {}
-  for item in FLAGS.ours_prep:
-    name, _, text = item.partition("=")
-    if name not in types:
-      raise app.UsageError(f"--ours_prep {item!r}: {name!r} is not a "
-                           "preprocessing field; valid: "
-                           f"{', '.join(preprocessing.FIELDS)}.")
-    kind = types[name]
-    changes[name] = (text.lower() in ("1", "true") if kind is bool
-                     else kind(text))
-  return changes
-
-
-def compare(data_dir):
-  """Times every A/B row from both checkouts, alternating; returns rows."""
+def compare(data_dir, specs):
+  """Times every A/B row (`ab_specs`) from both checkouts, alternating;
+  returns rows."""
   rows = []
   with tempfile.TemporaryFile("w+") as log_a, \
       tempfile.TemporaryFile("w+") as log_b:
     ours = Worker(REPO_DIR, data_dir, log_a)
     base = Worker(FLAGS.baseline_dir, data_dir, log_b)
     try:
-      for spec in ab_specs():
-        our_spec = {**spec, "prep": {**spec["prep"], **prep_changes()}}
+      for spec in specs:
+        our_spec = {**spec, "prep": spec["our_prep"]}
         runs = {"ours": [], "baseline": []}
         for _ in range(FLAGS.repeats):
           runs["ours"].append(ours.time(our_spec))
@@ -333,7 +323,10 @@ def main(argv):
   if FLAGS.serve:
     serve()
     return
-  prep_changes()  # a bad --ours_prep fails here, before the conversion
+  try:  # a bad --ours_prep fails here, before the conversion
+    specs = ab_specs() if FLAGS.baseline_dir else None
+  except errors.ConfigError as err:
+    raise app.UsageError(f"--ours_prep: {err}") from None
   print("Machine: " + ", ".join(
       f"{k}={v}" for k, v in bench_util.machine().items()))
   data_dir = FLAGS.data_dir or convert_samples(FLAGS.samples_dir)
@@ -347,7 +340,7 @@ def main(argv):
             "runs; images/s (wall) and CPU ms per image (all threads)")
       print(AB_HEADER)
       print("-" * len(AB_HEADER))
-      rows = compare(data_dir)
+      rows = compare(data_dir, specs)
     else:
       rows = [measure_size(source, int(s)) for s in FLAGS.sizes]
   finally:
