@@ -25,6 +25,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ../shared beside the checkout: the real data and reference tables.
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 SAMPLES = SHARED / "data" / "imagenet-samples"  # one JPEG per class
+# Samples whose crops differ between the fused and the whole JPEG decode
+# (tests/test_decode.py says how they were picked).
+DECODE_PHOTOS = ("n03482405_hamper", "n03944341_pinwheel",
+                 "n01630670_common_newt")
+
+
+@pytest.fixture(scope="module")
+def decode_photos():
+  """The JPEG bytes of DECODE_PHOTOS (skipped without the shared data)."""
+  paths = [SAMPLES / f"{name}.JPEG" for name in DECODE_PHOTOS]
+  if not all(p.exists() for p in paths):
+    pytest.skip(f"shared samples missing under {SAMPLES}")
+  return [p.read_bytes() for p in paths]
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import DECODE_PHOTOS
 from conftest import SAMPLES
 import effnetv2_tf
 from effnetv2_tf import export
@@ -28,19 +29,10 @@ from effnetv2_tf.data import preprocessing
 from effnetv2_tf.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NAMES = ("n03482405_hamper", "n03944341_pinwheel", "n01630670_common_newt")
 SIZE = 224  # eval size of V2-B0 and V1-B0, and of the ImageNet-21k config
 ROW_NAMES = ("v2", "legacy", "finetune")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-
-@pytest.fixture(scope="module")
-def photos():
-  paths = [SAMPLES / f"{name}.JPEG" for name in NAMES]
-  if not all(p.exists() for p in paths):
-    pytest.skip(f"shared samples missing under {SAMPLES}")
-  return [p.read_bytes() for p in paths]
 
 
 def _crop_by_hand(encoded, extra, fused):
@@ -82,16 +74,16 @@ def _eval_by_hand(encoded, row, fused):
 
 
 @pytest.fixture(scope="module")
-def expected(photos):
+def expected(decode_photos):
   """{row: [3, SIZE, SIZE, 3]} by hand, after checking that the other
   decode gives other pixels (legacy, v2) on every photo."""
   out = {}
   for row in ROW_NAMES:
     fused = REFERENCE_FUSED.get(row, False)
     out[row] = np.stack([_eval_by_hand(e, row, fused).numpy()
-                         for e in photos])
+                         for e in decode_photos])
     if row in REFERENCE_FUSED:
-      for encoded, ref in zip(photos, out[row]):
+      for encoded, ref in zip(decode_photos, out[row]):
         other = _eval_by_hand(encoded, row, not fused).numpy()
         assert np.abs(other - ref).max() > 0.05, row
   return out
@@ -102,13 +94,14 @@ def _log_softmax(images):
 
 
 @pytest.mark.parametrize("row", ROW_NAMES)
-def test_eval_pipeline_decodes_per_row(photos, expected, row, tmp_path):
+def test_eval_pipeline_decodes_per_row(decode_photos, expected, row,
+                                       tmp_path):
   # A folder of one photo per class, as validation/ (and train/) images.
   for split in ("train", "validation"):
-    for i, encoded in enumerate(photos):
+    for i, encoded in enumerate(decode_photos):
       class_dir = tmp_path / split / f"c{i}"
       class_dir.mkdir(parents=True)
-      (class_dir / f"{NAMES[i]}.JPEG").write_bytes(encoded)
+      (class_dir / f"{DECODE_PHOTOS[i]}.JPEG").write_bytes(encoded)
   source = sources.folder_source(str(tmp_path))
   (batch,) = pipeline.build_eval_dataset(source, 3, SIZE, preprocessing.ROWS[row],
                                          split="validation")
@@ -133,21 +126,22 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.parametrize("row", ROW_NAMES)
-def test_bytes_signature_decodes_per_row(photos, expected, exported, row):
+def test_bytes_signature_decodes_per_row(decode_photos, expected, exported,
+                                         row):
   loaded = tf.saved_model.load(exported[row])
   served = loaded.signatures[export.BYTES_SIGNATURE](
-      image_bytes=tf.constant(photos))
+      image_bytes=tf.constant(decode_photos))
   want = _log_softmax(expected[row])
   np.testing.assert_allclose(np.log(served["probabilities"].numpy()), want,
                              atol=1e-4)
   in_process = export.ServingModule(_identity_model(), SIZE,
                                     preprocessing.ROWS[row]).serve_bytes
   np.testing.assert_allclose(
-      np.log(in_process(tf.constant(photos))["probabilities"].numpy()), want,
-      atol=1e-4)
+      np.log(in_process(tf.constant(decode_photos))["probabilities"]
+             .numpy()), want, atol=1e-4)
   # The float signature takes pixels decoded whole: the V2 row's, not the
   # legacy row's (README: it cannot reproduce a fused decode).
-  for encoded, want_one in zip(photos, want):
+  for encoded, want_one in zip(decode_photos, want):
     image = tf.cast(tf.io.decode_jpeg(encoded, channels=3), tf.float32)
     floats = loaded.signatures["serving_default"](images=image[tf.newaxis])
     gap = np.abs(np.log(floats["probabilities"].numpy()[0]) - want_one).max()
@@ -174,7 +168,7 @@ np.savez(out, **results)
 
 def test_infer_decodes_per_row(expected, exported, tmp_path):
   out = tmp_path / "infer.npz"
-  paths = ",".join(str(SAMPLES / f"{name}.JPEG") for name in NAMES)
+  paths = ",".join(str(SAMPLES / f"{name}.JPEG") for name in DECODE_PHOTOS)
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(
       [sys.executable, "-c", _INFER_SCRIPT, str(out), paths,
@@ -189,13 +183,13 @@ def test_infer_decodes_per_row(expected, exported, tmp_path):
 
 @pytest.mark.parametrize("row", ROW_NAMES)
 def test_include_preprocessing_scales_the_resized_crop_as_the_pipeline(
-    photos, row):
+    decode_photos, row):
   prep = preprocessing.ROWS[row]
   rescaling = effnetv2_tf.create_model(
       "efficientnetv2-b0", width_coefficient=0.1, depth_coefficient=0.1,
       include_preprocessing=True,
       input_scaling=prep.input_scaling).get_layer("rescaling")
-  for encoded in photos:
+  for encoded in decode_photos:
     features = {"encoded": encoded}
     crop = preprocess.resize(preprocess.eval_crop(features, SIZE, prep), SIZE,
                              prep.resize_method)
@@ -225,11 +219,11 @@ def _reference_train_window(encoded, seed, row):
 
 
 @pytest.mark.parametrize("row", ["v2", "legacy"])
-def test_train_crop_decodes_per_row(photos, row):
+def test_train_crop_decodes_per_row(decode_photos, row):
   # V2 slices a whole decode (preprocessing.py L142, L38), legacy decodes
   # the window alone (preprocess_legacy.py L68).
   differ = 0
-  for encoded in photos:
+  for encoded in decode_photos:
     for i in range(6):
       seed = tf.constant([i, 5], tf.int64)
       window = _reference_train_window(encoded, seed, row)

@@ -14,20 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SAMPLES
 from effnetv2_tf.data import pipeline
 from effnetv2_tf.data import preprocess
 from effnetv2_tf.data import preprocessing
-
-NAMES = ("n03482405_hamper", "n03944341_pinwheel", "n01630670_common_newt")
-
-
-@pytest.fixture(scope="module")
-def photos():
-  paths = [SAMPLES / f"{name}.JPEG" for name in NAMES]
-  if not all(p.exists() for p in paths):
-    pytest.skip(f"shared samples missing under {SAMPLES}")
-  return [p.read_bytes() for p in paths]
 
 
 def _reduced(row, **changes):
@@ -50,12 +39,12 @@ def test_ratio_is_the_largest_that_keeps_the_output_size(size_hw, image_size,
 
 
 @pytest.mark.parametrize("decode", preprocessing.DECODE_METHODS)
-def test_window_is_the_scaled_decode_sliced(photos, decode):
+def test_window_is_the_scaled_decode_sliced(decode_photos, decode):
   """At 48 px the center window of the short side (246 px) decodes at
   ratio 4: the whole image decoded at 1/4, sliced at the window's offset
   and size divided by 4 (the fused decode too: its window lies in scaled
   coordinates)."""
-  encoded = photos[0]
+  encoded = decode_photos[0]
   prep = _reduced("v2", decode=decode, crop_padding=0, crop_offset="floor")
   height, width = tf.io.extract_jpeg_shape(encoded).numpy()[:2]
   side = min(height, width)
@@ -68,11 +57,11 @@ def test_window_is_the_scaled_decode_sliced(photos, decode):
 
 
 @pytest.mark.parametrize("row", tuple(preprocessing.ROWS))
-def test_without_a_reduction_the_pixels_are_the_defaults(photos, row):
-  """At 600 px no window of these photos (at most 500 px) halves: every
+def test_without_a_reduction_the_pixels_are_the_defaults(decode_photos, row):
+  """At 600 px no window of these decode_photos (at most 500 px) halves: every
   path gives the row's default pixels, train crop and eval crop."""
   plain, reduced = preprocessing.ROWS[row], _reduced(row)
-  for i, encoded in enumerate(photos):
+  for i, encoded in enumerate(decode_photos):
     features = {"encoded": tf.constant(encoded)}
     seed = tf.constant([i, 7], tf.int64)
     for a, b in ((pipeline.train_pixels(features, seed, 600, plain),
@@ -83,16 +72,16 @@ def test_without_a_reduction_the_pixels_are_the_defaults(photos, row):
 
 
 @pytest.mark.parametrize("row", ("v2", "legacy"))
-def test_reduced_crops_are_as_faithful_a_downscale(photos, row):
+def test_reduced_crops_are_as_faithful_a_downscale(decode_photos, row):
   """At 64 px most training windows reduce (4 seeded crops per photo).
   Against an antialiased resize of the full-scale window (what a
   downscale should approach), the reduced input is about as close as the
   default one: the default's resize aliases, libjpeg's DCT scaling
-  averages, then a shorter resize aliases less (40 shared photos: 7.1 vs
+  averages, then a shorter resize aliases less (40 shared decode_photos: 7.1 vs
   7.4 grey levels mean absolute on the v2 row, 9.9 vs 11.8 on legacy)."""
   plain, reduced = preprocessing.ROWS[row], _reduced(row)
   errors = []
-  for i, encoded in enumerate(photos):
+  for i, encoded in enumerate(decode_photos):
     features = {"encoded": tf.constant(encoded)}
     for k in range(4):
       seed = tf.constant([i, k], tf.int64)
@@ -109,9 +98,9 @@ def test_reduced_crops_are_as_faithful_a_downscale(photos, row):
   assert reduced_error < 1.25 * default_error
 
 
-def test_non_jpeg_bytes_decode_whole(photos):
+def test_non_jpeg_bytes_decode_whole(decode_photos):
   """A PNG has no scaled decode: the crop is the default's."""
-  png = tf.io.encode_png(tf.io.decode_jpeg(photos[1], channels=3))
+  png = tf.io.encode_png(tf.io.decode_jpeg(decode_photos[1], channels=3))
   features = {"encoded": png}
   np.testing.assert_array_equal(
       preprocess.eval_crop(features, 64, _reduced("v2")).numpy(),
